@@ -1,0 +1,45 @@
+"""demp: find dead neurons, remove them losslessly through coupled layers, train-and-prune with DemP.
+
+The public API (kept small; everything else lives in submodules)::
+
+    model = compressor.load_model("resnet18", checkpoint="resnet18.pt")
+    result = compressor.compress(model, calib_loader, criterion="dead")
+    compressor.save_pruned(result, "resnet18-slim/")
+    again = compressor.load_pruned("resnet18-slim/")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": ("compressor.models", "load_model"),
+    "build_model": ("compressor.models", "build_model"),
+    "ModelSpec": ("compressor.models", "ModelSpec"),
+    "load_data": ("compressor.data", "load_data"),
+    "compress": ("compressor.compress", "compress"),
+    "CompressResult": ("compressor.compress", "CompressResult"),
+    "save_pruned": ("compressor.pruned", "save_pruned"),
+    "load_pruned": ("compressor.pruned", "load_pruned"),
+    "collect_activity": ("compressor.activity", "collect_activity"),
+    "DependencyAnalyzer": ("compressor.graph", "DependencyAnalyzer"),
+    "PruningPlan": ("compressor.plan", "PruningPlan"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    """Import submodules lazily so ``import compressor`` stays fast for the CLI."""
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module_name), attr)
+        globals()[name] = value
+        return value
+    if name == "training":
+        import importlib
+
+        return importlib.import_module("compressor.training")
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")
