@@ -130,7 +130,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
     )
     model.to(device).eval()
     source: dict[str, Any] = {"arch": args.arch or args.model_file, "data": args.data}
-    if args.checkpoint:
+    if not args.checkpoint:
+        log.warning("no checkpoint given: using freshly initialized weights (seed %d)", args.seed)
+    else:
         source["checkpoint"] = str(args.checkpoint)
         source["sha256"] = sha256_file(args.checkpoint)
     calib_loader = make_loader(calib, batch_size=args.batch_size)

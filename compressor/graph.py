@@ -129,6 +129,56 @@ def _tracing_guard(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+_CONSTRUCTS = {
+    "update_reshape_index_mapping": "a reshape/view that regroups channels (e.g. a channel shuffle)",
+    "update_concat_index_mapping": "a torch.cat whose inputs cannot be traced",
+    "update_split_index_mapping": "a torch.split/chunk over channels",
+    "update_unbind_index_mapping": "a torch.unbind over channels",
+    "update_slice_index_mapping": "a slice over channels",
+    "update_expand_index_mapping": "an expand over channels",
+    "update_flatten_index_mapping": "a flatten feeding a Linear layer",
+    "_trace": "the forward pass itself",
+}
+
+
+def _trace_failure(exc: Exception) -> str:
+    """Name the construct torch-pruning failed on, from the innermost torch_pruning frame."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
+    func = next((f.name for f in reversed(frames) if f.name in _CONSTRUCTS), frames[-1].name if frames else "?")
+    construct = _CONSTRUCTS.get(func, f"torch-pruning's {func}")
+    return (f"cannot build the dependency graph of this model: it contains {construct}, which torch-pruning "
+            f"cannot map channels through ({type(exc).__name__}: {exc}). This architecture is not supported "
+            "for structural removal")
+
+
+_MAX_MAPPED_INDICES = 2_000_000
+
+
+class _IndexExplosion(Exception):
+    pass
+
+
+@contextmanager
+def _bounded_index_mappings() -> Iterator[None]:
+    """Make torch-pruning's flatten index mapping raise instead of building huge index lists."""
+    from torch_pruning.dependency import index_mapping as im
+
+    original = im._FlattenIndexMapping.__call__
+
+    def bounded(self: Any, idxs: Any) -> Any:
+        if not getattr(self, "reverse", False) and len(idxs) * max(int(self._stride), 1) > _MAX_MAPPED_INDICES:
+            raise _IndexExplosion(f"{len(idxs)} x {self._stride} indices")
+        return original(self, idxs)
+
+    im._FlattenIndexMapping.__call__ = bounded
+    try:
+        yield
+    finally:
+        im._FlattenIndexMapping.__call__ = original
+
+
 def _match(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in patterns)
 
@@ -170,19 +220,50 @@ class DependencyAnalyzer:
         if isinstance(example_inputs, Tensor):
             example_inputs = example_inputs[:1]
         with _tracing_guard(model):
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            try:
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                                verbose=False)
+            except Exception as exc:  # noqa: BLE001 - torch-pruning fails with assorted errors
+                raise DempError(_trace_failure(exc)) from exc
         self._module_names = {m: n for n, m in model.named_modules()}
         self._output_layers = self._find_output_layers()
         self._tp_groups: dict[str, Any] = {}
         self.groups: list[ChannelGroup] = []
-        for tp_group in self.dg.get_all_groups(root_module_types=CONSUMER_TYPES):
-            group = self._describe(tp_group)
-            self.groups.append(group)
-            self._tp_groups[group.root] = tp_group
+        self._enumerate_groups()
         self._by_root = {g.root: g for g in self.groups}
         self.build_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ structure
+    def _enumerate_groups(self) -> None:
+        """torch-pruning's ``get_all_groups``, with index explosions turned into blocked groups.
+
+        Chained Flatten/reshape mappings (e.g. Swin's patch merging) make torch-pruning multiply index
+        lists until memory runs out; such a group is recorded as blocked instead.
+        """
+        visited: set[int] = set()
+        with _bounded_index_mappings():
+            for module in list(self.dg.module2node.keys()):
+                if not isinstance(module, CONSUMER_TYPES) or id(module) in visited:
+                    continue
+                pruner = self.dg.get_pruner_of_module(module)
+                if pruner is None or pruner.get_out_channels(module) is None:
+                    continue
+                size = pruner.get_out_channels(module)
+                try:
+                    tp_group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(size)))
+                except _IndexExplosion as exc:
+                    visited.add(id(module))
+                    name = self._module_names.get(module, "?")
+                    self.groups.append(ChannelGroup(name, size, [], f"torch-pruning cannot map these channels "
+                                                    f"through a chain of reshapes ({exc})"))
+                    continue
+                for dep, _ in tp_group:
+                    if self.dg.is_out_channel_pruning_fn(dep.handler):
+                        visited.add(id(dep.target.module))
+                group = self._describe(tp_group)
+                self.groups.append(group)
+                self._tp_groups[group.root] = tp_group
+
     def _node_name(self, node: Any) -> str:
         module = node.module
         if isinstance(module, nn.Parameter):
@@ -247,9 +328,17 @@ class DependencyAnalyzer:
             return f"GroupNorm {name} normalizes across channels (removal would not be lossless)"
         if node.type in _UNMEASURED_TYPES:
             return f"{_UNMEASURED_TYPES[node.type]} {name} reads these channels and is not supported"
+        if node.type == OPT.CONV and getattr(module, "groups", 1) > 1:
+            return (f"grouped convolution {name} (groups={module.groups}) reads these channels; removing "
+                    "single channels would break its groups")
         if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             return f"transposed convolution {name} is not supported"
         return None
+
+    @property
+    def output_layers(self) -> set[str]:
+        """Conv/Linear layers whose outputs are the model's outputs (classifiers): never pruned."""
+        return set(self._output_layers)
 
     @property
     def consumer_names(self) -> list[str]:
@@ -259,6 +348,11 @@ class DependencyAnalyzer:
             for name, _, _ in g.consumers:
                 seen.setdefault(name, None)
         return list(seen)
+
+    @property
+    def neuron_groups(self) -> list[ChannelGroup]:
+        """Groups whose channels count as neurons: read by some Conv/Linear, not the model's outputs."""
+        return [g for g in self.groups if g.consumers and g.root not in self._output_layers]
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
@@ -325,9 +419,11 @@ class DependencyAnalyzer:
         Returns ``(param_name, dim, idxs_in_param, root_idxs)`` for Conv/Linear weights and biases
         (output side), normalization and PReLU weights, and per-channel unwrapped parameters.
         """
-        group = self.group(root)
+        self.group(root)  # raises for an unknown root
         out: list[tuple[str, int, list[int], list[int]]] = []
-        tp_group = self._tp_groups[root]
+        tp_group = self._tp_groups.get(root)
+        if tp_group is None:  # blocked before torch-pruning could describe it
+            return out
         for item in tp_group.items:
             node = item.dep.target
             if not self.dg.is_out_channel_pruning_fn(item.dep.handler) or node.type not in _PER_CHANNEL_TYPES:
@@ -341,7 +437,6 @@ class DependencyAnalyzer:
                 if p is None or p.dim() == 0 or (node.type == OPT.PRELU and p.numel() == 1):
                     continue
                 out.append((f"{name}.{pname}", 0, list(item.idxs), list(item.root_idxs)))
-        del group
         return out
 
     # ------------------------------------------------------------------ application
