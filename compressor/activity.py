@@ -157,6 +157,7 @@ class _Recorder:
         self.modules = modules
         self.stats: dict[str, ChannelStats] = {}
         self._cache: dict[tuple, tuple[weakref.ref, tuple[Tensor, ...]]] = {}
+        self._scratch: dict[tuple, Tensor] = {}
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in modules.items()]
 
     def new_batch(self) -> None:
@@ -167,20 +168,33 @@ class _Recorder:
             h.remove()
         self._handles = []
         self._cache.clear()
+        self._scratch.clear()
 
-    def _reduce(self, x: Tensor, dim: int) -> tuple[Tensor, ...]:
+    def _scratch_like(self, x: Tensor) -> Tensor:
+        """A reusable buffer shaped like ``x``: fresh large allocations cost more than the reductions."""
+        buf = self._scratch.get((x.device, x.dtype))
+        if buf is None or buf.numel() < x.numel():
+            buf = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+            self._scratch[(x.device, x.dtype)] = buf
+        return buf[: x.numel()].view(x.shape)
+
+    def _reduce(self, x: Tensor, dim: int) -> tuple[Tensor | None, ...]:
         dims = [d for d in range(x.dim()) if d != dim % x.dim()]
         want = self.fields
+        if not x.is_contiguous():
+            x = x.contiguous()
         amax = x.amax(dim=dims)
         amin = x.amin(dim=dims) if ("max_abs" in want or "sum_abs" in want) else None
         max_abs = torch.maximum(amax, -amin) if "max_abs" in want else None
         sum_abs = None
         if "sum_abs" in want:
-            # post-ReLU inputs (the common case) are non-negative: skip the |x| pass
+            # post-ReLU inputs (the common case) are non-negative: skip the |x| pass. Per-batch sums
+            # in the input's precision, accumulated across batches in float64.
             nonneg = bool((amin >= 0).all())
-            sum_abs = (x.sum(dim=dims, dtype=torch.float64) if nonneg
-                       else x.abs().sum(dim=dims, dtype=torch.float64))
-        nonzero = torch.count_nonzero(x, dim=dims) if "nonzero" in want else None
+            sum_abs = x.sum(dim=dims) if nonneg else torch.abs(x, out=self._scratch_like(x)).sum(dim=dims)
+        nonzero = None
+        if "nonzero" in want:
+            nonzero = torch.ne(x, 0, out=self._scratch_like(x)).sum(dim=dims)
         return amax, max_abs, sum_abs, nonzero
 
     def _hook(self, name: str):

@@ -129,7 +129,7 @@ def compress(
     batch_size = max(1, getattr(calib_loader, "batch_size", None) or 64)
     stats = collect_activity(pruned, [calib_x[i:i + batch_size] for i in range(0, calib_x.shape[0], batch_size)],
                              layers=analyzer.consumer_names or None, progress=progress,
-                             desc="calibration", record_outputs=True)
+                             desc="calibration", record_outputs=True, fields=crit.fields)
     timings["stats_s"] = time.perf_counter() - t0
     dense_calib_out = torch.cat(stats.outputs)
 
