@@ -142,7 +142,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
 
 # ---------------------------------------------------------------------- compress
 def run_compress(args: argparse.Namespace) -> int:
-    from .compress import compress
+    from .compression import compress
     from .fileio import prepare_output_dir
     from .pruned import save_pruned
 

@@ -62,7 +62,7 @@ def save_pruned(result_or_model: Any, out_dir: str | Path, *, plan: PruningPlan 
                 overwrite: bool = False, prepare: bool = True) -> Path:
     """Write ``plan.json`` and ``weights.safetensors`` for a pruned model into ``out_dir``.
 
-    ``result_or_model`` is a :class:`~compressor.compress.CompressResult` (its plan is used) or a
+    ``result_or_model`` is a :class:`~compressor.compression.CompressResult` (its plan is used) or a
     pruned ``nn.Module`` together with ``plan``. An existing non-empty directory is refused unless
     ``overwrite`` (pass ``prepare=False`` when the caller already prepared the directory).
     """

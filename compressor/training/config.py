@@ -1,0 +1,522 @@
+"""Training recipes: YAML files that map one-to-one onto dataclass configs.
+
+A recipe is a YAML mapping with the sections of :class:`RecipeConfig`::
+
+    method: demp                 # demp | none (plain training)
+    model: {arch: cnn, kwargs: {}}
+    data:  {spec: digits, batch_size: 64}
+    train: {epochs: 10, optimizer: adam, lr: 1.0e-3, lr_schedule: cosine}
+    demp:  {regularizer: lasso, target: norm_scale, peak: 1.0e-3, interval: 50}
+    export: {onnx: true}
+
+Loading goes through :func:`yaml.safe_load` only. Every key must be a field of the matching dataclass
+(an unknown key is a :class:`~compressor.errors.UsageError` that suggests the closest valid key),
+every value must have the field's type (``1e-3`` written without a dot, which YAML 1.1 reads as a
+string, is accepted for float fields), and out-of-range values are rejected by :func:`validate_recipe`
+with a message naming the key, the value, and the valid range.
+
+``--set a.b=value`` overrides (:func:`apply_overrides`) are applied to the raw mapping *before* it is
+turned into dataclasses, so they get the same checks. :func:`recipe_diff` lists the dotted keys in
+which two recipes differ; resuming a run refuses a recipe that differs in a key that changes the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..errors import UsageError
+from ..fileio import atomic_write_text
+from .demp import DemPConfig
+
+RECIPE_SCHEMA = "demp.recipe/1"
+
+#: Methods a recipe may name. ``IMPLEMENTED_METHODS`` run today; the others are reserved names that a
+#: later version of the training stage will implement (a recipe naming them is refused clearly).
+IMPLEMENTED_METHODS = ("demp", "none")
+PLANNED_METHODS = ("stripping", "dnr", "dormant", "baseline")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "step", "multistep", "cosine", "one_cycle")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Keys that may differ between the recipe of an interrupted run and the one given to ``--resume``:
+#: they change where files go or how the run is shown, never the numbers it produces.
+RESUME_TOLERANT_KEYS = (
+    "data.num_workers",
+    "data.eval_batch_size",
+    "train.checkpoint_keep",
+    "train.log_every",
+    "train.device",
+    "export.",
+    "name",
+    "description",
+)
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train (see :func:`compressor.models.build_model`)."""
+
+    arch: str = field(default="cnn", metadata={"help": "torchvision name, \"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", ..."})
+    kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "passed to the architecture's builder"})
+    num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's number of classes"})
+    checkpoint: str | None = field(default=None, metadata={"help": "optional starting weights (fine-tune with DemP); safetensors or state dict"})
+    model_file: str | None = field(default=None, metadata={"help": "optional user factory file (see compressor.models)"})
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on and how it is batched (see :func:`compressor.data.load_data`)."""
+
+    spec: str = field(default="digits", metadata={"help": "\"digits\", \"mnist:ROOT\", \"cifar10:ROOT\", \"imagefolder:PATH\", \"npz:PATH\", ..."})
+    input_size: int | None = field(default=None, metadata={"help": "resize images to this side length (None: the dataset's own)"})
+    batch_size: int = field(default=128, metadata={"help": "training batch size"})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "None: 2 x batch_size"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: load in the training process)"})
+    drop_last: bool = field(default=True, metadata={"help": "drop the last incomplete training batch (keeps BatchNorm batches >= 2)"})
+
+
+@dataclass
+class TrainConfig:
+    """The optimization recipe. Epoch-valued fields (``step_size``, ``milestones``, ``warmup_epochs``)
+    are converted to optimizer steps with the number of batches per epoch."""
+
+    epochs: int = field(default=10, metadata={"help": "training epochs (>= 1)"})
+    optimizer: str = field(default="adam", metadata={"help": "adam | adamw | sgd"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (peak lr for one_cycle)"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd only"})
+    nesterov: bool = field(default=False, metadata={"help": "sgd only"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "adam/adamw"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon (it matters for neuron death: methods.md §2)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "coupled (adam, sgd) or decoupled (adamw) decay, beside DemP's penalty"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant | step | multistep | cosine | one_cycle"})
+    step_size: int = field(default=30, metadata={"help": "step: decay every step_size epochs"})
+    gamma: float = field(default=0.1, metadata={"help": "step / multistep: multiply the lr by gamma at each decay"})
+    milestones: list[int] = field(default_factory=list, metadata={"help": "multistep: epochs at which to decay"})
+    min_lr_factor: float = field(default=0.0, metadata={"help": "cosine: final lr = lr * min_lr_factor"})
+    pct_start: float = field(default=0.3, metadata={"help": "one_cycle: fraction of the steps spent rising"})
+    div_factor: float = field(default=25.0, metadata={"help": "one_cycle: initial lr = lr / div_factor"})
+    final_div_factor: float = field(default=1e4, metadata={"help": "one_cycle: final lr = initial lr / final_div_factor"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from 0, composed with any schedule above"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
+    augment: bool = field(default=False, metadata={"help": "CIFAR-style random crop + horizontal flip (the dataset decides what applies)"})
+    grad_clip: float | None = field(default=None, metadata={"help": "clip the global gradient norm to this value"})
+    seed: int = field(default=0, metadata={"help": "seeds python, numpy, torch, the shuffling order and the death-sample choice"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)"})
+    checkpoint_keep: int = field(default=2, metadata={"help": "keep the last N epoch checkpoints"})
+    log_every: int = field(default=20, metadata={"help": "optimizer steps between interval records in metrics.jsonl"})
+
+
+@dataclass
+class ExportConfig:
+    """What happens after training: the compact model is always saved (plan.json +
+    weights.safetensors); these options control the ONNX export and report of ``demp train``."""
+
+    onnx: bool = field(default=True, metadata={"help": "export model.onnx, report.json, report.md through exporters.pipeline"})
+    latency: bool = field(default=True, metadata={"help": "measure dense vs compact latency in the report"})
+    batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "latency batch sizes"})
+    opset: int | None = field(default=None, metadata={"help": "ONNX opset (None: the exporter's default)"})
+
+
+@dataclass
+class RecipeConfig:
+    """A whole training recipe. ``method`` selects the training-and-pruning method."""
+
+    method: str = field(default="demp", metadata={"help": "demp | none (plain training); stripping, dnr, dormant, baseline are reserved"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    demp: DemPConfig = field(default_factory=DemPConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    name: str | None = field(default=None, metadata={"help": "a label for reports"})
+    description: str | None = field(default=None, metadata={"help": "free text"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping (YAML/JSON-safe) that :func:`recipe_from_dict` turns back into this recipe."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the recipe as YAML, atomically."""
+        return atomic_write_text(path, self.to_yaml())
+
+
+# ---------------------------------------------------------------------------- dict -> dataclass
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert the harmless cases (int -> float,
+    ``"1e-3"`` -> float, tuple -> list); raise UsageError for anything else."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UsageError as exc:
+                errors.append(exc)
+        raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: expected a list ({_type_name(tp)}), got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise UsageError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_mapping(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UsageError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+            except ValueError:
+                pass
+        raise UsageError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UsageError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``: unknown keys are errors with a did-you-mean hint."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
+            section = f"section {where!r}" if where else "the recipe's top level"
+            raise UsageError(
+                f"unknown recipe key {dotted!r}{hint} (valid keys in {section}: {', '.join(names)})"
+            )
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # a config's own __post_init__ checks
+        raise UsageError(f"recipe section {where or 'top level'!r}: {exc}") from None
+
+
+def recipe_from_dict(data: Mapping[str, Any] | None) -> RecipeConfig:
+    """Turn a parsed recipe mapping into a validated :class:`RecipeConfig`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise UsageError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}")
+    data = dict(data)
+    schema = data.pop("schema", RECIPE_SCHEMA)
+    if schema != RECIPE_SCHEMA:
+        raise UsageError(f"recipe schema {schema!r} is not supported (expected {RECIPE_SCHEMA!r})")
+    recipe = _from_mapping(RecipeConfig, data)
+    validate_recipe(recipe)
+    return recipe
+
+
+# ---------------------------------------------------------------------------- overrides
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into (["a", "b"], value parsed as a YAML scalar/flow value)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set demp.peak=1e-3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of the raw recipe mapping with ``--set a.b=value`` overrides applied."""
+    import copy
+
+    out = copy.deepcopy(dict(data or {}))
+    for item in overrides:
+        path, value = parse_override(item)
+        node: dict[str, Any] = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UsageError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """Parse a recipe file with ``yaml.safe_load``; missing/invalid files are UsageErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"recipe {path} not found; see samples/recipes/ for examples") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read recipe {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path} is not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise UsageError(f"recipe {path} must be a YAML mapping of sections (method, model, data, train, ...)")
+    return data or {}
+
+
+def load_recipe(
+    source: str | Path | Mapping[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    data_spec: str | None = None,
+) -> RecipeConfig:
+    """Load a recipe from a YAML file (or an already-parsed mapping), apply ``--set`` overrides and a
+    ``--data`` spec override, and validate it."""
+    raw = dict(source) if isinstance(source, Mapping) else read_recipe_file(source)
+    raw = apply_overrides(raw, list(overrides))
+    if data_spec is not None:
+        raw = apply_overrides(raw, [])
+        raw.setdefault("data", {})
+        if not isinstance(raw["data"], dict):
+            raise UsageError("recipe key 'data' must be a mapping")
+        raw["data"]["spec"] = data_spec
+    return recipe_from_dict(raw)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, key: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise UsageError(f"recipe value {key}={value!r} is out of range: expected {expected}")
+
+
+def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"recipe value {key}={value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate_recipe(recipe: RecipeConfig) -> None:
+    """Reject values out of range with a UsageError naming the key, the value and the valid range."""
+    if recipe.method in PLANNED_METHODS:
+        raise UsageError(
+            f"method {recipe.method!r} is not implemented yet in the training stage; "
+            f"use one of {', '.join(IMPLEMENTED_METHODS)}"
+        )
+    _choice(recipe.method, "method", IMPLEMENTED_METHODS)
+
+    m = recipe.model
+    _check(bool(m.arch.strip()), "model.arch", m.arch, "an architecture name")
+    _check(m.num_classes is None or m.num_classes >= 2, "model.num_classes", m.num_classes, "an integer >= 2")
+
+    d = recipe.data
+    _check(bool(d.spec.strip()), "data.spec", d.spec, "a dataset spec such as digits or cifar10:/data/cifar")
+    _check(d.input_size is None or d.input_size >= 1, "data.input_size", d.input_size, "a positive integer")
+    _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
+    _check(d.eval_batch_size is None or d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size,
+           "an integer >= 1")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
+
+    t = recipe.train
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _choice(t.optimizer, "train.optimizer", OPTIMIZERS)
+    _check(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "0 <= momentum < 1")
+    _check(not (t.nesterov and t.optimizer == "sgd" and t.momentum <= 0), "train.nesterov", t.nesterov,
+           "false when train.momentum is 0 (Nesterov needs momentum)")
+    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas,
+           "two numbers in [0, 1)")
+    _check(t.adam_eps > 0, "train.adam_eps", t.adam_eps, "a number > 0")
+    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+    _check(t.step_size >= 1, "train.step_size", t.step_size, "an integer >= 1 (epochs)")
+    _check(0 < t.gamma <= 1, "train.gamma", t.gamma, "0 < gamma <= 1")
+    _check(all(m_ >= 1 for m_ in t.milestones) and t.milestones == sorted(set(t.milestones)),
+           "train.milestones", t.milestones, "strictly increasing positive epochs")
+    _check(t.lr_schedule != "multistep" or bool(t.milestones), "train.milestones", t.milestones,
+           "a non-empty list when lr_schedule is multistep")
+    _check(0 <= t.min_lr_factor <= 1, "train.min_lr_factor", t.min_lr_factor, "0 <= factor <= 1")
+    _check(0 < t.pct_start < 1, "train.pct_start", t.pct_start, "0 < pct_start < 1")
+    _check(t.div_factor >= 1, "train.div_factor", t.div_factor, "a number >= 1")
+    _check(t.final_div_factor >= 1, "train.final_div_factor", t.final_div_factor, "a number >= 1")
+    _check(0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs", t.warmup_epochs,
+           f"0 <= warmup_epochs < epochs ({t.epochs})")
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "0 <= smoothing < 1")
+    _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
+    _check(t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
+    _choice(t.device, "train.device", DEVICES)
+    _check(t.checkpoint_keep >= 1, "train.checkpoint_keep", t.checkpoint_keep, "an integer >= 1")
+    _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
+
+    validate_demp_config(recipe.demp)
+
+    e = recipe.export
+    _check(bool(e.batch_sizes) and all(b >= 1 for b in e.batch_sizes), "export.batch_sizes", e.batch_sizes,
+           "a non-empty list of positive integers")
+    _check(e.opset is None or e.opset >= 7, "export.opset", e.opset, "an ONNX opset >= 7 or null")
+
+
+def validate_demp_config(c: DemPConfig) -> None:
+    """Range checks for the ``demp`` section (the DemP class may check more when it is built)."""
+    _choice(c.regularizer, "demp.regularizer", ("l2", "lasso", "cdg_l2", "cdg_lasso", "none"))
+    _choice(c.target, "demp.target", ("weights", "norm_scale", "all"))
+    _choice(c.schedule, "demp.schedule", ("one_cycle", "constant", "linear"))
+    _check(_finite(c.peak) and c.peak >= 0, "demp.peak", c.peak, "a number >= 0 (lambda, the peak strength)")
+    _check(0 < c.span <= 1, "demp.span", c.span, "0 < span <= 1 (fraction of training steps)")
+    _check(0 < c.pct_start < 1, "demp.pct_start", c.pct_start, "0 < pct_start < 1")
+    _check(c.div_factor >= 1, "demp.div_factor", c.div_factor, "a number >= 1")
+    _check(c.final_div_factor >= 1, "demp.final_div_factor", c.final_div_factor, "a number >= 1")
+    _check(_finite(c.noise) and c.noise >= 0, "demp.noise", c.noise, "a number >= 0 (0 disables noise)")
+    _check(c.interval >= 1, "demp.interval", c.interval, "an integer >= 1 (optimizer steps between removals)")
+    _check(c.death_samples >= 1, "demp.death_samples", c.death_samples, "an integer >= 1")
+    _check(c.eps >= 0, "demp.eps", c.eps, "a number >= 0")
+    _check(c.min_channels >= 1, "demp.min_channels", c.min_channels, "an integer >= 1")
+    _check(c.round_to >= 1, "demp.round_to", c.round_to, "an integer >= 1")
+    validate = getattr(c, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise UsageError(f"recipe section 'demp': {exc}") from None
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and key != "kwargs":
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def recipe_diff(a: RecipeConfig | Mapping[str, Any], b: RecipeConfig | Mapping[str, Any],
+                *, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """The dotted keys in which two recipes differ, as (key, a_value, b_value), skipping keys that
+    equal or start with an entry of ``ignore`` (an entry ending in '.' is a prefix)."""
+    fa = flatten(a.to_dict() if isinstance(a, RecipeConfig) else dict(a))
+    fb = flatten(b.to_dict() if isinstance(b, RecipeConfig) else dict(b))
+    missing = object()
+    diffs = []
+    for key in sorted(set(fa) | set(fb)):
+        if any(key == ig or (ig.endswith(".") and key.startswith(ig)) for ig in ignore):
+            continue
+        va, vb = fa.get(key, missing), fb.get(key, missing)
+        if va != vb:
+            diffs.append((key, None if va is missing else va, None if vb is missing else vb))
+    return diffs
+
+
+#: One line per DemPConfig field for the recipe reference (DemPConfig itself documents them in its
+#: docstring; a test checks that every field has an entry here).
+DEMP_HELP = {
+    "regularizer": "l2 | lasso | cdg_l2 | cdg_lasso | none: the penalty added to the loss (methods.md §2.1)",
+    "target": "weights (Conv/Linear weights) | norm_scale (normalization gamma) | all",
+    "peak": "peak lambda of the penalty (>= 0); higher kills more neurons",
+    "schedule": "one_cycle | constant | linear: the shape of lambda_t and sigma_t",
+    "span": "fraction of the training steps the lambda/sigma schedules span (0 < span <= 1)",
+    "pct_start": "one_cycle: fraction of the span spent rising",
+    "div_factor": "one_cycle: start value = peak / div_factor",
+    "final_div_factor": "one_cycle: end value = start / final_div_factor",
+    "noise": "peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)",
+    "interval": "measure death and remove dead neurons every k optimizer steps (>= 1)",
+    "death_samples": "training samples (no augmentation) on which death is measured",
+    "eps": "a neuron is dead when max|activation| <= eps at every consumer (0: exact, lossless)",
+    "min_channels": "keep at least this many channels per group",
+    "round_to": "keep channel counts a multiple of this (keeps a few dead channels)",
+    "ignore": "layer names never pruned",
+    "prune": "false: measure and record deaths but never remove",
+    "final_only": "remove only once at the end (the dynamic-removal benchmark's baseline)",
+}
+
+
+def recipe_reference() -> str:
+    """A Markdown table of every recipe key, its type, default and meaning (docs/training.md embeds
+    it; a test checks the document against this)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        default_obj = cls()
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key + ".")
+                continue
+            default = getattr(default_obj, f.name)
+            shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            help_ = f.metadata.get("help") or (DEMP_HELP.get(f.name, "") if cls is DemPConfig else "")
+            lines.append(f"| `{key}` | {_type_name(tp).replace('|', 'or')} | `{shown}` | {help_.replace('|', '/')} |")
+
+    walk(RecipeConfig, "")
+    return "\n".join(lines)

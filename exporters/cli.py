@@ -1,0 +1,272 @@
+"""``demp export`` and ``demp bench``.
+
+* ``demp export DIR`` re-exports a compressed directory (``plan.json`` + ``weights.safetensors``) to
+  ONNX and checks the file with onnxruntime.
+* ``demp bench TARGET`` times dense versus compact (a compressed directory), one ``.onnx`` file, or any
+  dense model (``--arch NAME --input-size S``), interleaved, and prints a compact table.
+
+Neither command overwrites an existing output without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import OutputExistsError, UsageError
+
+from .latency import RUNTIMES
+
+log = logging.getLogger("demp")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``export`` and ``bench`` to the ``demp`` command."""
+    e = subparsers.add_parser(
+        "export", help="export a compressed directory to ONNX (with an onnxruntime parity check)",
+        description="Re-export a compressed model directory (made by `demp compress` or `demp train`) to ONNX, "
+        "check it with onnxruntime against PyTorch, and record metadata (tool version, plan hash, sparsity).",
+    )
+    e.add_argument("dir", metavar="DIR", help="compressed model directory (contains plan.json)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    batch = e.add_mutually_exclusive_group()
+    batch.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True,
+                       help="batch axis of any size (default)")
+    batch.add_argument("--static-batch", dest="dynamic_batch", action="store_false",
+                       help="fix the batch size (see --batch-size)")
+    e.add_argument("--batch-size", type=int, default=1, help="batch size of a --static-batch export (default 1)")
+    e.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="auto: torch.export-based, TorchScript as fallback (default)")
+    e.add_argument("--simplify", action="store_true", help="simplify with onnxslim (pip install 'demp[simplify]')")
+    e.add_argument("--out", metavar="FILE", help="output .onnx file (default DIR/model.onnx)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--data", metavar="SPEC", help="dataset for the parity check (e.g. digits, cifar10:ROOT); "
+                   "default: random inputs")
+    e.add_argument("--parity-samples", type=int, default=64, help="samples for the parity check (default 64)")
+    e.set_defaults(handler=run_export)
+
+    b = subparsers.add_parser(
+        "bench", help="latency: dense vs compact, PyTorch vs ONNX Runtime, percentiles",
+        description="Time a compressed directory (dense vs compact), an .onnx file, or a dense model "
+        "(--arch NAME --input-size S). Variants are interleaved round-robin so machine noise hits both.",
+    )
+    b.add_argument("target", nargs="?", metavar="TARGET", help="compressed directory or .onnx file (or use --arch)")
+    b.add_argument("--arch", help="time a freshly initialized dense model of this architecture instead")
+    b.add_argument("--input-size", type=int, help="image side length for --arch")
+    b.add_argument("--input-shape", help="sample shape C,H,W for an .onnx file with symbolic dimensions")
+    b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    b.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    b.add_argument("--runtimes", default=None,
+                   help=f"comma-separated from {','.join(RUNTIMES)} (default torch,onnxruntime; "
+                   "onnxruntime for an .onnx file)")
+    b.add_argument("--threads", type=int, help="intra-op threads for PyTorch and onnxruntime (default: PyTorch's)")
+    b.add_argument("--min-iters", type=int, default=20, help="at least this many timed iterations (default 20)")
+    b.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds (default 1.0)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed warm-up iterations (default 5)")
+    b.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="exporter for ONNX files made for timing")
+    b.add_argument("--opset", type=int, default=18)
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    b.set_defaults(handler=run_bench)
+
+
+# ----------------------------------------------------------------------------------------- export
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from compressor.pruned import load_pruned
+
+    from .flops import count_params
+    from .onnx import check_parity, export_onnx
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory; `demp export` takes a compressed model directory "
+                         "made by `demp compress` or `demp train` (it contains plan.json)")
+    out = Path(args.out) if args.out else directory / "model.onnx"
+    if out.exists() and not args.overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if args.batch_size < 1 or args.parity_samples < 1:
+        raise UsageError("--batch-size and --parity-samples must be >= 1")
+    pruned = load_pruned(directory)
+    shape = tuple(pruned.input_shape)
+    samples = _parity_inputs(args.data, shape, args.parity_samples)
+    plan = pruned.plan
+    dense_params = count_params(pruned.build_dense())
+    params = count_params(pruned.model)
+    meta = {"demp.plan_hash": plan.removal_hash(), "demp.weight_sparsity": f"{1 - params / dense_params:.6f}"}
+    if plan.neurons_before:
+        meta["demp.neuron_sparsity"] = f"{1 - plan.neurons_after / plan.neurons_before:.6f}"
+    if (plan.source or {}).get("sha256"):
+        meta["demp.source_sha256"] = str(plan.source["sha256"])
+    meta["demp.arch"] = str(pruned.spec.arch)
+    example = samples[: (2 if args.dynamic_batch else args.batch_size)]
+    if example.shape[0] < (1 if args.dynamic_batch else args.batch_size):
+        example = torch.cat([example] * args.batch_size)[: args.batch_size]
+    info = export_onnx(pruned.model, example, out, opset=args.opset, dynamic_batch=args.dynamic_batch, metadata=meta,
+                       exporter=args.exporter, simplify=args.simplify, overwrite=args.overwrite)
+    parity = check_parity(out, pruned.model, samples)
+    kind = "real" if args.data else "random"
+    print(f"wrote {out} ({info.bytes / 1e6:.1f} MB, {info.exporter} exporter, opset {info.opset}, "
+          f"{'dynamic' if info.dynamic_batch else 'static'} batch) in {info.seconds:.1f} s")
+    if info.fallback_reason:
+        print(f"note: {info.fallback_reason}; used the TorchScript exporter")
+    agreement = "n/a" if parity.top1_agreement is None else f"{parity.top1_agreement:.4f}"
+    print(f"parity (onnxruntime vs PyTorch, {parity.samples} {kind} samples, batch sizes "
+          f"{','.join(map(str, parity.batch_sizes))}): max abs diff {parity.max_abs_diff:.3g}, relative "
+          f"{parity.rel_diff:.3g}, top-1 agreement {agreement}")
+    return 0
+
+
+def _parity_inputs(data: str | None, shape: tuple[int, ...], n: int) -> Any:
+    import torch
+
+    if not data:
+        return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
+    from compressor.data import load_data
+
+    bundle = load_data(data, input_size=shape[-1] if len(shape) == 3 else None)
+    if tuple(bundle.input_shape) != shape:
+        raise UsageError(f"--data {data} gives samples of shape {tuple(bundle.input_shape)}, but the model takes "
+                         f"{shape}; pass the data set the model was compressed with")
+    dataset = bundle.test if bundle.test is not None else bundle.train
+    count = min(n, len(dataset))
+    return torch.stack([dataset[i][0] for i in range(count)])
+
+
+# ----------------------------------------------------------------------------------------- bench
+def run_bench(args: argparse.Namespace) -> int:
+    from compressor.fileio import atomic_write_json
+
+    from .latency import BenchConfig, benchmark, format_table, parse_batch_sizes, parse_runtimes
+
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise OutputExistsError(f"{args.json} already exists; pass --overwrite to replace it or choose another --json")
+    if args.target and args.arch:
+        raise UsageError("give either TARGET (a compressed directory or .onnx file) or --arch, not both")
+    if not args.target and not args.arch:
+        raise UsageError("nothing to time: give a compressed directory, an .onnx file, or --arch NAME --input-size S")
+    is_onnx = bool(args.target) and str(args.target).endswith(".onnx")
+    default_runtimes = "onnxruntime" if is_onnx else "torch,onnxruntime"
+    runtimes = parse_runtimes(args.runtimes or default_runtimes)
+    config = BenchConfig(batch_sizes=parse_batch_sizes(args.batch_sizes), runtimes=runtimes,
+                         device=_device(args.device), threads=args.threads, warmup=args.warmup,
+                         min_iters=args.min_iters, min_time_s=args.min_time)
+    config.validate()  # before any expensive loading or exporting
+    if is_onnx and any(r not in ("onnxruntime", "onnxruntime-trt") for r in runtimes):
+        raise UsageError("an .onnx file can only be timed with onnxruntime runtimes; use --runtimes onnxruntime, "
+                         "or give the compressed directory to compare PyTorch too")
+
+    with tempfile.TemporaryDirectory(prefix="demp-bench-") as tmp:
+        variants, shape = _bench_variants(args, config, Path(tmp))
+        result = benchmark(variants, shape, config, progress=lambda msg: log.info("timing %s", msg))
+    data = result.to_dict()
+    data["target"] = str(args.target) if args.target else f"--arch {args.arch}"
+    data["input_shape"] = list(shape)
+    env = result.environment
+    print(f"{env['cpu_model']}, {env['logical_cores']} logical cores, {result.config['threads']} threads"
+          + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ""))
+    print(format_table(result))
+    if args.json:
+        from .report import _jsonable
+
+        atomic_write_json(args.json, _jsonable(data))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _device(text: str) -> str:
+    text = str(text).strip().lower()
+    if text.startswith("cuda"):
+        return "cuda"
+    if text != "cpu":
+        raise UsageError(f"unknown device {text!r}; use --device cpu or --device cuda")
+    return text
+
+
+def _bench_variants(args: argparse.Namespace, config: Any, tmp: Path) -> tuple[list[Any], tuple[int, ...]]:
+    """Build the variants to time for the three kinds of TARGET."""
+    from .flops import count_macs
+    from .latency import Variant
+    from .onnx import load_onnx_session, onnx_input_shape, read_onnx_metadata
+
+    needs_onnx = any(r.startswith("onnxruntime") for r in config.runtimes)
+    needs_torch = any(r.startswith("torch") for r in config.runtimes)
+
+    if args.arch:
+        from compressor.models import load_model
+
+        model = load_model(args.arch, input_size=args.input_size).eval()
+        spec = getattr(model, "demp_spec", None)
+        shape = tuple(spec.input_shape) if spec is not None else (3, args.input_size or 224, args.input_size or 224)
+        onnx_path = _export_for_timing(model, shape, tmp / "dense.onnx", args) if needs_onnx else None
+        return [Variant(args.arch, model if needs_torch else None, onnx_path, count_macs(model, shape).total_macs)], shape
+
+    target = Path(args.target)
+    if str(target).endswith(".onnx"):
+        if not target.is_file():
+            raise UsageError(f"{target} not found")
+        session = load_onnx_session(target)  # a corrupt file fails here with a clear DempError
+        read_onnx_metadata(target)
+        _, dims = onnx_input_shape(session)
+        if args.input_shape:
+            shape = _parse_shape(args.input_shape)
+        elif all(isinstance(d, int) for d in dims[1:]):
+            shape = tuple(int(d) for d in dims[1:])
+        else:
+            raise UsageError(f"{target} has symbolic input dimensions {dims[1:]}; pass --input-shape C,H,W")
+        return [Variant(target.stem, None, str(target), None)], shape
+
+    if target.is_dir():
+        from compressor.pruned import is_pruned_dir, load_pruned
+
+        if not is_pruned_dir(target):
+            raise UsageError(f"{target} is not a compressed model directory (no plan.json); give a directory made by "
+                             "`demp compress`/`demp train`, an .onnx file, or --arch NAME")
+        pm = load_pruned(target)
+        shape = tuple(pm.input_shape)
+        dense = pm.build_dense().eval()
+        pruned = pm.model.eval()
+        dense_onnx = pruned_onnx = None
+        if needs_onnx:
+            existing = target / "model.onnx"
+            meta = read_onnx_metadata(existing) if existing.is_file() else {}
+            if existing.is_file() and meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == pm.plan.removal_hash():
+                pruned_onnx = str(existing)
+                args.exporter = meta.get("demp.exporter", args.exporter)  # same exporter for the dense file
+            else:
+                pruned_onnx = _export_for_timing(pruned, shape, tmp / "pruned.onnx", args)
+            dense_onnx = _export_for_timing(dense, shape, tmp / "dense.onnx", args)
+        return [
+            Variant("dense", dense if needs_torch else None, dense_onnx, count_macs(dense, shape).total_macs),
+            Variant("pruned", pruned if needs_torch else None, pruned_onnx, count_macs(pruned, shape).total_macs),
+        ], shape
+    if target.exists():
+        raise UsageError(f"{target} is neither a compressed model directory nor an .onnx file")
+    raise UsageError(f"{target} not found; give a compressed directory, an .onnx file, or --arch NAME")
+
+
+def _export_for_timing(model: Any, shape: tuple[int, ...], path: Path, args: argparse.Namespace) -> str:
+    import torch
+
+    from .onnx import export_onnx
+
+    info = export_onnx(model, torch.zeros((2, *shape)), path, opset=args.opset, exporter=args.exporter)
+    return info.path
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in str(text).replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--input-shape must be comma-separated integers like 3,224,224, got {text!r}") from None
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input-shape must be positive integers like 3,224,224, got {text!r}")
+    return shape
+
+
+__all__ = ["register", "run_export", "run_bench"]

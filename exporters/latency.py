@@ -1,0 +1,499 @@
+"""Honest latency benchmarks: dense versus compact, interleaved, with percentiles and the environment.
+
+For every (runtime, batch size) the variants (normally ``dense`` and ``pruned``) are measured
+**round-robin in small chunks** — a few iterations of one, then of the other, and so on — so that
+machine noise (other processes on a shared CPU, frequency scaling, thermal state) hits both alike.
+Each variant gets a warm-up, then at least ``min_iters`` iterations **and** at least ``min_time_s``
+seconds of measured time. Every iteration is timed on its own:
+
+* ``torch`` / ``torch-compile`` on CPU: ``time.perf_counter`` around the call, in ``inference_mode``;
+* ``torch`` / ``torch-compile`` on CUDA: CUDA events around each call, synchronized per chunk;
+* ``onnxruntime``: an ``InferenceSession`` with the CPU execution provider (``--device cpu``), or
+  the CUDA EP with IO binding (input and output stay on the GPU, ``--device cuda``);
+* ``onnxruntime-trt``: the TensorRT EP (CUDA only, when installed).
+
+Results carry p50 / p90 / p99 / mean / std (milliseconds per batch), throughput (samples / s), the
+thread count, and — when MACs are known — the latency ratio next to the MAC ratio and the
+*speedup efficiency* = MAC ratio / latency ratio (1.0: latency fell exactly as much as the arithmetic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.errors import DempError, UsageError
+
+from .env import collect_environment
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt")
+DEVICES = ("cpu", "cuda")
+SCHEDULE_KEEP = 24  # turns of the round-robin order kept in results (the pattern repeats)
+ORT_RUNTIMES = ("onnxruntime", "onnxruntime-trt")
+TORCH_RUNTIMES = ("torch", "torch-compile")
+
+
+@dataclass
+class BenchConfig:
+    """What to measure and for how long.
+
+    ``threads=None`` keeps PyTorch's current intra-op thread count and gives onnxruntime the same
+    number, so both runtimes are compared on equal terms; the count is recorded either way.
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 8)
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: int = 5
+    min_iters: int = 20
+    min_time_s: float = 1.0
+    chunk: int = 3  # at least this many iterations per round-robin turn ...
+    chunk_s: float = 0.05  # ... and about this much time per turn (so fast models do not thrash)
+    seed: int = 0
+    baseline: str = "dense"  # variant the others are compared with
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` for options that cannot work on this machine."""
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if not self.runtimes:
+            raise UsageError(f"no runtime given; choose from {', '.join(RUNTIMES)}")
+        for runtime in self.runtimes:
+            if runtime not in RUNTIMES:
+                raise UsageError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+        if len(set(self.runtimes)) != len(self.runtimes):
+            raise UsageError(f"runtime listed twice in {','.join(self.runtimes)}")
+        if not self.batch_sizes:
+            raise UsageError("no batch size given; pass e.g. --batch-sizes 1,8")
+        for batch in self.batch_sizes:
+            if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
+                raise UsageError(f"batch size {batch!r} is invalid; batch sizes must be integers >= 1, e.g. --batch-sizes 1,8")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UsageError(f"--threads {self.threads!r} is invalid; give a positive integer")
+        if self.warmup < 0 or self.min_iters < 1 or self.min_time_s < 0 or self.chunk < 1 or self.chunk_s < 0:
+            raise UsageError("--warmup must be >= 0, --min-iters >= 1, --min-time >= 0")
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise UsageError("--device cuda requested but no CUDA GPU is available to PyTorch; use --device cpu")
+            providers = _ort_providers()
+            if "onnxruntime" in self.runtimes and "CUDAExecutionProvider" not in providers:
+                raise UsageError(
+                    "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu), "
+                    "or drop onnxruntime from --runtimes"
+                )
+            if "onnxruntime-trt" in self.runtimes and "TensorrtExecutionProvider" not in providers:
+                raise UsageError("onnxruntime has no TensorrtExecutionProvider here; drop onnxruntime-trt from --runtimes")
+        elif "onnxruntime-trt" in self.runtimes:
+            raise UsageError("onnxruntime-trt needs --device cuda; use onnxruntime for --device cpu")
+
+
+@dataclass
+class Variant:
+    """One model to time: an ``nn.Module`` for the torch runtimes, an ONNX file for onnxruntime."""
+
+    name: str
+    model: nn.Module | None = None
+    onnx_path: str | None = None
+    macs: int | None = None  # per sample; for the MAC ratio
+
+
+@dataclass
+class LatencyResult:
+    """Timing of one (runtime, device, variant, batch)."""
+
+    runtime: str
+    device: str
+    variant: str
+    batch: int
+    threads: int
+    iters: int
+    measured_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # samples per second at the median latency
+    macs: int | None = None
+    provider: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    """A variant against the baseline at one (runtime, device, batch)."""
+
+    runtime: str
+    device: str
+    batch: int
+    variant: str
+    baseline: str
+    baseline_p50_ms: float
+    variant_p50_ms: float
+    latency_ratio: float  # variant p50 / baseline p50
+    mac_ratio: float | None  # variant MACs / baseline MACs
+    speedup: float  # baseline p50 / variant p50
+    speedup_efficiency: float | None  # mac_ratio / latency_ratio (1.0 = latency fell as much as MACs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchResult:
+    results: list[LatencyResult]
+    comparisons: list[Comparison]
+    environment: dict[str, Any]
+    config: dict[str, Any]
+    schedule: list[dict[str, Any]] = field(default_factory=list)  # per (runtime, batch): variant order of turns
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": dict(self.config),
+            "environment": dict(self.environment),
+            "latency": [r.to_dict() for r in self.results],
+            "comparison": [c.to_dict() for c in self.comparisons],
+            "schedule": list(self.schedule),
+        }
+
+
+# ----------------------------------------------------------------------------------------- runners
+class _Runner:
+    """Runs one variant at one batch size; ``run(n)`` returns n per-iteration times in ms."""
+
+    provider: str | None = None
+
+    def run(self, n: int) -> list[float]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _TorchRunner(_Runner):
+    def __init__(self, model: nn.Module, x: torch.Tensor, device: str) -> None:
+        self.model, self.x, self.cuda = model, x, device == "cuda"
+
+    def run(self, n: int) -> list[float]:
+        times = []
+        with torch.inference_mode():
+            if self.cuda:
+                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+                for start, end in events:
+                    start.record()
+                    self.model(self.x)
+                    end.record()
+                torch.cuda.synchronize()
+                times = [start.elapsed_time(end) for start, end in events]
+            else:
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    self.model(self.x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+class _OrtRunner(_Runner):
+    def __init__(self, session: Any, x: np.ndarray, device: str) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.provider = session.get_providers()[0]
+        self.binding = None
+        self.feed = {self.input_name: x}
+        if device == "cuda":
+            import onnxruntime as ort
+
+            self.binding = session.io_binding()
+            value = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+            self.binding.bind_ortvalue_input(self.input_name, value)
+            for name in self.output_names:
+                self.binding.bind_output(name, "cuda", 0)
+            self._keep = value
+
+    def run(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            if self.binding is not None:
+                self.session.run_with_iobinding(self.binding)
+                self.binding.synchronize_outputs()
+            else:
+                self.session.run(self.output_names, self.feed)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+# ----------------------------------------------------------------------------------------- benchmark
+def benchmark(variants: Sequence[Variant], input_shape: Sequence[int], config: BenchConfig | None = None,
+              *, progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Time every variant for every runtime and batch size in ``config``, interleaved.
+
+    ``input_shape`` is one sample's shape (no batch dimension). Variants need a ``model`` for the
+    torch runtimes and an ``onnx_path`` for the onnxruntime ones; a variant lacking what a runtime
+    needs is skipped for that runtime (with a log line), and it is an error if no variant is left.
+    """
+    config = config or BenchConfig()
+    config.validate()
+    if not variants:
+        raise UsageError("nothing to benchmark: no model variants given")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UsageError(f"variant names must be unique, got {names}")
+    shape = tuple(int(d) for d in input_shape)
+    if any(d < 1 for d in shape):
+        raise UsageError(f"input shape {shape} must be positive; pass --input-size / --input-shape")
+
+    results: list[LatencyResult] = []
+    schedule: list[dict[str, Any]] = []
+    with _thread_count(config.threads) as threads:
+        environment = collect_environment(threads=threads)
+        for runtime in config.runtimes:
+            usable = [v for v in variants if _supports(v, runtime)]
+            for v in variants:
+                if v not in usable:
+                    log.info("skipping %s for %s: it has no %s", v.name, runtime,
+                             "ONNX file" if runtime in ORT_RUNTIMES else "PyTorch model")
+            if not usable:
+                raise UsageError(
+                    f"runtime {runtime} has nothing to run: "
+                    + ("give a model with an ONNX file" if runtime in ORT_RUNTIMES else "an .onnx file can only be timed with --runtimes onnxruntime")
+                )
+            prepared = _prepare(usable, runtime, config.device, threads)
+            try:
+                for batch in config.batch_sizes:
+                    if progress:
+                        progress(f"{runtime} {config.device} batch {batch}: {', '.join(v.name for v in usable)}")
+                    measured, order = _measure_interleaved(usable, prepared, runtime, config, int(batch), shape)
+                    schedule.append({"runtime": runtime, "batch": int(batch), "turns": len(order),
+                                     "order": order[:SCHEDULE_KEEP]})
+                    for v in usable:
+                        results.append(_summarize(measured[v.name], v, runtime, config.device, int(batch), threads,
+                                                  prepared[v.name]["provider"]))
+            finally:
+                prepared.clear()
+    comparisons = compare(results, variants, baseline=config.baseline)
+    cfg = asdict(config)
+    cfg["batch_sizes"] = [int(b) for b in config.batch_sizes]
+    cfg["runtimes"] = list(config.runtimes)
+    cfg["threads"] = threads
+    return BenchResult(results=results, comparisons=comparisons, environment=environment, config=cfg,
+                       schedule=schedule)
+
+
+def compare(results: Sequence[LatencyResult], variants: Sequence[Variant], *, baseline: str = "dense") -> list[Comparison]:
+    """Latency ratio, MAC ratio and speedup efficiency of each variant against ``baseline``."""
+    macs = {v.name: v.macs for v in variants}
+    by_key = {(r.runtime, r.device, r.batch, r.variant): r for r in results}
+    out = []
+    for r in results:
+        if r.variant == baseline:
+            continue
+        base = by_key.get((r.runtime, r.device, r.batch, baseline))
+        if base is None:
+            continue
+        latency_ratio = r.p50_ms / base.p50_ms if base.p50_ms > 0 else float("nan")
+        mac_ratio = None
+        if macs.get(r.variant) and macs.get(baseline):
+            mac_ratio = macs[r.variant] / macs[baseline]
+        efficiency = mac_ratio / latency_ratio if mac_ratio is not None and latency_ratio > 0 else None
+        out.append(Comparison(
+            runtime=r.runtime, device=r.device, batch=r.batch, variant=r.variant, baseline=baseline,
+            baseline_p50_ms=base.p50_ms, variant_p50_ms=r.p50_ms, latency_ratio=latency_ratio,
+            mac_ratio=mac_ratio, speedup=(base.p50_ms / r.p50_ms) if r.p50_ms > 0 else float("nan"),
+            speedup_efficiency=efficiency,
+        ))
+    return out
+
+
+def _supports(variant: Variant, runtime: str) -> bool:
+    return variant.onnx_path is not None if runtime in ORT_RUNTIMES else variant.model is not None
+
+
+def _prepare(variants: Sequence[Variant], runtime: str, device: str, threads: int) -> dict[str, dict[str, Any]]:
+    """Per variant: the callable object to time (a model on the device, or an ORT session)."""
+    prepared: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        if runtime in TORCH_RUNTIMES:
+            model = v.model
+            assert model is not None
+            if device == "cuda" or model.training or runtime == "torch-compile":
+                model = copy.deepcopy(model)  # never move or switch the caller's module
+            model = model.to(device).eval()
+            if runtime == "torch-compile":
+                model = torch.compile(model, dynamic=False)
+            prepared[v.name] = {"model": model, "provider": None}
+        else:
+            from .onnx import load_onnx_session
+
+            providers = _providers_for(runtime, device)
+            session = load_onnx_session(v.onnx_path, providers=providers, threads=threads)
+            if session.get_providers()[0] != providers[0]:
+                raise DempError(
+                    f"onnxruntime could not start {providers[0]} for {v.onnx_path} (it fell back to "
+                    f"{session.get_providers()[0]}); check the GPU libraries or use --device cpu"
+                )
+            prepared[v.name] = {"session": session, "provider": providers[0]}
+    return prepared
+
+
+def _providers_for(runtime: str, device: str) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if runtime == "onnxruntime-trt":
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+
+        return list(ort.get_available_providers())
+    except ImportError:
+        return []
+
+
+def _input(batch: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *shape), generator=gen)
+
+
+def _make_runner(entry: dict[str, Any], runtime: str, device: str, x: torch.Tensor) -> _Runner:
+    if runtime in TORCH_RUNTIMES:
+        return _TorchRunner(entry["model"], x.to(device), device)
+    session = entry["session"]
+    shape = session.get_inputs()[0].shape
+    if shape and isinstance(shape[0], int) and shape[0] != x.shape[0]:
+        raise UsageError(
+            f"the ONNX model has a static batch size of {shape[0]} and cannot run batch {x.shape[0]}; "
+            f"use --batch-sizes {shape[0]} or re-export with --dynamic-batch"
+        )
+    return _OrtRunner(session, x.numpy().astype(np.float32), device)
+
+
+def _measure_interleaved(variants: Sequence[Variant], prepared: dict[str, dict[str, Any]], runtime: str,
+                         config: BenchConfig, batch: int, shape: tuple[int, ...]) -> tuple[dict[str, list[float]], list[str]]:
+    """Warm up each variant, then run them round-robin in chunks until every one has at least
+    ``min_iters`` iterations and ``min_time_s`` seconds of measured time. Returns the per-iteration
+    times (ms) of each variant and the order of turns."""
+    x = _input(batch, shape, config.seed)
+    runners = {v.name: _make_runner(prepared[v.name], runtime, config.device, x) for v in variants}
+    order: list[str] = []
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    turn: dict[str, int] = {}
+    try:
+        for v in variants:
+            try:
+                warm = runners[v.name].run(max(config.warmup, 1))
+            except Exception as exc:  # compile / runtime failures of user models come in many types
+                raise DempError(
+                    f"{runtime} failed to run {v.name} at batch {batch} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); drop {runtime} from --runtimes"
+                ) from None
+            per_iter_s = max(float(np.median(warm[-3:])) / 1e3, 1e-6)
+            turn[v.name] = int(min(1000, max(config.chunk, math.ceil(config.chunk_s / per_iter_s))))
+
+        def done(name: str) -> bool:
+            return len(times[name]) >= config.min_iters and sum(times[name]) / 1e3 >= config.min_time_s
+
+        while not all(done(v.name) for v in variants):
+            for v in variants:
+                times[v.name].extend(runners[v.name].run(turn[v.name]))
+                order.append(v.name)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return times, order
+
+
+def _summarize(times_ms: list[float], variant: Variant, runtime: str, device: str, batch: int, threads: int,
+               provider: str | None) -> LatencyResult:
+    arr = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
+    return LatencyResult(
+        runtime=runtime, device=device, variant=variant.name, batch=batch, threads=threads, iters=int(arr.size),
+        measured_s=float(arr.sum() / 1e3), p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=float(arr.mean()),
+        std_ms=float(arr.std(ddof=1)) if arr.size > 1 else 0.0, min_ms=float(arr.min()), max_ms=float(arr.max()),
+        throughput=batch / (p50 / 1e3) if p50 > 0 else float("inf"), macs=variant.macs, provider=provider,
+    )
+
+
+@contextlib.contextmanager
+def _thread_count(threads: int | None) -> Iterator[int]:
+    """Set PyTorch's intra-op threads for the benchmark (restored afterwards); yield the count used."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> (1, 8, 32); anything else is a UsageError naming the bad item."""
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            value = int(item)
+        except ValueError:
+            raise UsageError(f"batch size {item!r} is not an integer; use e.g. --batch-sizes 1,8,32") from None
+        if value < 1:
+            raise UsageError(f"batch size {value} is invalid; batch sizes must be >= 1, e.g. --batch-sizes 1,8")
+        out.append(value)
+    if not out:
+        raise UsageError("no batch size given; use e.g. --batch-sizes 1,8,32")
+    return tuple(out)
+
+
+def parse_runtimes(text: str) -> tuple[str, ...]:
+    """``"torch,onnxruntime"`` -> ("torch", "onnxruntime"), validating each name."""
+    out = tuple(item.strip() for item in str(text).split(",") if item.strip())
+    for runtime in out:
+        if runtime not in RUNTIMES:
+            raise UsageError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+    if not out:
+        raise UsageError(f"no runtime given; valid runtimes: {', '.join(RUNTIMES)}")
+    return out
+
+
+def format_table(result: BenchResult | dict[str, Any]) -> str:
+    """A compact text table of a benchmark result (latency per variant, then the comparisons)."""
+    data = result.to_dict() if isinstance(result, BenchResult) else result
+    lines = [f"{'runtime':<16} {'dev':<4} {'batch':>5} {'variant':<8} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+             f"{'samples/s':>10} {'thr':>3}"]
+    for r in data.get("latency", []):
+        lines.append(f"{r['runtime']:<16} {r['device']:<4} {r['batch']:>5} {r['variant']:<8} {r['p50_ms']:>9.3f} "
+                     f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput']:>10.1f} {r['threads']:>3}")
+    comps = data.get("comparison", [])
+    if comps:
+        lines.append("")
+        lines.append(f"{'runtime':<16} {'dev':<4} {'batch':>5} {'latency ratio':>13} {'MAC ratio':>9} {'speedup':>7} {'efficiency':>10}")
+        for c in comps:
+            mac = "-" if c.get("mac_ratio") is None else f"{c['mac_ratio']:.3f}"
+            eff = "-" if c.get("speedup_efficiency") is None else f"{c['speedup_efficiency']:.2f}"
+            lines.append(f"{c['runtime']:<16} {c['device']:<4} {c['batch']:>5} {c['latency_ratio']:>13.3f} {mac:>9} "
+                         f"{c['speedup']:>6.2f}x {eff:>10}")
+    return "\n".join(lines)
+

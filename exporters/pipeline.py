@@ -1,0 +1,258 @@
+"""The shared end of ``demp compress`` and ``demp train``: MACs, ONNX export, parity, latency, report.
+
+:func:`finalize` takes the dense and the pruned model plus real samples, and completes the report the
+caller started (``source``, ``pruning``, part of ``model`` / ``parity`` / ``tool``):
+
+1. ``model``: parameters and MACs per sample, dense versus pruned, and a per-module table (``modules``);
+2. ``parity``: PyTorch dense versus pruned (unless the caller already measured it);
+3. ``export``: ``model.onnx`` from the pruned model, checked with onnxruntime on the calibration and
+   held-out samples at several batch sizes (``parity.onnx_*``; a mismatch raises VerificationError);
+4. ``latency``: dense versus pruned, interleaved, for the requested runtimes and batch sizes, with the
+   latency ratio next to the MAC ratio (``latency_comparison``) and the ``environment``;
+5. writes ``report.json`` (validated against ``demp.report/1``), ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from compressor.errors import OutputExistsError, UsageError
+
+from .flops import compare_macs
+from .latency import BenchConfig, Variant, benchmark
+from .onnx import DEFAULT_OPSET, check_parity, export_onnx
+from .report import REPORT_SCHEMA, _jsonable, tool_section, validate_report, write_report
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+#: Samples of calibration / held-out data used for the ONNX parity check (enough to be meaningful,
+#: few enough that ``demp compress`` stays quick on large inputs).
+PARITY_SAMPLES = 256
+MODULE_TABLE_DEPTH = 2
+
+
+def finalize(
+    out_dir: str | os.PathLike,
+    *,
+    dense: nn.Module,
+    pruned: nn.Module,
+    calib_x: torch.Tensor,
+    heldout_x: torch.Tensor | None,
+    report: Mapping[str, Any],
+    export: bool = True,
+    bench: bool = True,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    exporter: str = "auto",
+    batch_sizes: Sequence[int] = (1, 8),
+    device: str = "cpu",
+    runtimes: Sequence[str] = ("torch", "onnxruntime"),
+    threads: int | None = None,
+    min_time_s: float = 0.5,
+    min_iters: int = 5,
+    warmup: int = 2,
+    atol_rel: float = 1e-4,
+    plots: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Complete ``report`` for the models in ``out_dir``, write the artefacts, return the report.
+
+    ``calib_x`` / ``heldout_x`` are tensors of real samples (``heldout_x`` may be None). ``export``
+    writes ``out_dir/model.onnx`` and checks it against ``pruned`` with onnxruntime; ``bench`` times
+    dense versus pruned (``min_time_s`` per variant and batch size; the ONNX runtimes need
+    ``export``). Existing ``model.onnx`` / report files are replaced only with ``overwrite``. The
+    models are not modified; export and parity run on CPU copies.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not isinstance(calib_x, torch.Tensor) or calib_x.dim() < 2 or calib_x.shape[0] < 1:
+        raise UsageError("finalize needs calib_x: a tensor of at least one real sample, shaped (N, *input_shape)")
+    if not overwrite:
+        clash = [p for p in (out / ONNX_FILE, out / "report.json", out / "report.md") if p.exists()]
+        if clash:
+            raise OutputExistsError(f"{', '.join(map(str, clash))} already exist(s) in {out}; pass --overwrite to replace")
+    input_shape = tuple(int(d) for d in calib_x.shape[1:])
+    samples = calib_x.detach().cpu()
+    held = heldout_x.detach().cpu() if isinstance(heldout_x, torch.Tensor) and heldout_x.shape[0] else None
+
+    rep: dict[str, Any] = copy.deepcopy(dict(report))
+    rep["schema"] = REPORT_SCHEMA
+    rep["tool"] = tool_section(rep.get("tool"))
+    rep.setdefault("source", {})
+    rep.setdefault("pruning", {})
+    rep.setdefault("parity", {})
+    rep["latency"] = []
+
+    dense_cpu = _cpu_eval_copy(dense)
+    pruned_cpu = _cpu_eval_copy(pruned)
+
+    # 1. parameters and MACs
+    macs = compare_macs(dense_cpu, pruned_cpu, samples[:1])
+    rep["model"] = {**dict(rep.get("model") or {}), **macs.model_section()}
+    rep["modules"] = [
+        {"name": r.name, "macs_before": r.macs_before, "macs_after": r.macs_after, "params_before": r.params_before,
+         "params_after": r.params_after}
+        for r in macs.rows if r.name == "" or r.name.count(".") < MODULE_TABLE_DEPTH
+    ]
+    for warning in macs.dense.warnings + macs.pruned.warnings:
+        log.warning("%s", warning)
+
+    # 2. torch parity (dense vs pruned), unless the caller measured it already
+    if "torch_max_abs_diff" not in rep["parity"]:
+        rep["parity"].update(_torch_parity(dense_cpu, pruned_cpu, _parity_samples(samples, held)))
+
+    # 3. ONNX export + onnxruntime parity
+    onnx_path = out / ONNX_FILE
+    rep["export"] = None
+    if export:
+        meta = _metadata(out, rep)
+        info = export_onnx(pruned_cpu, samples[:2], onnx_path, opset=opset, dynamic_batch=dynamic_batch,
+                           metadata=meta, exporter=exporter, overwrite=overwrite)
+        rep["export"] = info.to_dict()
+        rep["export"]["path"] = ONNX_FILE
+        parity = check_parity(onnx_path, pruned_cpu, _parity_samples(samples, held), atol_rel=atol_rel)
+        rep["parity"].update(parity.to_dict())
+
+    # 4. latency, dense versus pruned, interleaved
+    if bench:
+        rep.update(_bench(dense_cpu, pruned_cpu, onnx_path if export else None, rep, input_shape,
+                          batch_sizes=batch_sizes, device=device, runtimes=runtimes, threads=threads,
+                          min_time_s=min_time_s, min_iters=min_iters, warmup=warmup, exporter=exporter,
+                          opset=opset))
+    else:
+        from .env import collect_environment
+
+        rep["environment"] = collect_environment(threads=threads)
+
+    # 5. write
+    validate_report(rep)
+    write_report(rep, out, plots=plots, overwrite=True)
+    return json.loads(json.dumps(_jsonable(rep), default=str))
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model).cpu().eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
+
+
+def _parity_samples(calib: torch.Tensor, heldout: torch.Tensor | None) -> list[torch.Tensor]:
+    """Calibration and held-out samples, at most PARITY_SAMPLES of each."""
+    parts = [calib[:PARITY_SAMPLES]]
+    if heldout is not None:
+        parts.append(heldout[:PARITY_SAMPLES])
+    return parts
+
+
+@torch.inference_mode()
+def _torch_parity(dense: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:
+    max_abs, scale, agree, total = 0.0, 0.0, 0, 0
+    for x in batches:
+        for start in range(0, x.shape[0], 64):
+            xb = x[start:start + 64]
+            ref, out = _first(dense(xb)).float(), _first(pruned(xb)).float()
+            max_abs = max(max_abs, float((ref - out).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
+            if ref.dim() == 2 and ref.shape[1] > 1:
+                agree += int((ref.argmax(1) == out.argmax(1)).sum())
+            total += xb.shape[0]
+    return {
+        "torch_max_abs_diff": max_abs,
+        "torch_rel_diff": max_abs / scale if scale > 0 else max_abs,
+        "top1_agreement": agree / total if total else None,
+        "samples": total,
+    }
+
+
+def _first(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return _first(value[0])
+    if isinstance(value, Mapping):
+        return _first(next(iter(value.values())))
+    raise UsageError(f"the model returned {type(value).__name__}; a tensor output is needed")
+
+
+def _metadata(out: Path, rep: Mapping[str, Any]) -> dict[str, str]:
+    """ONNX metadata_props: plan hash, source sha256, neuron and (structural) weight sparsity."""
+    meta: dict[str, str] = {}
+    plan_file = out / "plan.json"
+    if plan_file.is_file():
+        try:
+            meta["demp.plan_hash"] = str(json.loads(plan_file.read_text()).get("plan_hash", ""))
+        except (OSError, json.JSONDecodeError):
+            log.warning("could not read %s for the ONNX metadata", plan_file)
+    source = rep.get("source") or {}
+    if source.get("sha256"):
+        meta["demp.source_sha256"] = str(source["sha256"])
+    if source.get("arch"):
+        meta["demp.arch"] = str(source["arch"])
+    pruning = rep.get("pruning") or {}
+    before, after = pruning.get("neurons_before"), pruning.get("neurons_after")
+    if isinstance(before, int) and isinstance(after, int) and before > 0:
+        meta["demp.neuron_sparsity"] = f"{1 - after / before:.6f}"
+    model = rep.get("model") or {}
+    if model.get("params_before"):
+        meta["demp.weight_sparsity"] = f"{1 - model['params_after'] / model['params_before']:.6f}"
+    if model.get("macs_before"):
+        meta["demp.mac_ratio"] = f"{model['macs_after'] / model['macs_before']:.6f}"
+    return meta
+
+
+def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Mapping[str, Any],
+           input_shape: tuple[int, ...], *, batch_sizes: Sequence[int], device: str, runtimes: Sequence[str],
+           threads: int | None, min_time_s: float, min_iters: int, warmup: int, exporter: str,
+           opset: int) -> dict[str, Any]:
+    """Time dense versus pruned; returns the ``latency``, ``latency_comparison`` and ``environment`` sections."""
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    chosen = list(runtimes)
+    if onnx_path is None:
+        chosen = [r for r in chosen if not r.startswith("onnxruntime")]
+    if dev == "cuda":
+        from .latency import _ort_providers
+
+        if "CUDAExecutionProvider" not in _ort_providers():
+            dropped = [r for r in chosen if r.startswith("onnxruntime")]
+            if dropped:
+                log.warning("onnxruntime has no CUDA execution provider here; timing torch only on cuda")
+            chosen = [r for r in chosen if not r.startswith("onnxruntime")]
+    if not chosen:
+        from .env import collect_environment
+
+        return {"latency": [], "latency_comparison": [], "environment": collect_environment(threads=threads)}
+    model_section = rep.get("model") or {}
+    config = BenchConfig(batch_sizes=tuple(int(b) for b in batch_sizes), runtimes=tuple(chosen), device=dev,
+                         threads=threads, warmup=warmup, min_iters=min_iters, min_time_s=min_time_s)
+    with tempfile.TemporaryDirectory(prefix=".demp-bench-", dir=onnx_path.parent if onnx_path else None) as tmp:
+        dense_onnx = None
+        if any(r.startswith("onnxruntime") for r in chosen):
+            # The dense ONNX is only for timing: same exporter as the pruned file, not kept.
+            used = (rep.get("export") or {}).get("exporter", exporter)
+            dense_onnx = export_onnx(dense, torch.zeros((2, *input_shape)), Path(tmp) / "dense.onnx", opset=opset,
+                                     exporter=used if used in ("dynamo", "torchscript") else exporter).path
+        variants = [
+            Variant("dense", dense, dense_onnx, model_section.get("macs_before")),
+            Variant("pruned", pruned, str(onnx_path) if onnx_path else None, model_section.get("macs_after")),
+        ]
+        result = benchmark(variants, input_shape, config,
+                           progress=lambda msg: log.info("timing %s", msg))
+    data = result.to_dict()
+    for entry in data["comparison"]:
+        for key, value in list(entry.items()):
+            if isinstance(value, float) and not math.isfinite(value):
+                entry[key] = None
+    return {"latency": data["latency"], "latency_comparison": data["comparison"], "environment": data["environment"],
+            "latency_config": data["config"]}

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures (kept small): deterministic torch RNG and a few file writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch() -> None:
+    """Every test starts from the same torch RNG state, so fresh model weights are reproducible."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def write_pngs():
+    """``write_pngs(root, {"cat": 3, "dog": 2}, size=12)`` writes tiny random RGB PNGs per class folder."""
+    from PIL import Image
+
+    def write(root: Path, counts: dict[str, int], size: int = 12, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        for cls, count in counts.items():
+            folder = Path(root) / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, size=(size, size + 2, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"img{i}.png")
+        return Path(root)
+
+    return write

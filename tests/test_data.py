@@ -1,0 +1,289 @@
+"""Dataset specs, calibration splits and loaders, on real files written into tmp_path."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.data import (
+    CIFAR10_MEAN,
+    IMAGENET_MEAN,
+    MNIST_MEAN,
+    MNIST_STD,
+    calibration_split,
+    load_data,
+    make_loader,
+    stratified_split,
+)
+from compressor.errors import DataError, UsageError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def _all(dataset) -> tuple[torch.Tensor, list[int]]:
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([x for x, _ in items]), [y for _, y in items]
+
+
+# ---------------------------------------------------------------------------------------- digits
+
+def test_digits_shapes_and_normalization(digits) -> None:
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    assert len(digits.train) + len(digits.test) == 1797
+    assert abs(len(digits.test) / 1797 - 0.2) < 0.01
+    x, y = digits.train[0]
+    assert x.dtype == torch.float32 and x.shape == (1, 8, 8) and isinstance(y, int)
+    xs, ys = _all(digits.train)
+    assert abs(float(xs.mean())) < 1e-4 and abs(float(xs.std()) - 1) < 1e-3
+    # stratified: every class is ~20% test
+    _, test_y = _all(digits.test)
+    for cls in range(10):
+        share = test_y.count(cls) / (test_y.count(cls) + ys.count(cls))
+        assert 0.17 < share < 0.23
+
+
+def test_digits_split_is_deterministic(digits) -> None:
+    again = load_data("digits")
+    assert torch.equal(digits.test.data, again.test.data) and torch.equal(digits.test.targets, again.test.targets)
+    assert not torch.equal(digits.train.data[: len(digits.test)], digits.test.data)
+
+
+def test_digits_input_size_resizes() -> None:
+    bundle = load_data("digits", input_size=16)
+    assert bundle.input_shape == (1, 16, 16) and bundle.train[0][0].shape == (1, 16, 16)
+
+
+def test_stratified_split_small_classes() -> None:
+    train, test = stratified_split([0, 0, 0, 0, 0, 1, 1, 2])
+    assert sorted(train + test) == list(range(8)) and not set(train) & set(test)
+    assert 7 in train  # a single-sample class stays in train
+    assert stratified_split([0, 0, 0, 0, 0, 1, 1, 2]) == (train, test)
+
+
+def test_unknown_spec_lists_valid_forms() -> None:
+    with pytest.raises(UsageError, match=r"unknown dataset spec 'imagenet:/x'; valid forms: digits, mnist:ROOT"):
+        load_data("imagenet:/x")
+    with pytest.raises(UsageError, match="needs a path: cifar10:ROOT"):
+        load_data("cifar10")
+    with pytest.raises(UsageError, match="takes no argument"):
+        load_data("digits:/tmp")
+
+
+# ---------------------------------------------------------------------------------------- splits/loaders
+
+def test_calibration_split_is_deterministic_and_disjoint(digits) -> None:
+    calib, held = calibration_split(digits.train, samples=300, heldout=100, seed=3)
+    assert len(calib) == 300 and len(held) == 100
+    assert not set(calib.indices) & set(held.indices)
+    again = calibration_split(digits.train, samples=300, heldout=100, seed=3)
+    assert calib.indices == again[0].indices and held.indices == again[1].indices
+    other = calibration_split(digits.train, samples=300, heldout=100, seed=4)
+    assert calib.indices != other[0].indices
+
+
+def test_calibration_split_small_dataset_warns(digits, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="compressor.data"):
+        calib, held = calibration_split(digits.test, samples=1024, heldout=256)
+    n = len(digits.test)
+    assert len(calib) + len(held) == n and len(held) >= 1 and len(calib) > len(held)
+    assert "only" in caplog.text and str(n) in caplog.text
+    calib, held = calibration_split(digits.test, samples=10, heldout=0)
+    assert len(calib) == 10 and len(held) == 0
+
+
+def test_calibration_split_too_small_is_an_error(digits) -> None:
+    tiny = torch.utils.data.Subset(digits.train, [0])
+    with pytest.raises(DataError, match="too few"):
+        calibration_split(tiny, samples=8, heldout=8)
+    with pytest.raises(DataError, match="too few"):
+        calibration_split(torch.utils.data.Subset(digits.train, []), samples=8, heldout=0)
+    with pytest.raises(UsageError):
+        calibration_split(digits.train, samples=0, heldout=8)
+
+
+def test_make_loader_is_reproducible(digits) -> None:
+    def order(seed: int) -> list[int]:
+        return [y for _, ys in make_loader(digits.train, batch_size=100, shuffle=True, seed=seed) for y in ys.tolist()]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    x, y = next(iter(make_loader(digits.test, batch_size=32)))
+    assert x.shape == (32, 1, 8, 8) and y.dtype == torch.int64
+    assert len(make_loader(digits.test, batch_size=100, drop_last=True)) == len(digits.test) // 100
+
+
+# ---------------------------------------------------------------------------------------- npz
+
+def test_npz_float_nchw_with_test_split(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(20, 3, 6, 6)).astype(np.float32)
+    y = np.arange(20) % 4
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:5], y_test=y[:5])
+    bundle = load_data(f"npz:{tmp_path / 'd.npz'}")
+    assert bundle.input_shape == (3, 6, 6) and bundle.num_classes == 4 and len(bundle.test) == 5
+    assert bundle.mean == () and bundle.std == ()
+    assert torch.equal(bundle.train[3][0], torch.from_numpy(x[3])) and bundle.train[3][1] == 3
+
+
+def test_npz_uint8_nhwc_is_scaled_and_transposed(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).integers(0, 256, size=(10, 5, 7, 3), dtype=np.uint8)
+    np.savez(tmp_path / "u.npz", x=x, y=np.zeros(10, dtype=np.int64), mean=np.array([0.5, 0.5, 0.5]),
+             std=np.array([0.25, 0.25, 0.25]))
+    bundle = load_data(f"npz:{tmp_path / 'u.npz'}")
+    assert bundle.input_shape == (3, 5, 7) and bundle.test is None
+    expected = (torch.from_numpy(x[2]).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(bundle.train[2][0], expected)
+
+
+def test_npz_uint8_grayscale_and_unlabeled(tmp_path: Path) -> None:
+    x = np.full((4, 8, 8), 255, dtype=np.uint8)
+    np.savez(tmp_path / "g.npz", x=x)
+    bundle = load_data(f"npz:{tmp_path / 'g.npz'}")
+    assert bundle.input_shape == (1, 8, 8) and bundle.num_classes == 0
+    x0, y0 = bundle.train[0]
+    assert torch.equal(x0, torch.ones(1, 8, 8)) and y0 == -1
+
+
+def test_npz_cifar_style_augmentation(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(6), x_test=x, y_test=np.arange(6))
+    bundle = load_data(f"npz:{tmp_path / 'c.npz'}", augment=True)
+    torch.manual_seed(0)
+    views = [bundle.train[0][0] for _ in range(8)]
+    assert all(v.shape == (3, 32, 32) for v in views)
+    assert any(not torch.equal(views[0], v) for v in views[1:])  # random crops/flips differ
+    assert torch.equal(bundle.test[0][0], bundle.test[0][0])  # the test split is never augmented
+    assert torch.equal(bundle.test[0][0], load_data(f"npz:{tmp_path / 'c.npz'}").train[0][0])
+
+
+@pytest.mark.parametrize(
+    "arrays,message",
+    [
+        ({"images": np.zeros((2, 1, 4, 4), np.float32)}, "no array 'x' \\(found: images\\)"),
+        ({"x": np.zeros((2, 1, 4, 4), np.int32)}, "dtype int32"),
+        ({"x": np.zeros((2, 4, 4, 5), np.uint8)}, "channels last"),
+        ({"x": np.zeros((5,), np.float32)}, "must be N x C x H x W"),
+        ({"x": np.zeros((0, 1, 4, 4), np.float32)}, "empty"),
+        ({"x": np.full((2, 1, 4, 4), np.nan, np.float32)}, "NaN"),
+        ({"x": np.zeros((3, 1, 4, 4), np.float32), "y": np.zeros(2, np.int64)}, "1-D array of 3"),
+        ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.zeros(2, np.float32)}, "integer array"),
+        ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.array([0, -1])}, ">= 0"),
+        ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.zeros(2, np.int64),
+          "x_test": np.zeros((2, 1, 5, 5), np.float32), "y_test": np.zeros(2, np.int64)}, "x_test samples"),
+        ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.zeros(2, np.int64),
+          "x_test": np.zeros((2, 1, 4, 4), np.float32)}, "without y_test"),
+        ({"x": np.zeros((2, 3, 4, 4), np.float32), "mean": np.zeros(2), "std": np.ones(2)}, "2 values but the data has 3"),
+    ],
+)
+def test_npz_bad_arrays(tmp_path: Path, arrays: dict, message: str) -> None:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        load_data(f"npz:{tmp_path / 'bad.npz'}")
+
+
+def test_npz_object_arrays_and_garbage_are_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match="no object arrays"):
+        load_data(f"npz:{tmp_path / 'obj.npz'}")
+    (tmp_path / "junk.npz").write_text("not numpy")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_data(f"npz:{tmp_path / 'junk.npz'}")
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(f"npz:{tmp_path / 'missing.npz'}")
+
+
+# ---------------------------------------------------------------------------------------- torchvision datasets
+
+def test_missing_cifar_root_says_what_is_expected(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cifar-10-batches-py.*never downloads.*download=True"):
+        load_data(f"cifar10:{tmp_path}")
+    with pytest.raises(DataError, match="cifar-100-python"):
+        load_data(f"cifar100:{tmp_path / 'nowhere'}")
+
+
+def test_corrupt_cifar_folder(tmp_path: Path) -> None:
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"junk")
+    with pytest.raises(DataError, match="incomplete or corrupt"):
+        load_data(f"cifar10:{tmp_path}")
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    magic = 0x0800 | array.ndim  # unsigned byte data
+    path.write_bytes(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+@pytest.mark.parametrize("spec,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_from_idx_files(tmp_path: Path, spec: str, folder: str) -> None:
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 4)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    bundle = load_data(f"{spec}:{tmp_path}")
+    assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (12, 4, (1, 28, 28))
+    x, y = bundle.train[5]
+    assert y == 5 and x.shape == (1, 28, 28)
+    images = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], np.uint8).reshape(12, 28, 28)
+    if spec == "mnist":
+        expected = (torch.from_numpy(images[5].copy()).float() / 255 - MNIST_MEAN[0]) / MNIST_STD[0]
+        assert torch.allclose(x[0], expected)
+    # pointing at ROOT/MNIST itself also works
+    assert len(load_data(f"{spec}:{tmp_path / folder}").train) == 12
+
+
+def test_missing_mnist_files(tmp_path: Path) -> None:
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DataError, match=r"MNIST/raw/.*missing: train-labels-idx1-ubyte.*never downloads"):
+        load_data(f"mnist:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------------------- imagefolder
+
+def test_imagefolder_train_val_layout(tmp_path: Path, write_pngs) -> None:
+    write_pngs(tmp_path / "train", {"cat": 3, "dog": 2})
+    write_pngs(tmp_path / "val", {"cat": 1, "dog": 1}, seed=1)
+    bundle = load_data(f"imagefolder:{tmp_path}", input_size=32)
+    assert bundle.classes == ["cat", "dog"] and bundle.num_classes == 2
+    assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (5, 2, (3, 32, 32))
+    x, y = bundle.test[1]
+    assert x.shape == (3, 32, 32) and y == 1 and x.dtype == torch.float32
+    assert bundle.mean == IMAGENET_MEAN
+    assert float(x.min()) < 0  # ImageNet-normalized, not [0, 1]
+
+
+def test_imagefolder_single_folder_split_and_augment(tmp_path: Path, write_pngs) -> None:
+    write_pngs(tmp_path, {"a": 5, "b": 5, "c": 5})
+    plain = load_data(f"imagefolder:{tmp_path}", input_size=16)
+    assert (len(plain.train), len(plain.test)) == (12, 3)
+    assert sorted(plain.test[i][1] for i in range(3)) == [0, 1, 2]  # stratified
+    again = load_data(f"imagefolder:{tmp_path}", input_size=16)
+    assert plain.test.indices == again.test.indices
+    augmented = load_data(f"imagefolder:{tmp_path}", input_size=16, augment=True)
+    assert augmented.train[0][0].shape == (3, 16, 16)
+    assert torch.equal(augmented.test[0][0], plain.test[0][0])  # test split not augmented
+
+
+def test_imagefolder_errors(tmp_path: Path, write_pngs) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(f"imagefolder:{tmp_path / 'none'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_data(f"imagefolder:{tmp_path / 'empty'}")
+    write_pngs(tmp_path / "mixed" / "train", {"a": 2, "b": 2})
+    write_pngs(tmp_path / "mixed" / "val", {"a": 1, "c": 1})
+    with pytest.raises(DataError, match="same class folders"):
+        load_data(f"imagefolder:{tmp_path / 'mixed'}")
+
+
+def test_cifar_mean_constant_is_standard() -> None:
+    assert CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
