@@ -28,7 +28,9 @@ def test_short_demo_trains_prunes_exports_and_reports(tmp_path: Path, capsys, mo
     monkeypatch.setattr(training_cli, "DEMO_RECIPE", training_cli.DEMO_RECIPE.replace("batch_sizes: [1, 32]",
                                                                                     "batch_sizes: [1]"))
     out = tmp_path / "demo"
+    threads = torch.get_num_threads()
     assert main(["demo", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert torch.get_num_threads() == threads, "the demo restores the caller's thread count"
     stdout = capsys.readouterr().out
     before, after = _neurons(stdout)
     assert before == 96 and after < before, "the demo's settings kill neurons within two epochs"

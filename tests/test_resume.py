@@ -72,6 +72,8 @@ def _child_script(recipe: Path, out: Path, mark: Path, go: Path) -> str:
     """A real `demp train` process that pauses inside epoch 2 (after the first checkpoint) until told."""
     return textwrap.dedent(f"""
         import os, sys, time
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # same float reduction order as the reference run
         from compressor.training import demp as dm
         original = dm.DemP.after_step
         def after_step(self, step, optimizer):

@@ -249,23 +249,32 @@ def demo_recipe(epochs: int | None = None) -> Any:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..fileio import prepare_output_dir
-    from .loop import Trainer, TrainingInterrupted
-
     import torch
+
+    from ..fileio import prepare_output_dir
 
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs}: expected an integer >= 1")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
     recipe = demo_recipe(args.epochs)
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     prepare_output_dir(out, overwrite=args.overwrite)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _demo(recipe, out, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _demo(recipe: Any, out: Path, *, progress: bool) -> int:
+    from .loop import Trainer, TrainingInterrupted
+
     started = time.perf_counter()
     print(f"demp demo: training a small CNN on the bundled 8x8 digits with DemP ({recipe.train.epochs} epochs), "
           "removing dead neurons as they die...")
-    trainer = Trainer(recipe, out, resume=False, overwrite=True, progress=not args.no_progress)
+    trainer = Trainer(recipe, out, resume=False, overwrite=True, progress=progress)
     try:
         result = trainer.fit()
     except TrainingInterrupted as exc:
