@@ -10,6 +10,8 @@ The public API (kept small; everything else lives in submodules)::
 
 from __future__ import annotations
 
+from ._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -24,22 +26,9 @@ _LAZY = {
     "collect_activity": ("compressor.activity", "collect_activity"),
     "DependencyAnalyzer": ("compressor.graph", "DependencyAnalyzer"),
     "PruningPlan": ("compressor.plan", "PruningPlan"),
+    "training": ("compressor.training", None),
 }
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str):
-    """Import submodules lazily so ``import compressor`` stays fast for the CLI."""
-    if name in _LAZY:
-        import importlib
-
-        module_name, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attr)
-        globals()[name] = value
-        return value
-    if name == "training":
-        import importlib
-
-        return importlib.import_module("compressor.training")
-    raise AttributeError(f"module 'compressor' has no attribute {name!r}")
+__getattr__ = lazy_getattr("compressor", _LAZY, globals())

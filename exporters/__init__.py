@@ -13,6 +13,8 @@ lazily so ``import exporters`` stays cheap.
 
 from __future__ import annotations
 
+from compressor._lazy import lazy_getattr
+
 _LAZY = {
     "export_onnx": ("exporters.onnx", "export_onnx"),
     "check_parity": ("exporters.onnx", "check_parity"),
@@ -32,12 +34,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module_name, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'exporters' has no attribute {name!r}")
+__getattr__ = lazy_getattr('exporters', _LAZY, globals())

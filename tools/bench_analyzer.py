@@ -13,21 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from exporters.env import cpu_model
 
 
 def bench(name: str, samples: int, batch: int, repeats: int) -> dict:
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-analyzer")
     args = ap.parse_args(argv)
     rows = [bench(m, args.samples, args.batch, args.repeats) for m in args.models.split(",")]
-    meta = {"date": date.today().isoformat(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+    meta = {"date": date.today().isoformat(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "command": "python tools/bench_analyzer.py " + " ".join(argv or sys.argv[1:])}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,17 +29,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from exporters.env import cpu_model
 from typing import Any
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -305,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": "demp.bench-demp/1",
         "command": " ".join(["python", "tools/bench_demp.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_model(), "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version()},
         "recipe": recipe.to_dict(),
         "epochs": epochs or recipe.train.epochs,

@@ -12,6 +12,8 @@ Everything is imported lazily so ``import compressor.training`` stays cheap for 
 
 from __future__ import annotations
 
+from compressor._lazy import lazy_getattr
+
 _LAZY = {
     "DemP": ("compressor.training.demp", "DemP"),
     "DemPConfig": ("compressor.training.demp", "DemPConfig"),
@@ -37,12 +39,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module_name, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'compressor.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr('compressor.training', _LAZY, globals())
