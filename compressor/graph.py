@@ -153,30 +153,58 @@ def _trace_failure(exc: Exception) -> str:
             "for structural removal")
 
 
-_MAX_MAPPED_INDICES = 2_000_000
+_MAX_MAPPED_INDICES = 250_000  # one mapping's output (VGG-16's flatten at 224 px: 25,088)
+_MAX_GROUP_INDICES = 1_000_000  # all mappings while expanding one group
 
 
 class _IndexExplosion(Exception):
     pass
 
 
+class _MappingBudget:
+    """Counts the indices torch-pruning's index mappings produce while one group is expanded."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def reset(self) -> None:
+        self.used = 0
+
+    def charge(self, n: int) -> None:
+        self.used += n
+        if n > _MAX_MAPPED_INDICES or self.used > _MAX_GROUP_INDICES:
+            raise _IndexExplosion(f"a mapping produced {n:,} indices, {self.used:,} for the group so far")
+
+
 @contextmanager
-def _bounded_index_mappings() -> Iterator[None]:
-    """Make torch-pruning's flatten index mapping raise instead of building huge index lists."""
+def _bounded_index_mappings(budget: _MappingBudget) -> Iterator[None]:
+    """Make torch-pruning's index mappings raise instead of building ever larger index lists.
+
+    Chained Flatten / reshape / split mappings (Swin's patch merging, MaxViT's window partitions)
+    otherwise multiply index lists until memory runs out.
+    """
     from torch_pruning.dependency import index_mapping as im
 
-    original = im._FlattenIndexMapping.__call__
+    classes = [c for n, c in vars(im).items() if isinstance(c, type) and n.endswith("IndexMapping")]
+    originals = {c: c.__call__ for c in classes}
 
-    def bounded(self: Any, idxs: Any) -> Any:
-        if not getattr(self, "reverse", False) and len(idxs) * max(int(self._stride), 1) > _MAX_MAPPED_INDICES:
-            raise _IndexExplosion(f"{len(idxs)} x {self._stride} indices")
-        return original(self, idxs)
+    def bounded(original: Any) -> Any:
+        def call(self: Any, idxs: Any) -> Any:
+            if getattr(self, "_stride", None) and not getattr(self, "reverse", False):
+                budget.charge(len(idxs) * max(int(self._stride), 1))  # before building the list
+            result = original(self, idxs)
+            budget.charge(len(result))
+            return result
 
-    im._FlattenIndexMapping.__call__ = bounded
+        return call
+
+    for c in classes:
+        c.__call__ = bounded(originals[c])
     try:
         yield
     finally:
-        im._FlattenIndexMapping.__call__ = original
+        for c, original in originals.items():
+            c.__call__ = original
 
 
 def _match(name: str, patterns: Sequence[str]) -> bool:
@@ -241,7 +269,8 @@ class DependencyAnalyzer:
         lists until memory runs out; such a group is recorded as blocked instead.
         """
         visited: set[int] = set()
-        with _bounded_index_mappings():
+        budget = _MappingBudget()
+        with _bounded_index_mappings(budget):
             for module in list(self.dg.module2node.keys()):
                 if not isinstance(module, CONSUMER_TYPES) or id(module) in visited:
                     continue
@@ -249,6 +278,7 @@ class DependencyAnalyzer:
                 if pruner is None or pruner.get_out_channels(module) is None:
                     continue
                 size = pruner.get_out_channels(module)
+                budget.reset()
                 try:
                     tp_group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(size)))
                 except _IndexExplosion as exc:
@@ -370,7 +400,7 @@ class DependencyAnalyzer:
     # ------------------------------------------------------------------ decisions
     def removable_channels(self, group: ChannelGroup, stats: ActivityStats, criterion: Criterion) -> Tensor:
         """Bool mask over the group's root channels: criterion holds at every consumer that reads it."""
-        ok = torch.ones(group.size, dtype=torch.bool)
+        ok = torch.ones(group.size, dtype=torch.uint8)
         covered = torch.zeros(group.size, dtype=torch.bool)
         for name, idxs, root_idxs in group.consumers:
             if name not in stats:
@@ -380,9 +410,11 @@ class DependencyAnalyzer:
             if removable.numel() <= int(idxs.max()):
                 raise DempError(f"statistics of {name} have {removable.numel()} channels but the graph "
                                 f"expects more; statistics are from another architecture state")
-            ok[root_idxs] &= removable[idxs]
+            # several consumer channels can map to one root channel (Flatten -> Linear maps each channel
+            # to H*W features): AND over all of them; plain indexed assignment would keep only the last
+            ok.scatter_reduce_(0, root_idxs, removable[idxs].to(torch.uint8), reduce="amin")
             covered[root_idxs] = True
-        return ok & covered
+        return ok.bool() & covered
 
     def decide(self, stats: ActivityStats, criterion: Criterion) -> PruningPlan:
         """The removal plan (numbering of the current model) for ``criterion`` on ``stats``."""

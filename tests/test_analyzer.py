@@ -190,3 +190,24 @@ def test_plan_from_another_model_is_refused() -> None:
         analyzer.apply(PruningPlan(groups=[GroupRemoval("features.0", 8, [1])]))
     with pytest.raises(CheckpointError, match="expects 16"):
         analyzer.apply(PruningPlan(groups=[GroupRemoval("0", 16, [1])]))
+
+
+def test_flatten_to_linear_channel_is_dead_only_if_every_feature_is() -> None:
+    """A channel flattened into H*W Linear features is removable only if all of them are zero."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x = torch.ones(1, 1, 4, 4)
+    x[0, 0, 3, 3] = -1.0  # the last position of the flattened channel is the only zero one
+    with torch.no_grad():
+        model[0].bias[0] = -1e3  # channel 0: dead everywhere
+        model[0].weight[1].zero_()  # channel 1 copies relu(x): non-zero at every position but the last
+        model[0].bias[1] = 0.0
+        model[0].weight[1, 0, 1, 1] = 1.0
+    dense = copy.deepcopy(model)
+    analyzer, stats, plan = _prune(model, x)
+    removed = set(plan.group("0").removed)
+    assert 0 in removed
+    assert 1 not in removed  # 15 of its 16 features are non-zero
+    analyzer.apply(plan)
+    with torch.no_grad():
+        assert torch.allclose(dense(x), model(x), atol=1e-6)
