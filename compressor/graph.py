@@ -153,8 +153,8 @@ def _trace_failure(exc: Exception) -> str:
             "for structural removal")
 
 
-_MAX_MAPPED_INDICES = 250_000  # one mapping's output (VGG-16's flatten at 224 px: 25,088)
-_MAX_GROUP_INDICES = 1_000_000  # all mappings while expanding one group
+_MAX_MAPPED_INDICES = 100_000  # one mapping's output (VGG-16's flatten at 224 px: 25,088)
+_MAX_GROUP_INDICES = 300_000  # all mappings while expanding one group
 
 
 class _IndexExplosion(Exception):
@@ -200,9 +200,15 @@ def _bounded_index_mappings(budget: _MappingBudget) -> Iterator[None]:
 
     for c in classes:
         c.__call__ = bounded(originals[c])
+    # get_pruning_group() recomputes every concat/split/flatten mapping of the whole graph on each
+    # call; the graph does not change while groups are expanded (build_dependency computed them), so
+    # skip that: it makes enumeration linear instead of quadratic in the number of groups (DenseNet)
+    update = im.update_index_mapping
+    im.update_index_mapping = lambda graph: None
     try:
         yield
     finally:
+        im.update_index_mapping = update
         for c, original in originals.items():
             c.__call__ = original
 
@@ -491,7 +497,9 @@ class DependencyAnalyzer:
                 )
             tp_group = self._tp_groups[removal.root]
             root_dep = tp_group[0].dep
-            concrete = self.dg.get_pruning_group(root_dep.target.module, root_dep.handler, list(removal.removed))
+            with _bounded_index_mappings(_MappingBudget()):
+                concrete = self.dg.get_pruning_group(root_dep.target.module, root_dep.handler,
+                                                     list(removal.removed))
             acts: list[_Action] = []
             for item in concrete.items:
                 node = item.dep.target
