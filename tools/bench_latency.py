@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Latency of dense versus compact models: does removing channels pay off in wall-clock time?
 
-For each model (default ResNet-50, MobileNetV2, VGG-16-BN at 224x224) about half of every coupling
-group's channels are removed with torch-pruning (``MetaPruner`` + ``RandomImportance``,
-``pruning_ratio=0.5``, classifier outputs kept). Both models are exported to ONNX with the same
+For each model (default ResNet-50, MobileNetV2, VGG-16-BN at 224x224) about half of every prunable
+coupling group's channels are made dead (planted) and removed by demp's analyzer with the lossless
+``dead`` criterion (classifier outputs kept). Both models are exported to ONNX with the same
 exporter and timed **interleaved** (round-robin in short turns) with onnxruntime's CPU execution
 provider (and optionally PyTorch eager), at batch 1 and 8. The result is the latency ratio next to
 the MAC ratio and the speedup efficiency = MAC ratio / latency ratio (goal >= 0.87, i.e. latency
@@ -35,27 +35,27 @@ GOAL_EFFICIENCY = 1 / 1.15  # latency ratio <= 1.15 x MAC ratio
 DEFAULT_MODELS = ("resnet50", "mobilenet_v2", "vgg16_bn")
 
 
-def classifier_layers(model: nn.Module) -> list[nn.Module]:
-    """The final Linear (its outputs are the classes and must never be pruned)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
-
-
 def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(dense, pruned): torchvision ``arch`` with ``ratio`` of every prunable group's channels removed."""
-    import torch_pruning as tp
+    """(dense, pruned): torchvision ``arch`` with ``ratio`` of every prunable group's channels dead and removed.
 
+    The product path: dead channels are planted (BatchNorm bias -1e3 before the activation), found
+    by activity statistics with the lossless ``dead`` criterion and removed by the analyzer.
+    """
+    from compressor.activity import collect_activity
+    from compressor.criteria import Dead
+    from compressor.graph import DependencyAnalyzer
     from compressor.models import load_model
+    from compressor.planting import plant_dead_channels
 
     torch.manual_seed(seed)
     dense = load_model(arch, input_size=input_size).eval()
+    example = torch.randn(4, 3, input_size, input_size)
+    plant_dead_channels(dense, DependencyAnalyzer(dense, example), fraction=ratio)
     pruned = copy.deepcopy(dense)
-    example = torch.randn(1, 3, input_size, input_size)
-    pruner = tp.pruner.MetaPruner(
-        pruned, example, importance=tp.importance.RandomImportance(), pruning_ratio=ratio,
-        ignored_layers=classifier_layers(pruned), global_pruning=False,
-    )
-    pruner.step()
+    analyzer = DependencyAnalyzer(pruned, example)
+    stats = collect_activity(pruned, [example], layers=analyzer.consumer_names, progress=False,
+                             fields=Dead.fields)
+    analyzer.apply(analyzer.decide(stats, Dead()), track_indices=False)
     return dense, pruned.eval()
 
 
@@ -89,7 +89,7 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     return {
         "arch": arch,
         "input_shape": list(shape),
-        "pruning": {"method": "torch_pruning.MetaPruner(RandomImportance)", "ratio": args.ratio, "seconds": prune_s},
+        "pruning": {"method": "planted dead channels + DependencyAnalyzer (dead criterion)", "ratio": args.ratio, "seconds": prune_s},
         "macs_dense": macs.dense.total_macs,
         "macs_pruned": macs.pruned.total_macs,
         "mac_ratio": macs.mac_ratio,
