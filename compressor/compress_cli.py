@@ -171,6 +171,10 @@ def run_compress(args: argparse.Namespace) -> int:
           f"({pr['neurons_before']} -> {pr['neurons_after']}); params {report['model']['params_before']:,} -> "
           f"{report['model']['params_after']:,}; max output diff {report['parity']['torch_max_abs_diff']:.3g} "
           f"(top-1 agreement {report['parity']['top1_agreement']:.4f})")
+    odd = [g for g in pr["groups"] if g.get("removed") and g["after"] % 8]
+    if odd and args.round_to == 1:
+        print(f"tip: {len(odd)} pruned group(s) have widths that are not multiples of 8; --round-to 8 keeps a "
+              "few dead channels so CPU/GPU kernels run at full speed (see BENCHMARKS.md)")
     print(f"wrote {out}/ in {time.perf_counter() - t_start:.1f} s")
     return 0
 

@@ -35,11 +35,14 @@ GOAL_EFFICIENCY = 1 / 1.15  # latency ratio <= 1.15 x MAC ratio
 DEFAULT_MODELS = ("resnet50", "mobilenet_v2", "vgg16_bn")
 
 
-def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed: int = 0,
+                     round_to: int = 8) -> tuple[nn.Module, nn.Module]:
     """(dense, pruned): torchvision ``arch`` with ``ratio`` of every prunable group's channels dead and removed.
 
     The product path: dead channels are planted (BatchNorm bias -1e3 before the activation), found
-    by activity statistics with the lossless ``dead`` criterion and removed by the analyzer.
+    by activity statistics with the lossless ``dead`` criterion and removed by the analyzer, with
+    ``--round-to`` (default 8) keeping widths multiples of 8: channels that happen to be dead on the
+    few random calibration samples would otherwise leave odd widths that CPU kernels handle badly.
     """
     from compressor.activity import collect_activity
     from compressor.criteria import Dead
@@ -52,7 +55,7 @@ def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed:
     example = torch.randn(4, 3, input_size, input_size)
     plant_dead_channels(dense, DependencyAnalyzer(dense, example), fraction=ratio)
     pruned = copy.deepcopy(dense)
-    analyzer = DependencyAnalyzer(pruned, example)
+    analyzer = DependencyAnalyzer(pruned, example, round_to=round_to)
     stats = collect_activity(pruned, [example], layers=analyzer.consumer_names, progress=False,
                              fields=Dead.fields)
     analyzer.apply(analyzer.decide(stats, Dead()), track_indices=False)
@@ -65,7 +68,7 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     from exporters.onnx import check_parity, export_onnx
 
     t0 = time.perf_counter()
-    dense, pruned = make_pruned_pair(arch, args.input_size, args.ratio, args.seed)
+    dense, pruned = make_pruned_pair(arch, args.input_size, args.ratio, args.seed, args.round_to)
     prune_s = time.perf_counter() - t0
     shape = (3, args.input_size, args.input_size)
     macs = compare_macs(dense, pruned, shape)
@@ -89,7 +92,7 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     return {
         "arch": arch,
         "input_shape": list(shape),
-        "pruning": {"method": "planted dead channels + DependencyAnalyzer (dead criterion)", "ratio": args.ratio, "seconds": prune_s},
+        "pruning": {"method": "planted dead channels + DependencyAnalyzer (dead criterion)", "ratio": args.ratio, "round_to": args.round_to, "seconds": prune_s},
         "macs_dense": macs.dense.total_macs,
         "macs_pruned": macs.pruned.total_macs,
         "mac_ratio": macs.mac_ratio,
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--ratio", type=float, default=0.5, help="share of every group's channels removed")
+    parser.add_argument("--round-to", type=int, default=8, help="keep widths multiples of N (1: remove every dead channel)")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--runtimes", default="onnxruntime", help="e.g. onnxruntime or torch,onnxruntime")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
