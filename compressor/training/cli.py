@@ -31,7 +31,7 @@ DEMO_RECIPE = """\
 # "Lasso(gamma)") with a one-cycle strength and a high Adam learning rate (neurons die faster with
 # larger steps, paper 000 section 3.2): about two thirds of the 96 neurons die and are removed while
 # training, at test accuracy within about a point of the same recipe with demp.peak=0
-# (see BENCHMARKS_training.md). Try: demp train --recipe THIS --out run/ --set demp.peak=0.03
+# (see BENCHMARKS.md). Try: demp train --recipe THIS --out run/ --set demp.peak=0.03
 name: demp-cnn-digits
 method: demp
 model:
