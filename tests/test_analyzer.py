@@ -10,17 +10,17 @@ import torchvision
 from torch import nn
 
 from compressor.activity import collect_activity
-from compressor.criteria import Dead, Dormant, Saturated, parse_criterion
+from compressor.criteria import Criterion, Dead, Dormant, Saturated, parse_criterion
 from compressor.errors import UsageError
 from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
 from compressor.plan import GroupRemoval, PruningPlan
 
 
-def _prune(model: nn.Module, x: torch.Tensor, criterion=Dead(), **kw):
+def _prune(model: nn.Module, x: torch.Tensor, criterion: Criterion | None = None, **kw):
     analyzer = DependencyAnalyzer(model, x, **kw)
     stats = collect_activity(model, [x], layers=analyzer.consumer_names, progress=False)
-    plan = analyzer.decide(stats, criterion)
+    plan = analyzer.decide(stats, criterion or Dead())
     return analyzer, stats, plan
 
 
