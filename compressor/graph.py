@@ -137,7 +137,6 @@ _CONSTRUCTS = {
     "update_slice_index_mapping": "a slice over channels",
     "update_expand_index_mapping": "an expand over channels",
     "update_flatten_index_mapping": "a flatten feeding a Linear layer",
-    "_trace": "the forward pass itself",
 }
 
 
@@ -147,6 +146,9 @@ def _trace_failure(exc: Exception) -> str:
 
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
     func = next((f.name for f in reversed(frames) if f.name in _CONSTRUCTS), frames[-1].name if frames else "?")
+    if func == "_trace":
+        return (f"the model's forward pass failed on the example input ({type(exc).__name__}: {exc}); check "
+                "that --input-size / the data's sample shape fits this architecture")
     construct = _CONSTRUCTS.get(func, f"torch-pruning's {func}")
     return (f"cannot build the dependency graph of this model: it contains {construct}, which torch-pruning "
             f"cannot map channels through ({type(exc).__name__}: {exc}). This architecture is not supported "

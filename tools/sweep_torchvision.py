@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 # input sizes for models that need more than the default
-MIN_SIZE = {"inception_v3": 96, "maxvit_t": 224}
+MIN_SIZE = {"inception_v3": 96, "maxvit_t": 224, "vit_h_14": 70}
 KWARGS = {name: {"image_size": 64} for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")}
 KWARGS["vit_h_14"] = {"image_size": 70}
 
