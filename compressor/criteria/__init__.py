@@ -13,7 +13,7 @@ it (the analyzer combines the per-consumer answers). Criteria:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -43,40 +43,41 @@ class Criterion:
 
 
 @dataclass(frozen=True)
-class Dead(Criterion):
+class _Threshold(Criterion):
+    """Removable where one statistic (``stat``) is at most ``eps`` at the consumer."""
+
     eps: float = 0.0
+    stat: ClassVar[str] = "max_abs"
+
+    def removable(self, stats: ChannelStats) -> Tensor:
+        return getattr(stats, self.stat) <= self.eps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "eps": self.eps, "lossless": self.lossless}
+
+    def spec(self) -> str:
+        return self.name if self.eps == 0 else f"{self.name}:{self.eps:g}"
+
+
+class Dead(_Threshold):
+    """max|x| <= eps: lossless at eps 0 (every reader receives exact zeros)."""
+
     name = "dead"
+    stat = "max_abs"
     fields = ("max_abs",)
 
     @property
     def lossless(self) -> bool:  # type: ignore[override]
         return self.eps == 0.0
 
-    def removable(self, stats: ChannelStats) -> Tensor:
-        return stats.max_abs <= self.eps
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "eps": self.eps, "lossless": self.lossless}
+class Saturated(_Threshold):
+    """max x <= eps: never leaves the saturated region (lossy)."""
 
-    def spec(self) -> str:
-        return "dead" if self.eps == 0 else f"dead:{self.eps:g}"
-
-
-@dataclass(frozen=True)
-class Saturated(Criterion):
-    eps: float = 0.0
     name = "saturated"
+    stat = "max"
     lossless = False
     fields = ("max",)
-
-    def removable(self, stats: ChannelStats) -> Tensor:
-        return stats.max <= self.eps
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "eps": self.eps, "lossless": False}
-
-    def spec(self) -> str:
-        return "saturated" if self.eps == 0 else f"saturated:{self.eps:g}"
 
 
 @dataclass(frozen=True)
