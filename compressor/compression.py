@@ -197,6 +197,10 @@ def compress(
             "torch": verification,
         },
     }
+    prior = getattr(dense, "demp_plan", None)
+    if isinstance(prior, PruningPlan):  # the model was compressed before: one plan, original numbering
+        plan = prior.compose(plan)
+        pruned.demp_plan = plan
     plan.criterion = crit.to_dict()
     plan.input_shape = list(calib_x.shape[1:])
     spec = getattr(dense, "demp_spec", None)

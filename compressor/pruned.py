@@ -113,4 +113,5 @@ def load_pruned(path: str | Path, *, map_location: str | torch.device = "cpu") -
     load_weights(model, load_weights_file(weights_path))
     model.to(map_location).eval()
     model.demp_spec = spec
+    model.demp_plan = plan  # compressing this model again composes onto this plan
     return PrunedModel(model=model, plan=plan, spec=spec, path=path)

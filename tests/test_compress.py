@@ -107,3 +107,21 @@ def test_load_pruned_errors(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a compressed model"):
         compressor.load_pruned(tmp_path / "empty")
+
+
+def test_compressing_a_compressed_model_composes_the_plans(digits, tmp_path) -> None:
+    data, loader, heldout_x = digits
+    model, planted = _planted_cnn(data, fraction=0.25)
+    first = compressor.compress(model, loader, heldout=heldout_x, progress=False)
+    compressor.save_pruned(first, tmp_path / "once")
+    once = compressor.load_pruned(tmp_path / "once").model
+    # kill more channels in the compressed model, then compress it again
+    analyzer = DependencyAnalyzer(once, torch.zeros(1, *data.input_shape))
+    plant_dead_channels(once, analyzer, channels=(1,))
+    second = compressor.compress(once, loader, heldout=heldout_x, progress=False)
+    assert second.plan.removed_channels > first.plan.removed_channels
+    assert second.plan.group("features.0").size == 32  # original numbering
+    compressor.save_pruned(second, tmp_path / "twice")
+    twice = compressor.load_pruned(tmp_path / "twice")
+    with torch.no_grad():
+        assert torch.equal(twice.model(heldout_x), second.model.eval()(heldout_x))
