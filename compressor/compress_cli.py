@@ -99,11 +99,13 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
     from .data import calibration_split, load_data, make_loader
     from .fileio import sha256_file
     from .models import load_model
+    from .plan import PruningPlan
+    from .pruned import is_pruned_dir
 
     if not args.arch and not args.model_file:
-        if args.checkpoint and Path(args.checkpoint).is_dir():
-            args.arch = "from-directory"
-        else:
+        if args.checkpoint and is_pruned_dir(args.checkpoint):  # a compressed directory knows its arch
+            args.arch = (PruningPlan.load(Path(args.checkpoint) / "plan.json").model or {}).get("arch")
+        if not args.arch:
             raise UsageError("--arch is required (or --model-file PATH.py:FUNCTION for your own model)")
     for name in ("calib_samples", "batch_size"):
         if getattr(args, name) < 1:
