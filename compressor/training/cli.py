@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import UsageError
+from ..errors import DempError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _shorthands(args: argparse.Namespace) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from .config import load_recipe
-    from .loop import RECIPE_FILE, Trainer, TrainingInterrupted
+    from .loop import RECIPE_FILE
 
     if args.resume:
         out = Path(args.resume)
@@ -130,12 +130,57 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError("--out DIR is required: where checkpoints, metrics and the compact model go")
         out, recipe_path = Path(args.out), Path(args.recipe)
     recipe = load_recipe(recipe_path, _shorthands(args), data_spec=args.data)
-    trainer = Trainer(recipe, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress)
+    from . import distributed as dist_util
+
+    if not dist_util.launched_by_torchrun():
+        return _train_and_export(recipe, out, args)
+    # Under torchrun: one process per device; rank 0 writes every file (see docs/training.md).
+    ctx = dist_util.init_from_env(recipe.train.device)
+    _rank_logging(ctx)
+    try:
+        return _train_and_export(recipe, out, args, ctx=ctx)
+    except DempError as exc:
+        if not str(exc).startswith(f"rank {ctx.rank}:") and not str(exc).startswith("rank "):
+            exc.args = (f"rank {ctx.rank}: {exc}", *exc.args[1:])
+        raise
+    except Exception:
+        log.error("rank %d of %d failed with an unexpected error:", ctx.rank, ctx.world_size, exc_info=True)
+        raise
+    finally:
+        dist_util.destroy()
+
+
+def _rank_logging(ctx: Any) -> None:
+    """Prefix log lines with the rank; ranks other than 0 log warnings and errors only."""
+    prefix = f"[rank {ctx.rank}] "
+
+    class _Prefix(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not str(record.msg).startswith(prefix):
+                record.msg = prefix + str(record.msg)
+            return True
+
+    root = logging.getLogger()
+    for h in root.handlers:
+        h.addFilter(_Prefix())
+    if not ctx.is_main:
+        root.setLevel(max(root.level, logging.WARNING))
+
+
+def _train_and_export(recipe: Any, out: Path, args: argparse.Namespace, *, ctx: Any = None) -> int:
+    from .loop import Trainer, TrainingInterrupted
+
+    main = ctx is None or ctx.is_main
+    trainer = Trainer(recipe, out, resume=bool(args.resume), overwrite=args.overwrite,
+                      progress=not args.no_progress and main)
     try:
         result = trainer.fit()
     except TrainingInterrupted as exc:
-        print(str(exc))
+        if main:
+            print(str(exc))
         return exc.exit_code
+    if not main:
+        return 0
     report = None
     if recipe.export.onnx and not args.no_export:
         report = export_compact(result)

@@ -47,6 +47,7 @@ from ..errors import CheckpointError, DataError, DempError, UsageError
 from ..fileio import atomic_write_json, prepare_output_dir
 from ..plan import PruningPlan
 from . import checkpointing as ckpt
+from . import distributed as dist_util
 from .config import RESUME_TOLERANT_KEYS, RecipeConfig, TrainConfig, load_recipe, recipe_diff, recipe_from_dict
 from .metrics import MetricsLogger, count_macs, count_params, make_plots, read_metrics
 
@@ -328,6 +329,7 @@ class Trainer:
         self.save_model = save_model
         self.plots = plots
         self.tensorboard = tensorboard
+        self._ctx = dist_util.DistContext()  # set from the process group in fit()
 
     # ------------------------------------------------------------------ setup helpers
     def _prepare_out_dir(self) -> ckpt.Checkpoint | None:
@@ -368,6 +370,10 @@ class Trainer:
         g = torch.Generator()
         g.manual_seed(t.seed + 7919)
         idx = torch.randperm(n, generator=g)[:k].sort().values.tolist()
+        ctx = dist_util.context()
+        if ctx.enabled and ctx.world_size > 1:
+            # Each rank measures its share; the MAX all-reduce gives every rank the statistics of all k.
+            idx = idx[ctx.rank::ctx.world_size]
         return Subset(base, idx)
 
     def _build_model(self, bundle: Any) -> tuple[nn.Module, Any]:
@@ -393,16 +399,32 @@ class Trainer:
         recipe, t = self.recipe, self.recipe.train
         # A resumed run checks its checkpoint and recipe first; a new run creates its output directory
         # only once the data and the model could be loaded (a typo in a path leaves nothing behind).
+        ctx = dist_util.context()
+        self._ctx = ctx
+        if ctx.enabled:  # checked before anything is written
+            dist_util.per_rank_batch_size(recipe.data.batch_size, ctx.world_size)
         checkpoint = self._prepare_out_dir() if self.resume else None
         seed_everything(t.seed)
         device = resolve_device(t.device)
+        if ctx.enabled and device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
         bundle = self._load_data()
         if bundle.test is None:
             log.warning("the dataset has no test split: test accuracy will not be reported")
         model, spec = self._build_model(bundle)
         if not self.resume:
-            self._prepare_out_dir()
-            recipe.save(self.out_dir / RECIPE_FILE)
+            if not ctx.enabled:
+                self._prepare_out_dir()
+                recipe.save(self.out_dir / RECIPE_FILE)
+            else:  # rank 0 creates the directory; every rank stops if that failed
+                error = None
+                if ctx.is_main:
+                    try:
+                        self._prepare_out_dir()
+                        recipe.save(self.out_dir / RECIPE_FILE)
+                    except DempError as exc:
+                        error = str(exc)
+                dist_util.agree(error)
         input_shape = tuple(int(s) for s in bundle.input_shape)
         example = torch.zeros((2, *input_shape))
 
@@ -428,11 +450,22 @@ class Trainer:
             raise DataError(f"dataset {d.spec!r} has an empty training split")
         spe = steps_per_epoch(n_train, d.batch_size, d.drop_last)
         total_steps = spe * t.epochs
-        sampler = EpochSampler(n_train, t.seed, d.batch_size, d.drop_last and n_train >= d.batch_size)
+        drop_last = d.drop_last and n_train >= d.batch_size
+        sampler: EpochSampler | dist_util.ResumableDistributedSampler
+        if ctx.enabled:
+            # data.batch_size is the global batch: the number of optimizer steps per epoch (and so the
+            # LR schedule, demp.interval and the checkpoint's step count) does not depend on the world size.
+            rank_bs = dist_util.per_rank_batch_size(d.batch_size, ctx.world_size)
+            sampler = dist_util.ResumableDistributedSampler(
+                bundle.train, num_replicas=ctx.world_size, rank=ctx.rank, seed=t.seed, batch_size=rank_bs,
+                drop_last=drop_last)
+        else:
+            rank_bs = d.batch_size
+            sampler = EpochSampler(n_train, t.seed, d.batch_size, drop_last)
         loader_gen = torch.Generator()
         loader_gen.manual_seed(t.seed + 104729)
         train_loader = DataLoader(
-            bundle.train, batch_size=d.batch_size, sampler=sampler, drop_last=sampler.drop_last,
+            bundle.train, batch_size=rank_bs, sampler=sampler, drop_last=drop_last,
             num_workers=d.num_workers, generator=loader_gen, pin_memory=device.type == "cuda",
             worker_init_fn=_seed_worker if d.num_workers else None,
         )
@@ -480,7 +513,8 @@ class Trainer:
             elapsed_before = float(loop.get("elapsed", 0.0))
             restore_target = state["rng"]
             log.info("resuming %s from %s (epoch %d, step %d)", self.out_dir, checkpoint.path.name, epoch, step)
-        metrics = MetricsLogger(self.out_dir, tensorboard=self.tensorboard, resume_offset=resume_offset)
+        metrics: Any = (MetricsLogger(self.out_dir, tensorboard=self.tensorboard, resume_offset=resume_offset)
+                        if ctx.is_main else _NullMetrics())
         if checkpoint is not None:
             ckpt.restore_rng(restore_target, loader_gen)
 
@@ -489,6 +523,7 @@ class Trainer:
             spe=spe, total_steps=total_steps, dense=dense, history=history, spec=spec, input_shape=input_shape,
             loader_gen=loader_gen,
         )
+        self._wrap_model()
         started = time.perf_counter() - elapsed_before
         try:
             with _SignalGuard(self.handle_signals) as guard:
@@ -509,7 +544,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         s, t = self._state, self.recipe.train
-        model, optimizer, demp, device = s.model, s.optimizer, s.demp, s.device
+        optimizer, demp, device = s.optimizer, s.demp, s.device
+        distributed = self._ctx.enabled
         f64 = torch.float64
         # Epoch and interval accumulators (device tensors: one host sync per log interval on CUDA).
         ep_loss = torch.tensor(acc_state.get("ep_loss", 0.0), dtype=f64, device=device)
@@ -532,6 +568,7 @@ class Trainer:
                 x, y = _split_batch(batch)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 lr = s.schedule.apply(optimizer, step)
+                model = s.train_model  # the DDP wrapper under torchrun (re-created after each removal)
                 with _autocast(device, t.bf16):
                     out = model(x)
                     loss = criterion(out.float(), y)
@@ -543,9 +580,11 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if t.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
                 optimizer.step()
                 event = demp.after_step(step, optimizer) if demp is not None else None
+                if event is not None and distributed:
+                    self._after_removal(event)
                 step += 1
                 batch_idx += 1
                 with torch.no_grad():
@@ -579,16 +618,23 @@ class Trainer:
                     iv_seen = iv_steps = 0
                     iv_time = 0.0
                 bar.update(1)
-                if guard.signum is not None and batch_idx < s.spe:
+                stop = dist_util.any_rank(guard.signum is not None, device) if distributed else guard.signum is not None
+                if stop and batch_idx < s.spe:
                     acc = {"ep_loss": ep_loss.item(), "ep_correct": int(ep_correct.item()), "ep_seen": ep_seen,
                            "iv_loss": iv_loss.item(), "iv_correct": int(iv_correct.item()), "iv_seen": iv_seen,
                            "iv_steps": iv_steps, "ep_time": time.perf_counter() - epoch_start}
                     path = self._checkpoint(epoch, step, batch_idx, acc, started)
-                    self._interrupted(guard.signum, f"at step {step} (epoch {epoch + 1}, batch {batch_idx} of {s.spe})", path)
+                    self._interrupted(guard.signum or signal.SIGTERM, f"at step {step} (epoch {epoch + 1}, batch {batch_idx} of {s.spe})", path)
         finally:
             bar.close()
 
         # ---------------------------------------------------------- end of epoch
+        if distributed:  # the epoch's training loss/accuracy over all ranks' shards
+            packed = torch.stack([ep_loss, ep_correct.double(), torch.tensor(float(ep_seen), dtype=f64, device=device)])
+            packed = packed.to(device if torch.distributed.get_backend() == "nccl" else "cpu")
+            torch.distributed.all_reduce(packed)
+            ep_loss, ep_correct, ep_seen = packed[0], packed[1].long(), int(packed[2].item())
+        model = s.model
         train_loss = ep_loss.item() / max(ep_seen, 1)
         if not math.isfinite(train_loss):
             self._diverged(epoch, step, train_loss)
@@ -616,8 +662,9 @@ class Trainer:
         log.info("epoch %d/%d: train loss %.4f, test accuracy %s%s, params %d (%.1fs)", epoch + 1, t.epochs,
                  train_loss, acc_txt, live_txt, record["params"], record["epoch_seconds"])
         path = self._checkpoint(epoch + 1, step, 0, {}, started)
-        if guard.signum is not None:
-            self._interrupted(guard.signum, f"after epoch {epoch + 1} (step {step})", path)
+        stop = dist_util.any_rank(guard.signum is not None, device) if distributed else guard.signum is not None
+        if stop:
+            self._interrupted(guard.signum or signal.SIGTERM, f"after epoch {epoch + 1} (step {step})", path)
         return step
 
     # ------------------------------------------------------------------ records
@@ -660,6 +707,10 @@ class Trainer:
     def _checkpoint(self, epoch: int, step: int, batch_in_epoch: int, accumulators: dict[str, float],
                     started: float) -> Path:
         s = self._state
+        ctx = self._ctx
+        if not ctx.is_main:  # rank 0 writes; the others wait until the checkpoint is complete
+            torch.distributed.barrier()
+            return self.out_dir / ckpt.CHECKPOINT_DIR / ckpt.checkpoint_name(epoch, step)
         s.metrics.sync()
         state = {
             "optimizer": s.optimizer.state_dict(),
@@ -672,10 +723,34 @@ class Trainer:
                 "history": s.history, "dense": s.dense, "elapsed": time.perf_counter() - started,
             },
         }
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.out_dir / ckpt.CHECKPOINT_DIR, model=s.model, plan=self._plan(), state=state, epoch=epoch,
             step=step, recipe=self.recipe.to_dict(), keep=self.recipe.train.checkpoint_keep,
         )
+        if ctx.enabled:
+            torch.distributed.barrier()
+        return path
+
+    # ------------------------------------------------------------------ distributed
+    def _wrap_model(self) -> None:
+        """Set ``train_model``: a new DDP wrapper around the (possibly just pruned) module under torchrun."""
+        s = self._state
+        if not self._ctx.enabled:
+            s.train_model = s.model
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [s.device.index] if s.device.type == "cuda" else None
+        s.train_model = DDP(s.model, device_ids=ids, output_device=ids[0] if ids else None)
+
+    def _after_removal(self, event: Any) -> None:
+        """Under DDP: check that every rank applied the same plan, then re-wrap the pruned module."""
+        s = self._state
+        plan_hash = s.demp.plan.removal_hash()
+        log.debug("rank %d: step %d plan hash %s", self._ctx.rank, event.step, plan_hash)
+        dist_util.check_plan_hashes(plan_hash, event.step)
+        if event.applied:
+            self._wrap_model()
 
     def _resume_hint(self) -> str:
         return f"demp train --recipe {self.out_dir / RECIPE_FILE} --resume {self.out_dir}"
@@ -708,6 +783,8 @@ class Trainer:
             event = s.demp.finalize(s.optimizer)
             if event is not None:
                 s.metrics.write({"kind": "removal", **_event_record(event)})
+                if self._ctx.enabled:
+                    self._after_removal(event)
             model.eval()
             with torch.inference_mode():
                 after = [model(x.to(s.device)).float().cpu() for x in parity_x.split(128)]
@@ -742,7 +819,13 @@ class Trainer:
         s.metrics.write(final)
         s.metrics.sync()
         compact_dir = None
+        _debug_state_hash(model, plan, self._ctx)
         model.to("cpu")
+        if not self._ctx.is_main:  # rank 0 writes the compact model, plots and summary
+            torch.distributed.barrier()
+            return TrainResult(model=model, plan=plan, recipe=self.recipe, out_dir=self.out_dir, summary=final,
+                               history=list(s.history), compact_dir=self.out_dir / MODEL_DIR if self.save_model else None,
+                               spec=s.spec, data=bundle)
         if self.save_model:
             from ..pruned import save_pruned
 
@@ -753,6 +836,8 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose a finished run
                 log.warning("could not draw the training plots: %s", exc)
         atomic_write_json(self.out_dir / SUMMARY_FILE, {k: v for k, v in final.items() if k != "kind"})
+        if self._ctx.enabled:
+            torch.distributed.barrier()
         return TrainResult(model=model, plan=plan, recipe=self.recipe, out_dir=self.out_dir, summary=final,
                            history=list(s.history), compact_dir=compact_dir, spec=s.spec, data=bundle)
 
@@ -762,6 +847,20 @@ def _event_record(event: Any) -> dict[str, Any]:
         "step": event.step, "removed": event.removed, "live": event.live, "total": event.total, "seconds": event.seconds}
     rec.pop("groups", None)
     return rec
+
+
+def _debug_state_hash(model: nn.Module, plan: PruningPlan, ctx: dist_util.DistContext) -> None:
+    """With ``DEMP_DEBUG_STATE_HASH_DIR`` set, write ``rank<R>.json`` (final architecture and state hash).
+
+    A test/debugging hook: comparing the files of all ranks proves they ended with the same model.
+    """
+    where = os.environ.get(dist_util.DEBUG_HASH_ENV)
+    if not where:
+        return
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    atomic_write_json(Path(where) / f"rank{ctx.rank}.json", {
+        "rank": ctx.rank, "world_size": ctx.world_size, "state_hash": dist_util.state_hash(model),
+        "plan_hash": plan.removal_hash(), "shapes": shapes})
 
 
 def sample_inputs(dataset: Dataset, n: int) -> torch.Tensor:
@@ -785,6 +884,23 @@ class _RunState:
     spec: Any
     input_shape: tuple[int, ...]
     loader_gen: torch.Generator
+    train_model: Any = None  # what the forward pass runs: ``model`` itself, or its DDP wrapper
+
+
+class _NullMetrics:
+    """The metrics logger of ranks other than 0 (only rank 0 writes ``metrics.jsonl``)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
 
 def train(recipe: RecipeConfig | str | os.PathLike | dict, out_dir: str | os.PathLike, *, resume: bool = False,
