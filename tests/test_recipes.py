@@ -112,7 +112,7 @@ def test_unknown_keys_are_rejected_with_a_suggestion(text: str, fragment: str):
         ("data: {batch_size: 0}", "data.batch_size"),
         ("train: {epochs: 2.5}", "train.epochs: expected an integer"),
         ("train: {augment: 'yes please'}", "expected true or false"),
-        ("method: stripping", "not implemented yet"),
+        ("method: baseline", "not implemented yet"),
         ("method: dmep", "did you mean 'demp'"),
         ("[1, 2]", "must be a YAML mapping"),
     ],

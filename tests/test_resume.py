@@ -187,7 +187,7 @@ def test_checkpoint_holds_no_pickled_code(reference):
     out, _ = reference
     latest = checkpointing.latest_checkpoint(out / "checkpoints")
     state = torch.load(latest / "state.pt", weights_only=True)  # would fail on any pickled object
-    assert set(state) == {"optimizer", "lr_schedule", "demp", "rng", "loop"}
+    assert set(state) == {"optimizer", "lr_schedule", "demp", "methods", "rng", "loop"}
     meta = json.loads((latest / "meta.json").read_text())
     assert meta["complete"] and meta["epoch"] == 3 and meta["recipe"]["demp"]["peak"] == 3e-3
 

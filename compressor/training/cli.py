@@ -272,6 +272,10 @@ def format_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     if s.get("neurons_before"):
         lines.append(f"  neurons: {s['neurons_before']} -> {s['neurons_after']} "
                      f"({_pct(s.get('neuron_sparsity'))} removed)")
+    if s.get("weight_sparsity") is not None:  # Synaptic Stripping: masked weights kept as zeros
+        lines.append(f"  weight sparsity (stripped weights, kept as zeros): {_pct(s.get('weight_sparsity'))}"
+                     + (f"; dead neurons {s['dead_neurons']}, active params {_pct(s.get('active_params'))}"
+                        if s.get("dead_neurons") is not None else ""))
     if s.get("params_before"):
         lines.append(f"  params:  {s['params_before']:,} -> {s['params_after']:,} "
                      f"({s['params_after'] / s['params_before']:.2f}x)")

@@ -2,7 +2,7 @@
 
 A recipe is a YAML mapping with the sections of :class:`RecipeConfig`::
 
-    method: demp                 # demp | none (plain training)
+    method: demp                 # demp | stripping | demp+stripping | dnr | dormant | none
     model: {arch: cnn, kwargs: {}}
     data:  {spec: digits, batch_size: 64}
     train: {epochs: 10, optimizer: adam, lr: 1.0e-3, lr_schedule: cosine}
@@ -36,13 +36,16 @@ import yaml
 from ..errors import UsageError
 from ..fileio import atomic_write_text
 from .demp import DemPConfig
+from .dnr import DNRConfig
+from .dormant import DormantConfig
+from .stripping import StrippingConfig
 
 RECIPE_SCHEMA = "demp.recipe/1"
 
 #: Methods a recipe may name. ``IMPLEMENTED_METHODS`` run today; the others are reserved names that a
 #: later version of the training stage will implement (a recipe naming them is refused clearly).
-IMPLEMENTED_METHODS = ("demp", "none")
-PLANNED_METHODS = ("stripping", "dnr", "dormant", "baseline")
+IMPLEMENTED_METHODS = ("demp", "stripping", "demp+stripping", "dnr", "dormant", "none")
+PLANNED_METHODS = ("baseline",)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "multistep", "cosine", "one_cycle")
 DEVICES = ("auto", "cpu", "cuda")
@@ -131,11 +134,14 @@ class ExportConfig:
 class RecipeConfig:
     """A whole training recipe. ``method`` selects the training-and-pruning method."""
 
-    method: str = field(default="demp", metadata={"help": "demp | none (plain training); stripping, dnr, dormant, baseline are reserved"})
+    method: str = field(default="demp", metadata={"help": "demp | stripping | demp+stripping | dnr | dormant | none (plain training); baseline is reserved"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     demp: DemPConfig = field(default_factory=DemPConfig)
+    stripping: StrippingConfig = field(default_factory=StrippingConfig)
+    dnr: DNRConfig = field(default_factory=DNRConfig)
+    dormant: DormantConfig = field(default_factory=DormantConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     name: str | None = field(default=None, metadata={"help": "a label for reports"})
     description: str | None = field(default=None, metadata={"help": "free text"})
@@ -413,6 +419,11 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
 
     validate_demp_config(recipe.demp)
+    for section in ("stripping", "dnr", "dormant"):
+        try:
+            getattr(recipe, section).validate()
+        except (UsageError, ValueError) as exc:
+            raise UsageError(f"recipe section {section!r}: {exc}") from None
 
     e = recipe.export
     _check(bool(e.batch_sizes) and all(b >= 1 for b in e.batch_sizes), "export.batch_sizes", e.batch_sizes,

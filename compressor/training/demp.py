@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, UsageError
 from ..plan import PruningPlan
+from .method import TrainingMethod
 from .noise import LiveNoise, NoiseTarget
 from .optim_surgery import slice_optimizer_state
 from .regularizers import REGULARIZERS, TARGETS, Regularizer
@@ -175,8 +176,11 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-class DemP:
+class DemP(TrainingMethod):
     """Penalty, live-only noise and dynamic dead-neuron removal for one model (see the module docstring)."""
+
+    name = "demp"
+    owns_plan = True
 
     def __init__(
         self,
@@ -190,6 +194,7 @@ class DemP:
     ) -> None:
         from ..criteria import parse_criterion
 
+        super().__init__()
         if not isinstance(config, DemPConfig):
             raise TypeError(f"config must be a DemPConfig, got {type(config).__name__}")
         config.validate()
@@ -319,6 +324,7 @@ class DemP:
         self.removals += 1
         self._analyzer = self._build_analyzer()
         self.regularizer.refresh()
+        self._notify_apply(result)
 
     def _check_live_masks(self) -> None:
         """Drop masks that do not fit the current groups (treated as all live)."""

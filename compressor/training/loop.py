@@ -357,8 +357,9 @@ class Trainer:
             return self._data
         return load_data(d.spec, input_size=d.input_size, augment=t.augment)
 
-    def _death_dataset(self, bundle: Any) -> Dataset:
-        """``demp.death_samples`` training samples (without augmentation), chosen by the seed."""
+    def _death_dataset(self, bundle: Any, samples: int | None = None) -> Dataset:
+        """``samples`` (default ``demp.death_samples``) training samples (without augmentation), chosen by
+        the seed: the held-aside set on which death is measured."""
         d, t = self.recipe.data, self.recipe.train
         base = bundle.train
         if t.augment and self._data is None:
@@ -366,7 +367,7 @@ class Trainer:
 
             base = load_data(d.spec, input_size=d.input_size, augment=False).train
         n = len(base)
-        k = min(self.recipe.demp.death_samples, n)
+        k = min(int(samples if samples is not None else self.recipe.demp.death_samples), n)
         g = torch.Generator()
         g.manual_seed(t.seed + 7919)
         idx = torch.randperm(n, generator=g)[:k].sort().values.tolist()
@@ -480,14 +481,9 @@ class Trainer:
         schedule = LRSchedule(t, spe, total_steps)
         criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
 
-        demp = None
-        if recipe.method == "demp":
-            from .demp import DemP
-
-            death_loader = DataLoader(self._death_dataset(bundle), batch_size=eval_bs, shuffle=False)
-            model.eval()
-            demp = DemP(model, recipe.demp, example_inputs=example, death_loader=death_loader,
-                        total_steps=total_steps, seed=t.seed)
+        methods = self._build_methods(model, bundle, example, eval_bs, total_steps)
+        pruner = next((m for m in methods if getattr(m, "owns_plan", False)), None)
+        demp = next((m for m in methods if m.name == "demp"), None)
 
         # ---------------------------------------------------------- restore
         epoch, step, start_batch = 0, 0, 0
@@ -502,8 +498,12 @@ class Trainer:
                 optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"checkpoint {checkpoint.path}: optimizer state does not match the model ({exc})") from None
-            if demp is not None and state.get("demp") is not None:
-                demp.load_state_dict(state["demp"])
+            saved_methods = state.get("methods") or {}
+            for m in methods:
+                if saved_methods.get(m.name) is not None:
+                    m.load_state_dict(saved_methods[m.name])
+                elif m.name == "demp" and state.get("demp") is not None:  # checkpoints before "methods"
+                    m.load_state_dict(state["demp"])
             loop = state["loop"]
             epoch, step, start_batch = int(loop["epoch"]), int(loop["step"]), int(loop["batch_in_epoch"])
             history = list(loop.get("history", []))
@@ -519,7 +519,8 @@ class Trainer:
             ckpt.restore_rng(restore_target, loader_gen)
 
         self._state = _RunState(
-            model=model, optimizer=optimizer, schedule=schedule, demp=demp, metrics=metrics, device=device,
+            model=model, optimizer=optimizer, schedule=schedule, demp=demp, methods=methods, pruner=pruner,
+            metrics=metrics, device=device,
             spe=spe, total_steps=total_steps, dense=dense, history=history, spec=spec, input_shape=input_shape,
             loader_gen=loader_gen,
         )
@@ -544,7 +545,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         s, t = self._state, self.recipe.train
-        optimizer, demp, device = s.optimizer, s.demp, s.device
+        optimizer, methods, device = s.optimizer, s.methods, s.device
         distributed = self._ctx.enabled
         f64 = torch.float64
         # Epoch and interval accumulators (device tensors: one host sync per log interval on CUDA).
@@ -573,8 +574,10 @@ class Trainer:
                     out = model(x)
                     loss = criterion(out.float(), y)
                 total = loss
-                if demp is not None:
-                    total = total + demp.penalty(step)
+                for m in methods:
+                    term = m.penalty(step)
+                    if term is not None:
+                        total = total + term
                 if check_every_step and not math.isfinite(total.item()):
                     self._diverged(epoch, step, total.item())
                 optimizer.zero_grad(set_to_none=True)
@@ -582,9 +585,9 @@ class Trainer:
                 if t.grad_clip:
                     nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip)
                 optimizer.step()
-                event = demp.after_step(step, optimizer) if demp is not None else None
-                if event is not None and distributed:
-                    self._after_removal(event)
+                events = [e for e in (m.after_step(step, optimizer) for m in methods) if e is not None]
+                if events and distributed:
+                    self._after_removal(events)
                 step += 1
                 batch_idx += 1
                 with torch.no_grad():
@@ -600,7 +603,7 @@ class Trainer:
                 now = time.perf_counter()
                 iv_time += now - t_last
                 t_last = now
-                if event is not None:
+                for event in events:
                     s.metrics.write({"kind": "removal", "epoch": epoch + 1, **_event_record(event)})
                 if iv_steps >= t.log_every or batch_idx == s.spe:
                     if device.type == "cuda":
@@ -634,6 +637,11 @@ class Trainer:
             packed = packed.to(device if torch.distributed.get_backend() == "nccl" else "cpu")
             torch.distributed.all_reduce(packed)
             ep_loss, ep_correct, ep_seen = packed[0], packed[1].long(), int(packed[2].item())
+        events = [e for e in (m.end_of_epoch(epoch, optimizer) for m in methods) if e is not None]
+        if events and distributed:
+            self._after_removal(events)
+        for event in events:
+            s.metrics.write({"kind": "removal", "epoch": epoch + 1, **_event_record(event)})
         model = s.model
         train_loss = ep_loss.item() / max(ep_seen, 1)
         if not math.isfinite(train_loss):
@@ -652,9 +660,7 @@ class Trainer:
             "params": count_params(model), "macs": count_macs(model, s.input_shape, device=device),
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
-        if demp is not None:
-            record["lambda"] = demp.lam(step)
-            record["sigma"] = demp.sigma(step)
+        self._method_fields(record, step)
         s.metrics.write(record)
         s.history.append(record)
         acc_txt = f"{100 * test_acc:.2f}%" if test_acc is not None else "n/a"
@@ -668,16 +674,67 @@ class Trainer:
         return step
 
     # ------------------------------------------------------------------ records
+    def _build_methods(self, model: nn.Module, bundle: Any, example: torch.Tensor, eval_bs: int,
+                       total_steps: int) -> list[Any]:
+        """The recipe's training methods, in hook order (DemP first: its noise lands before the masks)."""
+        recipe, t = self.recipe, self.recipe.train
+        names = [] if recipe.method == "none" else recipe.method.split("+")
+        methods: list[Any] = []
+        model.eval()
+        for name in names:
+            if name == "demp":
+                from .demp import DemP
+
+                loader = DataLoader(self._death_dataset(bundle), batch_size=eval_bs, shuffle=False)
+                methods.append(DemP(model, recipe.demp, example_inputs=example, death_loader=loader,
+                                    total_steps=total_steps, seed=t.seed))
+            elif name == "stripping":
+                from .stripping import SynapticStripping
+
+                loader = DataLoader(self._death_dataset(bundle, recipe.stripping.samples), batch_size=eval_bs,
+                                    shuffle=False)
+                owner = not any(getattr(m, "owns_plan", False) for m in methods)
+                methods.append(SynapticStripping(model, recipe.stripping, example_inputs=example,
+                                                 val_loader=loader, owns_plan=owner))
+            elif name == "dormant":
+                from .dormant import DormantPruning
+
+                loader = DataLoader(self._death_dataset(bundle, recipe.dormant.samples), batch_size=eval_bs,
+                                    shuffle=False)
+                methods.append(DormantPruning(model, recipe.dormant, example_inputs=example, loader=loader))
+            elif name == "dnr":
+                from .dnr import DNRPruning
+
+                methods.append(DNRPruning(model, recipe.dnr, example_inputs=example, epochs=t.epochs))
+            else:  # validate_recipe refuses anything else
+                raise UsageError(f"method {name!r} is not implemented")
+        model.train()
+        # per-element state of one method (stripping masks) follows the removals of the plan owner
+        owners = [m for m in methods if getattr(m, "owns_plan", False)]
+        for owner in owners:
+            for m in methods:
+                if m is not owner and hasattr(m, "on_structural_removal"):
+                    owner.add_apply_listener(m.on_structural_removal)
+        return methods
+
+    def _method_fields(self, record: dict[str, Any], step: int) -> None:
+        """Add every method's ``metrics(step)`` fields the record does not already have."""
+        for m in self._state.methods:
+            for key, value in m.metrics(step).items():
+                if key in ("neurons_total", "neuron_sparsity"):
+                    continue  # the loop's own counts
+                record.setdefault(key, value)
+
     def _live(self) -> tuple[int | None, int | None]:
-        demp = self._state.demp
-        if demp is None:
+        pruner = self._state.pruner
+        if pruner is None:
             return None, None
-        per = demp.live_neurons()
-        return int(sum(per.values())), int(demp.total_neurons)
+        per = pruner.live_neurons()
+        return int(sum(per.values())), int(pruner.total_neurons)
 
     def _live_per_layer(self) -> dict[str, int] | None:
-        demp = self._state.demp
-        return {k: int(v) for k, v in demp.live_neurons().items()} if demp is not None else None
+        pruner = self._state.pruner
+        return {k: int(v) for k, v in pruner.live_neurons().items()} if pruner is not None else None
 
     def _interval_record(self, epoch: int, step: int, lr: float, loss: float, acc: float, step_ms: float) -> dict[str, Any]:
         s = self._state
@@ -688,17 +745,16 @@ class Trainer:
             "live_fraction": (live / total) if live is not None and total else None,
             "params": count_params(s.model), "step_ms": step_ms,
         }
-        if s.demp is not None:
-            rec["lambda"] = s.demp.lam(step)
-            rec["sigma"] = s.demp.sigma(step)
+        if s.pruner is not None:
             rec["live_per_layer"] = self._live_per_layer()
+        self._method_fields(rec, step)
         return rec
 
     # ------------------------------------------------------------------ checkpoint / stop
     def _plan(self) -> PruningPlan:
         s = self._state
-        plan = s.demp.plan if s.demp is not None else PruningPlan()
-        criterion = plan.criterion or ({"name": "dead", "eps": self.recipe.demp.eps} if s.demp is not None else {})
+        plan = s.pruner.plan if s.pruner is not None else PruningPlan()
+        criterion = plan.criterion or {}
         return dataclasses.replace(
             plan, model=s.spec.to_dict(), input_shape=list(s.input_shape), criterion=criterion,
             source={**(plan.source or {}), "method": self.recipe.method, "recipe": self.recipe.name or ""},
@@ -716,6 +772,7 @@ class Trainer:
             "optimizer": s.optimizer.state_dict(),
             "lr_schedule": s.schedule.state_dict(step),
             "demp": s.demp.state_dict() if s.demp is not None else None,
+            "methods": {m.name: m.state_dict() for m in s.methods if m.name != "demp"},
             "rng": ckpt.capture_rng(s.loader_gen),
             "loop": {
                 "epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch,
@@ -743,13 +800,17 @@ class Trainer:
         ids = [s.device.index] if s.device.type == "cuda" else None
         s.train_model = DDP(s.model, device_ids=ids, output_device=ids[0] if ids else None)
 
-    def _after_removal(self, event: Any) -> None:
+    def _after_removal(self, events: Any) -> None:
         """Under DDP: check that every rank applied the same plan, then re-wrap the pruned module."""
         s = self._state
-        plan_hash = s.demp.plan.removal_hash()
-        log.debug("rank %d: step %d plan hash %s", self._ctx.rank, event.step, plan_hash)
-        dist_util.check_plan_hashes(plan_hash, event.step)
-        if event.applied:
+        events = events if isinstance(events, list) else [events]
+        if s.pruner is None or not events:
+            return
+        plan_hash = s.pruner.plan.removal_hash()
+        step = events[-1].step
+        log.debug("rank %d: step %d plan hash %s", self._ctx.rank, step, plan_hash)
+        dist_util.check_plan_hashes(plan_hash, step)
+        if any(e.applied for e in events):
             self._wrap_model()
 
     def _resume_hint(self) -> str:
@@ -776,15 +837,15 @@ class Trainer:
         model = s.model
         parity_x = sample_inputs(bundle.test if bundle.test is not None else bundle.train, 256)
         final_parity = None
-        if s.demp is not None:
+        if s.methods:
             model.eval()
             with torch.inference_mode():
                 before = [model(x.to(s.device)).float().cpu() for x in parity_x.split(128)]
-            event = s.demp.finalize(s.optimizer)
-            if event is not None:
+            events = [e for e in (m.finalize(s.optimizer) for m in s.methods) if e is not None]
+            for event in events:
                 s.metrics.write({"kind": "removal", **_event_record(event)})
-                if self._ctx.enabled:
-                    self._after_removal(event)
+            if events and self._ctx.enabled:
+                self._after_removal(events)
             model.eval()
             with torch.inference_mode():
                 after = [model(x.to(s.device)).float().cpu() for x in parity_x.split(128)]
@@ -800,10 +861,10 @@ class Trainer:
         plan = self._plan()
         live, total = self._live()
         groups = [{"root": g.root, "before": g.size, "after": g.after, "removed": list(g.removed)} for g in plan.groups]
-        if s.demp is not None:
+        if s.pruner is not None:
             in_plan = {g.root for g in plan.groups}
             groups += [{"root": root, "before": n, "after": n, "removed": []}
-                       for root, n in s.demp.present_neurons().items() if root not in in_plan]
+                       for root, n in s.pruner.present_neurons().items() if root not in in_plan]
         final = {
             "kind": "final", "step": s.total_steps, "epochs": t.epochs, "method": self.recipe.method,
             "test_loss": test_loss, "test_accuracy": test_acc,
@@ -816,6 +877,7 @@ class Trainer:
             "groups": groups,
             "train_seconds": time.perf_counter() - started,
         }
+        self._method_fields(final, s.total_steps)
         s.metrics.write(final)
         s.metrics.sync()
         compact_dir = None
@@ -874,7 +936,9 @@ class _RunState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    demp: Any
+    demp: Any  # the DemP method when the recipe uses it (else None)
+    methods: list[Any]  # every TrainingMethod of the recipe, in hook order
+    pruner: Any  # the method that owns the plan (removes neurons), or None
     metrics: MetricsLogger
     device: torch.device
     spe: int

@@ -1,0 +1,93 @@
+"""Dormant-neuron pruning during training (ReDo score, Sokar et al. 2023; methods.md §1).
+
+Every ``interval_epochs`` epochs (PI) the ReDo score ``s_i = mean|a_i| / mean_k mean|a_k|`` of every
+neuron is measured at the inputs of its consumers (:class:`compressor.criteria.Dormant`) on held-aside
+training samples, and the neurons that are τ-dormant at *every* consumer are removed structurally
+through the DependencyAnalyzer (lossy unless the neuron is exactly dead).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..criteria import Dormant
+from ..errors import CheckpointError, UsageError
+from .pruner import AnalyzerPruner
+
+__all__ = ["DormantConfig", "DormantPruning"]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class DormantConfig:
+    """Options of ``method: dormant``."""
+
+    tau: float = field(default=0.025, metadata={"help": "a neuron is dormant when its ReDo score <= tau (ReDo: 0.025 or 0.1)"})
+    interval_epochs: int = field(default=1, metadata={"help": "prune every PI epochs"})
+    samples: int = field(default=1024, metadata={"help": "held-aside training samples (no augmentation) on which scores are measured"})
+    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
+    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+
+    def validate(self) -> None:
+        if not (isinstance(self.tau, (int, float)) and 0 <= self.tau < float("inf")):
+            raise UsageError(f"dormant.tau = {self.tau!r} is invalid: expected a finite number >= 0")
+        for name in ("interval_epochs", "samples", "min_channels"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise UsageError(f"dormant.{name} = {v!r} is invalid: expected an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DormantPruning(AnalyzerPruner):
+    """Remove τ-dormant neurons every PI epochs (see the module docstring)."""
+
+    name = "dormant"
+
+    def __init__(self, model: nn.Module, config: DormantConfig, *, example_inputs: Tensor | Sequence[Tensor],
+                 loader: Iterable[Any]) -> None:
+        config.validate()
+        self.config = config
+        self.criterion = Dormant(float(config.tau))
+        super().__init__(model, example_inputs=example_inputs, loader=loader, criterion=self.criterion.to_dict(),
+                         ignore=config.ignore, min_channels=config.min_channels)
+        self.last_dormant = 0
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        self.steps_done = max(self.steps_done, int(step) + 1)
+        return None
+
+    def prune(self, optimizer: torch.optim.Optimizer | None, *, final: bool = False) -> Any:
+        """Measure the scores and remove the dormant neurons now; returns the RemovalEvent."""
+        t0 = time.perf_counter()
+        stats = self.collect(("sum_abs",))
+        roots = {g.root for g in self.analyzer.neuron_groups}
+        self._live = {r: m for r, m in self.analyzer.live_masks(stats, self.criterion).items() if r in roots}
+        self.last_dormant = int(sum(int((~m).sum()) for m in self._live.values()))
+        delta = self.analyzer.decide(stats, self.criterion)
+        return self.remove(delta, optimizer, step=self.steps_done, dead=self.last_dormant, final=final, t0=t0)
+
+    def end_of_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None) -> Any:
+        if (int(epoch) + 1) % self.config.interval_epochs != 0:
+            return None
+        return self.prune(optimizer)
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        return {"dormant_neurons": self.last_dormant, "removals": self.removals}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "config": self.config.to_dict(), **self._base_state(),
+                "last_dormant": self.last_dormant}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise CheckpointError("dormant-pruning state has another version; written by another version of demp")
+        self._load_base_state(state)
+        self.last_dormant = int(state.get("last_dormant", 0))

@@ -1,0 +1,261 @@
+"""Synaptic Stripping: the stripping rule, masks through optimizer steps, checkpoints and removals,
+#D / %A, and real training runs on the bundled digits."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.training.config import load_recipe
+from compressor.training.loop import train
+from compressor.training.stripping import StrippingConfig, SynapticStripping, strip_row
+
+
+# ---------------------------------------------------------------------------- the rule
+
+
+def test_strip_row_masks_the_most_negative_tenth_of_the_remaining_weights():
+    w = torch.tensor([0.5, -3.0, 0.2, -1.0, -0.1, 0.9, -2.0, 0.3, -0.05, 0.7,
+                      0.1, -0.4, 0.6, -0.2, 0.8, -0.6, 0.4, -0.3, 1.0, -0.7])
+    mask = torch.zeros(20, dtype=torch.bool)
+    m1 = strip_row(w, mask, 0.1)  # ceil(0.1 * 20) = 2: -3.0 (1) and -2.0 (6)
+    assert m1.nonzero().flatten().tolist() == [1, 6]
+    m2 = strip_row(w, m1, 0.1)  # 18 remaining -> ceil(1.8) = 2: -1.0 (3) and -0.7 (19)
+    assert m2.nonzero().flatten().tolist() == [1, 3, 6, 19]
+    assert not mask.any() and m1.sum() == 2, "inputs are not modified"
+    # only negative weights are stripped
+    pos = torch.tensor([0.3, -0.1, 0.2, 0.5])
+    assert strip_row(pos, torch.zeros(4, dtype=torch.bool), 0.5).nonzero().flatten().tolist() == [1]
+
+
+def test_strip_row_quantile_mode_follows_the_authors_code():
+    w = torch.tensor([-3.0, -1.0, 0.0, 2.0, 0.5, -0.2, 1.5, -2.5, 0.7, 0.1])
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[7] = True  # already stripped: not a candidate
+    remaining_nonzero = torch.tensor([-3.0, -1.0, 2.0, 0.5, -0.2, 1.5, 0.7, 0.1], dtype=torch.float64)
+    q = torch.quantile(remaining_nonzero, 0.05)  # between -3.0 and -1.0
+    assert -3.0 < q < -1.0
+    out = strip_row(w, mask, 0.05, "quantile")
+    assert out.nonzero().flatten().tolist() == [0, 7]
+
+
+def test_a_fully_stripped_row_does_not_crash():
+    w = torch.tensor([-1.0, -2.0, 0.0])
+    full = torch.ones(3, dtype=torch.bool)
+    assert torch.equal(strip_row(w, full, 0.1), full)
+    assert torch.equal(strip_row(w, full, 0.05, "quantile"), full)
+    zeros = torch.zeros(3)
+    assert not strip_row(zeros, torch.zeros(3, dtype=torch.bool), 0.05, "quantile").any()
+
+
+# ---------------------------------------------------------------------------- a hand-made MLP
+
+
+def _mlp(dead_row: int = 2) -> nn.Sequential:
+    """10 -> 6 -> 5 -> 3 ReLU MLP on non-negative inputs where only hidden neuron ``dead_row`` of the
+    first layer is dead (all its incoming weights negative, bias 0); every other unit is live."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.rand(6, 10) + 0.1)
+        net[0].weight[dead_row] = -torch.arange(1, 11, dtype=torch.float32)  # most negative: column 9
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.rand(5, 6) + 0.1)
+        net[2].bias.zero_()
+    return net
+
+
+def _inputs(n: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 10, generator=g)
+
+
+def _stripper(net: nn.Module, **cfg) -> SynapticStripping:
+    x = _inputs()
+    return SynapticStripping(net, StrippingConfig(**cfg), example_inputs=x[:2], val_loader=[(x, None)])
+
+
+def test_dead_neuron_gets_its_most_negative_remaining_weight_stripped_and_metrics():
+    net = _mlp()
+    s = _stripper(net)
+    assert set(s.masks) == {"0.weight", "2.weight"}
+    s.end_of_epoch(0, None)
+    assert s.last_dead == 1
+    mask = s.masks["0.weight"]
+    assert mask.nonzero().tolist() == [[2, 9]], "ceil(0.1 * 10) = 1 weight: the most negative (-10)"
+    assert net[0].weight[2, 9] == 0 and net[0].bias[2] == 0  # the bias is untouched (it was 0 anyway)
+    assert not s.masks["2.weight"].any()
+    # %A: hidden parameters = incoming weights of the hidden neurons: 6*10 + 5*6 = 90; the dead
+    # neuron's 10 weights (one of them stripped) are inactive -> 80 / 90
+    assert s.active_fraction() == pytest.approx(80 / 90)
+    assert s.metrics(0)["dead_neurons"] == 1 and s.stripped_weights() == 1
+    s.end_of_epoch(1, None)  # still dead: 9 remaining -> ceil(0.9) = 1 more (-9 at column 8)
+    assert s.masks["0.weight"].nonzero().tolist() == [[2, 8], [2, 9]]
+    assert s.history[-1]["stripped_now"] == 1
+
+
+def test_dead_neuron_bias_is_never_modified():
+    net = _mlp()
+    with torch.no_grad():
+        net[0].bias[2] = -0.5
+    bias = net[0].bias.detach().clone()
+    s = _stripper(net)
+    s.end_of_epoch(0, None)
+    assert torch.equal(net[0].bias.detach(), bias)
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_masked_weights_and_optimizer_state_stay_exactly_zero(opt: str):
+    net = _mlp()
+    s = _stripper(net, fraction=0.5)
+    s.end_of_epoch(0, None)
+    s.masks["2.weight"][1, 3] = True  # a live neuron's weight too: masks hold whatever was stripped
+    optimizer = (torch.optim.Adam(net.parameters(), lr=1e-2) if opt == "adam"
+                 else torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.9))
+    x, y = _inputs(), torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(2))
+    for step in range(5):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y) + net[0].weight.sum()  # non-zero grads everywhere
+        loss.backward()
+        optimizer.step()
+        s.after_step(step, optimizer)
+        for name, p in net.named_parameters():
+            if name not in s.masks:
+                continue
+            m = s.masks[name]
+            assert torch.all(p.detach()[m] == 0)
+            for value in optimizer.state[p].values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    assert torch.all(value[m] == 0)
+                    assert value[~m].abs().sum() > 0  # the rest is left alone
+    assert s.masks["0.weight"][2].sum() == 5
+
+
+def test_masks_survive_a_checkpoint_round_trip():
+    net = _mlp()
+    s = _stripper(net)
+    s.end_of_epoch(0, None)
+    s.end_of_epoch(1, None)
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert state["masks"]["0.weight"].dtype == torch.bool
+    fresh = _stripper(_mlp())
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.masks["0.weight"], s.masks["0.weight"])
+    assert fresh.last_dead == 1 and fresh.history == s.history
+    fresh.end_of_epoch(2, None)  # continues from the saved masks: 8 remaining -> the -8 weight next
+    assert fresh.masks["0.weight"][2].nonzero().flatten().tolist() == [7, 8, 9]
+
+
+def test_masks_are_sliced_through_a_structural_removal():
+    net = _mlp()
+    s = _stripper(net)
+    s.end_of_epoch(0, None)
+    s.masks["0.weight"][4, 3] = True  # a live neuron's stripped weight (row 4 -> row 3 after removal)
+    s.masks["2.weight"][1, 4] = True  # reads hidden unit 4 -> column 3 after removal
+    s.enforce(None)
+    event = s.finalize(None)  # removes the dead neuron 2 (lossless) through the analyzer
+    assert event is not None and event.removed == 1 and event.final
+    assert net[0].weight.shape == (5, 10) and net[2].weight.shape == (5, 5)
+    assert s.masks["0.weight"].shape == (5, 10) and s.masks["2.weight"].shape == (5, 5)
+    assert s.masks["0.weight"].nonzero().tolist() == [[3, 3]]
+    assert s.masks["2.weight"].nonzero().tolist() == [[1, 3]]
+    assert net[0].weight[3, 3] == 0 and net[2].weight[1, 3] == 0
+    assert s.plan.removed_channels == 1 and s.live_neurons()["0"] == 5
+
+
+def test_fully_stripped_dead_row_in_training_hooks():
+    net = _mlp()
+    s = _stripper(net)
+    s.masks["0.weight"][2] = True
+    s.enforce(None)
+    s.end_of_epoch(0, None)  # dead with nothing left to strip: no crash, nothing new
+    assert s.masks["0.weight"][2].all() and s.stripped_weights() == 10
+    assert s.active_fraction() == pytest.approx(80 / 90)
+
+
+# ---------------------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from compressor.data import load_data
+
+    return load_data("digits")
+
+
+def _raw(method: str, **extra):
+    raw = {"method": method, "model": {"arch": "mlp", "kwargs": {"widths": [64, 64]}},
+           "data": {"spec": "digits", "batch_size": 32},
+           "train": {"epochs": 4, "lr": 3e-2, "lr_schedule": "cosine", "log_every": 50, "seed": 0},
+           "stripping": {"samples": 256}}
+    for k, v in extra.items():
+        raw[k] = {**raw.get(k, {}), **v}
+    return raw
+
+
+def _dead_now(model: nn.Module, data) -> int:
+    x = torch.stack([data.train[i][0] for i in range(256)])
+    s = SynapticStripping(model, StrippingConfig(), example_inputs=x[:2], val_loader=[(x, None)])
+    s.measure()
+    return s.last_dead
+
+
+def test_stripping_run_on_digits_revives_neurons_and_records_metrics(tmp_path, digits):
+    kw = dict(overwrite=True, progress=False, plots=False, tensorboard=False, data=digits)
+    base = train(load_recipe(_raw("none")), tmp_path / "none", save_model=False, **kw)
+    run = train(load_recipe(_raw("stripping", stripping={"remove_dead": False})), tmp_path / "strip",
+                save_model=False, **kw)
+    dead_base, dead_strip = _dead_now(base.model, digits), _dead_now(run.model, digits)
+    assert dead_strip < dead_base, (dead_strip, dead_base)
+    epochs = run.history
+    assert all(isinstance(h["dead_neurons"], int) and 0 < h["active_params"] <= 1 for h in epochs)
+    assert epochs[-1]["dead_neurons"] < epochs[0]["dead_neurons"]
+    assert run.summary["stripped_weights"] > 0 and 0 < run.summary["weight_sparsity"] < 1
+
+    # with the final removal: still-dead neurons go, the stripped zeros stay in the compact model
+    full = train(load_recipe(_raw("stripping", train={"epochs": 2})), tmp_path / "full", **kw)
+    assert full.summary["removed_channels"] > 0 and full.summary["neuron_sparsity"] > 0
+    zeros = sum(int((m.weight == 0).sum()) for m in full.model.modules() if isinstance(m, nn.Linear))
+    assert zeros >= full.summary["stripped_weights"] > 0
+    assert (tmp_path / "full" / "model" / "plan.json").exists()
+
+
+def test_stripping_masks_survive_resume_in_the_loop(tmp_path, digits):
+    """An interrupted-and-resumed run ends with the same masks and weights as an uninterrupted one."""
+    from compressor.training import checkpointing as ckpt
+
+    kw = dict(progress=False, plots=False, tensorboard=False, data=digits, save_model=False)
+    raw = _raw("stripping", train={"epochs": 3}, stripping={"remove_dead": False})
+    ref = train(load_recipe(raw), tmp_path / "ref", **kw)
+    # stop after epoch 2 by deleting the last checkpoint: resume then restarts from epoch 2
+    part = tmp_path / "part"
+    train(load_recipe(raw), part, **kw)
+    cks = ckpt.list_checkpoints(part / ckpt.CHECKPOINT_DIR)
+    assert len(cks) == 2
+    shutil.rmtree(cks[-1])
+    state = ckpt.load_checkpoint(ckpt.find_resume_checkpoint(part)).state
+    masks = state["methods"]["stripping"]["masks"]
+    assert masks and all(m.dtype == torch.bool for m in masks.values())
+    resumed = train(load_recipe(raw), part, resume=True, **kw)
+    for (n, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert [h["dead_neurons"] for h in ref.history] == [h["dead_neurons"] for h in resumed.history]
+
+
+def test_demp_plus_stripping_keeps_masks_through_demp_removals(tmp_path, digits):
+    raw = _raw("demp+stripping", train={"epochs": 3, "lr": 1e-2},
+               demp={"regularizer": "lasso", "target": "weights", "peak": 3e-3, "interval": 15, "death_samples": 256})
+    run = train(load_recipe(raw), tmp_path / "ds", progress=False, plots=False, tensorboard=False, data=digits,
+                overwrite=True)
+    assert run.summary["removed_channels"] > 0  # DemP removed neurons during training
+    assert run.plan.criterion["name"] == "dead"
+    assert "dead_neurons" in run.history[-1] and "lambda" in run.history[-1]
+    assert math.isfinite(run.summary["test_accuracy"])
