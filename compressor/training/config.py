@@ -2,7 +2,7 @@
 
 A recipe is a YAML mapping with the sections of :class:`RecipeConfig`::
 
-    method: demp                 # demp | stripping | demp+stripping | dnr | dormant | none
+    method: demp                 # demp | stripping | demp+stripping | dnr | dormant | baseline | none
     model: {arch: cnn, kwargs: {}}
     data:  {spec: digits, batch_size: 64}
     train: {epochs: 10, optimizer: adam, lr: 1.0e-3, lr_schedule: cosine}
@@ -35,6 +35,7 @@ import yaml
 
 from ..errors import UsageError
 from ..fileio import atomic_write_text
+from .baseline import BaselineConfig
 from .demp import DemPConfig
 from .dnr import DNRConfig
 from .dormant import DormantConfig
@@ -44,8 +45,8 @@ RECIPE_SCHEMA = "demp.recipe/1"
 
 #: Methods a recipe may name. ``IMPLEMENTED_METHODS`` run today; the others are reserved names that a
 #: later version of the training stage will implement (a recipe naming them is refused clearly).
-IMPLEMENTED_METHODS = ("demp", "stripping", "demp+stripping", "dnr", "dormant", "none")
-PLANNED_METHODS = ("baseline",)
+IMPLEMENTED_METHODS = ("demp", "stripping", "demp+stripping", "dnr", "dormant", "baseline", "none")
+PLANNED_METHODS: tuple[str, ...] = ()
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "multistep", "cosine", "one_cycle")
 DEVICES = ("auto", "cpu", "cuda")
@@ -134,7 +135,7 @@ class ExportConfig:
 class RecipeConfig:
     """A whole training recipe. ``method`` selects the training-and-pruning method."""
 
-    method: str = field(default="demp", metadata={"help": "demp | stripping | demp+stripping | dnr | dormant | none (plain training); baseline is reserved"})
+    method: str = field(default="demp", metadata={"help": "demp | stripping | demp+stripping | dnr | dormant | baseline (torch-pruning importance) | none (plain training)"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -142,6 +143,7 @@ class RecipeConfig:
     stripping: StrippingConfig = field(default_factory=StrippingConfig)
     dnr: DNRConfig = field(default_factory=DNRConfig)
     dormant: DormantConfig = field(default_factory=DormantConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     name: str | None = field(default=None, metadata={"help": "a label for reports"})
     description: str | None = field(default=None, metadata={"help": "free text"})
@@ -419,11 +421,16 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
 
     validate_demp_config(recipe.demp)
-    for section in ("stripping", "dnr", "dormant"):
+    for section in ("stripping", "dnr", "dormant", "baseline"):
         try:
             getattr(recipe, section).validate()
         except (UsageError, ValueError) as exc:
             raise UsageError(f"recipe section {section!r}: {exc}") from None
+
+    if recipe.method == "baseline":
+        last = recipe.baseline.pruning_epochs()[-1]
+        _check(last <= t.epochs, "baseline.at_epoch", recipe.baseline.at_epoch,
+               f"pruning epochs within train.epochs ({t.epochs}); the last pruning would be after epoch {last}")
 
     e = recipe.export
     _check(bool(e.batch_sizes) and all(b >= 1 for b in e.batch_sizes), "export.batch_sizes", e.batch_sizes,

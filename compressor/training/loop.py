@@ -706,6 +706,13 @@ class Trainer:
                 from .dnr import DNRPruning
 
                 methods.append(DNRPruning(model, recipe.dnr, example_inputs=example, epochs=t.epochs))
+            elif name == "baseline":
+                from .baseline import BaselinePruning
+
+                loader = DataLoader(self._death_dataset(bundle, recipe.baseline.samples), batch_size=eval_bs,
+                                    shuffle=False)
+                methods.append(BaselinePruning(model, recipe.baseline, example_inputs=example, loader=loader,
+                                               epochs=t.epochs, seed=t.seed))
             else:  # validate_recipe refuses anything else
                 raise UsageError(f"method {name!r} is not implemented")
         model.train()

@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Compare DemP with other neuron-pruning criteria at matched neuron sparsity (methods.md §5).
+
+    python tools/compare_criteria.py --data digits --model cnn --sparsity 0.5,0.7 --seeds 3 --out cmp/ \\
+        [--epochs N] [--methods demp,stripping,dnr,dormant,baseline:magnitude-l1,...] [--quick]
+
+Every run uses the same training recipe (the ``train``/``data`` sections of
+``samples/recipes/demp-cnn-digits.yaml``: Adam, cosine LR, ``--epochs`` epochs), so every method gets
+the same training budget; only ``method`` and its section differ. How sparsities are matched:
+
+- ``dnr``: ``dnr.target_sparsity = S``, pruning every ``max(1, epochs // 4)`` epochs (the last pruning
+  at the last multiple of that interval).
+- ``baseline:<importance>``: ``baseline.target_sparsity = S``, one-shot at the end of epoch
+  ``max(1, epochs // 2)``; the remaining epochs fine-tune.
+- ``demp`` and ``dormant`` have no sparsity knob: a sweep of ``demp.peak`` (``--demp-peaks``) or
+  ``dormant.tau`` (``--dormant-taus``) is run with the first seed, and for each target the sweep value
+  whose reached neuron sparsity is closest to S is run with the remaining seeds. The table reports the
+  sparsity actually reached (mean over seeds), never the target.
+- ``stripping`` has no knob either: it is run once per seed and reported at the sparsity it reaches
+  (the row's target is ``-``).
+
+Outputs in ``--out``: ``results.json`` (every run), ``results.md`` (accuracy mean ± std, neuron
+sparsity, weight sparsity = 1 - non-zero parameters / dense parameters, parameters, MACs, wall-clock)
+and ``accuracy_vs_sparsity.png``. ``--quick`` is a smoke run (1 epoch, the first target, 2-point sweeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_RECIPE = ROOT / "samples" / "recipes" / "demp-cnn-digits.yaml"
+ALL_METHODS = ("demp", "stripping", "dnr", "dormant", "baseline:magnitude-l1", "baseline:bn-scale",
+               "baseline:taylor", "baseline:random")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="digits", help="dataset spec (default digits)")
+    p.add_argument("--model", default="cnn", help="architecture (default cnn)")
+    p.add_argument("--sparsity", default="0.5,0.7", help="comma-separated target neuron sparsities")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per point")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: the base recipe's)")
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
+    p.add_argument("--demp-peaks", default="0.01,0.03,0.1,0.3", help="demp.peak sweep")
+    p.add_argument("--dormant-taus", default="0.1,0.3,0.6,1.0", help="dormant.tau sweep")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, first target, 2-point sweeps")
+    return p.parse_args(argv)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --{what} must be comma-separated numbers, got {text!r}") from None
+
+
+class Runner:
+    """Runs one recipe per (method, setting, seed), caching by key."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, bundle: Any) -> None:
+        base = yaml.safe_load(BASE_RECIPE.read_text(encoding="utf-8"))
+        self.base = {"model": {"arch": args.model}, "data": {**base["data"], "spec": args.data},
+                     "train": dict(base["train"]), "demp": dict(base["demp"]), "export": {"onnx": False}}
+        if args.epochs is not None:
+            self.base["train"]["epochs"] = int(args.epochs)
+        self.epochs = int(self.base["train"]["epochs"])
+        self.out, self.bundle = out, bundle
+        self.runs: list[dict[str, Any]] = []
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def run(self, method: str, section: dict[str, Any], seed: int, label: str) -> dict[str, Any]:
+        key = json.dumps([method, section, seed], sort_keys=True)
+        if key in self._cache:
+            return self._cache[key]
+        from compressor.training.config import load_recipe
+        from compressor.training.loop import train
+
+        name, _, importance = method.partition(":")
+        raw = json.loads(json.dumps(self.base))
+        raw["method"] = name
+        raw["train"]["seed"] = seed
+        sec = dict(section)
+        if name == "baseline":
+            sec["importance"] = importance
+        if name != "demp":
+            raw.pop("demp")
+        raw[name] = {**raw.get(name, {}), **sec}
+        run_dir = self.out / "runs" / f"{method.replace(':', '-')}-{label}-s{seed}"
+        t0 = time.perf_counter()
+        result = train(load_recipe(raw), run_dir, progress=False, plots=False, tensorboard=False,
+                       save_model=False, data=self.bundle, overwrite=True)
+        wall = time.perf_counter() - t0
+        s = result.summary
+        nonzero = sum(int((p != 0).sum()) for p in result.model.parameters())
+        rec = {"method": method, "setting": section, "seed": seed, "label": label,
+               "test_accuracy": s["test_accuracy"], "neuron_sparsity": s["neuron_sparsity"] or 0.0,
+               "weight_sparsity": 1 - nonzero / s["params_before"], "params": s["params_after"],
+               "params_before": s["params_before"], "macs": s["macs_after"], "macs_before": s["macs_before"],
+               "wall_s": wall}
+        print(f"  {method:24s} {label:14s} seed {seed}: acc {100 * rec['test_accuracy']:.2f}%  "
+              f"neuron sparsity {100 * rec['neuron_sparsity']:.1f}%  ({wall:.1f}s)", flush=True)
+        self._cache[key] = rec
+        self.runs.append(rec)
+        return rec
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    from compressor.data import load_data
+    from compressor.fileio import atomic_write_json, atomic_write_text, prepare_output_dir
+
+    targets = _floats(args.sparsity, "sparsity")
+    peaks, taus = _floats(args.demp_peaks, "demp-peaks"), _floats(args.dormant_taus, "dormant-taus")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+    if any(not 0 < t < 1 for t in targets) or args.seeds < 1:
+        raise SystemExit("error: --sparsity values must be in (0, 1) and --seeds >= 1")
+    if args.quick:
+        targets, peaks, taus = targets[:1], peaks[-2:], taus[-2:]
+        args.epochs = 1 if args.epochs is None else args.epochs
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    runner = Runner(args, out, load_data(args.data))
+    seeds = list(range(args.seeds))
+    ep = runner.epochs
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for method in methods:
+        print(f"{method}:", flush=True)
+        points: list[tuple[float | None, dict[str, Any], str, str]] = []  # (target, section, label, matching)
+        if method == "stripping":
+            points.append((None, {}, "reached", "no knob: sparsity reached"))
+        elif method == "dnr":
+            points += [(t, {"target_sparsity": t, "interval_epochs": max(1, ep // 4)}, f"S{t:g}", "target_sparsity")
+                       for t in targets]
+        elif method.startswith("baseline:"):
+            points += [(t, {"target_sparsity": t, "at_epoch": max(1, ep // 2)}, f"S{t:g}", "target_sparsity")
+                       for t in targets]
+        else:  # demp / dormant: sweep with the first seed, pick the closest per target
+            knob, values = ("peak", peaks) if method == "demp" else ("tau", taus)
+            sweep = [(v, runner.run(method, {knob: v}, seeds[0], f"{knob}{v:g}")) for v in values]
+            for t in targets:
+                v, _ = min(sweep, key=lambda vr: (abs(vr[1]["neuron_sparsity"] - t), vr[0]))
+                points.append((t, {knob: v}, f"{knob}{v:g}", f"sweep of {knob}: closest to S={t:g}"))
+        for target, section, label, matching in points:
+            recs = [runner.run(method, section, s, label) for s in seeds]
+            rows.append(_aggregate(method, target, section, matching, recs))
+    total = time.perf_counter() - started
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+           "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    result = {"command": "python tools/compare_criteria.py " + " ".join(sys.argv[1:]),
+              "data": args.data, "model": args.model, "epochs": ep, "seeds": seeds, "targets": targets,
+              "rows": rows, "runs": runner.runs, "env": env, "total_seconds": total}
+    atomic_write_json(out / "results.json", result)
+    atomic_write_text(out / "results.md", markdown(result))
+    plot(result, out / "accuracy_vs_sparsity.png")
+    return result
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _aggregate(method: str, target: float | None, section: dict[str, Any], matching: str,
+               recs: list[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": method, "target": target, "setting": section, "matching": matching,
+                           "n": len(recs)}
+    for k in ("test_accuracy", "neuron_sparsity", "weight_sparsity", "params", "macs", "wall_s"):
+        row[k], row[k + "_std"] = _ms([float(r[k]) for r in recs])
+    row["params_before"], row["macs_before"] = recs[0]["params_before"], recs[0]["macs_before"]
+    return row
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"Command: `{result['command']}`  ",
+             f"Data {result['data']}, model {result['model']}, {result['epochs']} epochs per run, seeds "
+             f"{result['seeds']}; {result['env']['date']}, {result['env']['platform']}, torch {result['env']['torch']}, "
+             f"{result['env']['threads']} threads; total {result['total_seconds'] / 60:.1f} min.", "",
+             "| method | target S | setting | accuracy (%) | neuron sparsity (%) | weight sparsity (%) | params | MACs | wall-clock (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["setting"].items()
+                            if k != "importance") or "-"
+        lines.append(
+            f"| {r['method']} | {'-' if r['target'] is None else format(r['target'], 'g')} | {setting} | "
+            f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
+            f"{100 * r['neuron_sparsity']:.1f} ± {100 * r['neuron_sparsity_std']:.1f} | "
+            f"{100 * r['weight_sparsity']:.1f} | {r['params']:.0f} / {r['params_before']} | "
+            f"{r['macs']:.0f} / {r['macs_before']} | {r['wall_s']:.1f} |")
+    lines += ["", "Matching: dnr and baselines set the target sparsity; demp (demp.peak) and dormant (dormant.tau) "
+              "take the sweep value (first seed) whose reached sparsity is closest to the target; stripping "
+              "reports what it reaches. Sparsities shown are reached, not targets."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from compressor.fileio import atomic_write_with
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["neuron_sparsity"])
+        ax.errorbar([100 * r["neuron_sparsity"] for r in rows], [100 * r["test_accuracy"] for r in rows],
+                    xerr=[100 * r["neuron_sparsity_std"] for r in rows],
+                    yerr=[100 * r["test_accuracy_std"] for r in rows], marker="o", capsize=3, label=method)
+    ax.set_xlabel("neuron sparsity (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{result['model']} on {result['data']}, {result['epochs']} epochs, {len(result['seeds'])} seed(s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        compare(args)
+    except Exception as exc:  # noqa: BLE001 - user errors (DempError) get their message, not a traceback
+        from compressor.errors import DempError
+
+        if isinstance(exc, DempError):
+            print(f"error: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", 1)
+        raise
+    print(f"wrote {Path(args.out) / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
