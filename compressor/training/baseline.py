@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, UsageError
-from ..plan import GroupRemoval, PruningPlan
+from ..plan import PruningPlan
 from .pruner import AnalyzerPruner
 
 __all__ = ["BaselineConfig", "BaselinePruning", "IMPORTANCES", "make_importance"]
@@ -176,18 +176,7 @@ class BaselinePruning(AnalyzerPruner):
         budget = max(0, goal - removed)
         candidates = [(float(v), root, i) for root, s in scores.items() for i, v in enumerate(s.tolist())]
         candidates.sort(key=lambda x: (x[0], x[1], x[2]))
-        chosen: dict[str, list[int]] = {}
-        for _, root, i in candidates:
-            if budget <= 0:
-                break
-            g = groups[root]
-            picked = chosen.setdefault(root, [])
-            if g.size - len(picked) <= max(g.min_channels, 1):
-                continue
-            picked.append(i)
-            budget -= 1
-        removals = [GroupRemoval(r, groups[r].size, sorted(ix), groups[r].members) for r, ix in chosen.items() if ix]
-        return PruningPlan(groups=removals, criterion=self.plan.criterion)
+        return self.plan_from_ranking(candidates, budget, groups)
 
     def prune(self, optimizer: torch.optim.Optimizer | None, *, final: bool = False) -> Any:
         """Score and remove the next share of neurons now; returns the RemovalEvent."""

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, UsageError
-from ..plan import GroupRemoval, PruningPlan
+from ..plan import PruningPlan
 from .pruner import AnalyzerPruner
 
 __all__ = ["DNRConfig", "DNRPruning", "weight_distribution", "entropy", "kl_divergence", "dnr_score"]
@@ -194,18 +194,7 @@ class DNRPruning(AnalyzerPruner):
             candidates = [x for x in candidates if x[0] > c.tau]
             budget = len(candidates)
         candidates.sort(key=lambda x: (-x[0], x[1], x[2]))
-        chosen: dict[str, list[int]] = {}
-        for _, root, i in candidates:
-            if budget <= 0:
-                break
-            g = groups[root]
-            picked = chosen.setdefault(root, [])
-            if g.size - len(picked) <= max(g.min_channels, 1):
-                continue
-            picked.append(i)
-            budget -= 1
-        removals = [GroupRemoval(r, groups[r].size, sorted(ix), groups[r].members) for r, ix in chosen.items() if ix]
-        return PruningPlan(groups=removals, criterion=self.plan.criterion)
+        return self.plan_from_ranking(candidates, budget, groups)
 
     # ------------------------------------------------------------------ hooks
     def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:

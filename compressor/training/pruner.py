@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..plan import PruningPlan
+from ..plan import GroupRemoval, PruningPlan
 from .demp import RemovalEvent
 from .method import TrainingMethod, distributed_ready, unwrap_model
 from .optim_surgery import slice_optimizer_state
@@ -91,6 +91,23 @@ class AnalyzerPruner(TrainingMethod):
         return out
 
     # ------------------------------------------------------------------ removal
+    def plan_from_ranking(self, ranked: Iterable[tuple[float, str, int]], budget: int,
+                          groups: dict[str, Any]) -> PruningPlan:
+        """Take up to ``budget`` channels ``(score, root, index)`` in the given order, every group keeping
+        at least ``max(min_channels, 1)`` channels; the removals as a plan (current numbering)."""
+        chosen: dict[str, list[int]] = {}
+        for _, root, i in ranked:
+            if budget <= 0:
+                break
+            g = groups[root]
+            picked = chosen.setdefault(root, [])
+            if g.size - len(picked) <= max(g.min_channels, 1):
+                continue
+            picked.append(i)
+            budget -= 1
+        removals = [GroupRemoval(r, groups[r].size, sorted(ix), groups[r].members) for r, ix in chosen.items() if ix]
+        return PruningPlan(groups=removals, criterion=self.plan.criterion)
+
     def remove(self, delta: PruningPlan, optimizer: torch.optim.Optimizer | None, *, step: int, dead: int,
                final: bool, t0: float) -> RemovalEvent:
         """Apply ``delta`` (current numbering) in place, slice optimizer state, compose the plan."""
