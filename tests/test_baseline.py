@@ -102,3 +102,60 @@ def test_digits_cnn_run_with_a_baseline(tmp_path):
     assert s["neurons_before"] == 96 and s["neuron_sparsity"] == pytest.approx(0.5)
     assert run.history[0]["live_total"] == 48 and s["params_after"] < s["params_before"]
     assert run.plan.criterion["name"] == "baseline" and s["test_accuracy"] > 0.8
+
+
+# ---------------------------------------------------------------- resume mid-run
+
+def _iterative_recipe():
+    return load_recipe({
+        "method": "baseline", "model": {"arch": "mlp", "kwargs": {"widths": [64, 64]}},
+        "data": {"spec": "digits", "batch_size": 32},
+        "train": {"epochs": 4, "lr": 1e-2, "lr_schedule": "cosine", "log_every": 10, "seed": 0},
+        "baseline": {"importance": "taylor", "target_sparsity": 0.5, "schedule": "iterative", "steps": 3,
+                     "at_epoch": 1, "samples": 128, "taylor_batches": 2},
+    })
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    timing = ("step_ms", "epoch_seconds", "seconds", "train_seconds")
+    return [{k: v for k, v in r.items() if k not in timing} for r in records]
+
+
+def test_iterative_baseline_interrupted_mid_run_resumes_like_the_uninterrupted_run(tmp_path, monkeypatch):
+    """SIGINT inside epoch 2 (after the first of three prunings, 44 steps per epoch): the resumed run
+    makes the remaining prunings and ends with the same metrics, plan and weights."""
+    import os
+    import signal
+
+    from compressor.data import load_data
+    from compressor.training.checkpointing import latest_checkpoint
+    from compressor.training.loop import TrainingInterrupted
+    from compressor.training.metrics import read_metrics
+
+    digits = load_data("digits")
+    kw = dict(progress=False, plots=False, tensorboard=False, data=digits, save_model=False)
+    ref = train(_iterative_recipe(), tmp_path / "ref", **kw)
+    assert [r["removed"] for r in read_metrics(tmp_path / "ref") if r["kind"] == "removal"] == [21, 22, 21]  # 64 of 128
+
+    original = BaselinePruning.after_step
+
+    def after_step(self, step, optimizer):
+        out = original(self, step, optimizer)
+        if step == 60:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+        return out
+
+    monkeypatch.setattr(BaselinePruning, "after_step", after_step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(_iterative_recipe(), run, **kw)
+    assert latest_checkpoint(run / "checkpoints").name == "ckpt-e0001-s00000061"  # mid-epoch, one pruning done
+    monkeypatch.setattr(BaselinePruning, "after_step", original)
+    resumed = train(_iterative_recipe(), run, resume=True, **kw)
+
+    assert _without_timing(read_metrics(run)) == _without_timing(read_metrics(tmp_path / "ref"))
+    assert resumed.plan.removal_hash() == ref.plan.removal_hash()
+    ref_state, state = ref.model.state_dict(), resumed.model.state_dict()
+    assert ref_state.keys() == state.keys()
+    for key in ref_state:
+        assert torch.equal(ref_state[key], state[key]), key

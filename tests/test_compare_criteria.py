@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compare_criteria_quick_smoke_run(tmp_path: Path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, str(ROOT / "tools" / "compare_criteria.py"), "--quick", "--seeds", "1", "--out", str(out),
-           "--methods", "demp,baseline:magnitude-l1,stripping", "--demp-peaks", "0.3", "--sparsity", "0.5,0.7"]
+           "--methods", "demp,baseline:magnitude-l1,stripping", "--demp-peaks", "0.3", "--sparsity", "0.5,0.7", "--lr", "0.02"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
@@ -22,6 +22,8 @@ def test_compare_criteria_quick_smoke_run(tmp_path: Path):
     assert rows["baseline:magnitude-l1"]["neuron_sparsity"] == 0.5
     assert rows["baseline:magnitude-l1"]["params"] < rows["baseline:magnitude-l1"]["params_before"]
     assert rows["stripping"]["target"] is None and rows["demp"]["setting"] == {"peak": 0.3}
+    assert rows["stripping"]["setting"] == {"conv": True}  # a CNN: convolution channels are stripped
+    assert result["lr"] == 0.02 and "at lr 0.02" in (out / "results.md").read_text()
     assert all(0 <= r["test_accuracy"] <= 1 for r in result["runs"]) and len(result["runs"]) == 3
     table = (out / "results.md").read_text()
     assert "| method | target S |" in table and "baseline:magnitude-l1" in table

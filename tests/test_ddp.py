@@ -1,8 +1,14 @@
-"""A real 2-process DDP train-and-prune run (torchrun, gloo backend on CPU), then a 1-process resume.
+"""Real 2-process DDP runs (torchrun, gloo backend on CPU).
 
-Checks that both ranks end with the identical architecture and weights (the DEMP_DEBUG_STATE_HASH_DIR
-hook makes each rank write ``rank<R>.json``), that DemP removed neurons during the run, that rank 0
-alone wrote a complete output directory, and that the DDP checkpoint resumes in a single process.
+- DemP through ``python -m compressor train``, then a 1-process resume: both ranks end with the
+  identical architecture and weights (the DEMP_DEBUG_STATE_HASH_DIR hook makes each rank write
+  ``rank<R>.json``), DemP removed neurons, rank 0 alone wrote a complete output directory, and the DDP
+  checkpoint resumes in a single process.
+- Synaptic Stripping, DNR and the Taylor baseline in one torchrun launch (three runs in one process
+  group, to pay the start-up once): identical masks, scores, plans and weights on both ranks.
+- The collectives behind those guarantees in a tiny 2-process group: a plan-hash mismatch stops both
+  ranks with a clear error; stripping masks, DNR scores, Taylor gradients and dormant statistics end
+  up identical on every rank even when the ranks' own inputs differ.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import textwrap
 
 import pytest
 import torch
@@ -132,3 +140,248 @@ def test_state_hash_sees_weights_and_shapes() -> None:
     with torch.no_grad():
         a.weight[0, 0] += 1e-6
     assert dist_util.state_hash(a) != h
+
+
+# ---------------------------------------------------------------- stripping, DNR and baseline under DDP
+
+RECIPES = RECIPE.parent
+METHOD_RUNS = {  # short runs: the high stripping lr kills neurons; each method removes or strips at least once
+    "stripping": (RECIPES / "stripping-mlp-digits.yaml",
+                  ["train.epochs=2", "stripping.interval_steps=10", "stripping.samples=256"]),
+    "dnr": (RECIPES / "dnr-mlp-digits.yaml", ["train.epochs=3", "dnr.interval_epochs=2"]),
+    "baseline": (RECIPES / "dnr-mlp-digits.yaml",
+                 ["method=baseline", "train.epochs=2", "baseline.importance=taylor", "baseline.schedule=iterative",
+                  "baseline.steps=2", "baseline.samples=128"]),
+}
+
+_RUNS_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from compressor.data import load_data
+    from compressor.training import distributed as dist_util
+    from compressor.training.loop import train
+
+    out, spec = Path(sys.argv[1]), json.loads(sys.argv[2])
+    dist_util.init_from_env("cpu")
+    bundle = load_data("digits")
+    try:
+        for name, (recipe, overrides) in spec.items():
+            os.environ[dist_util.DEBUG_HASH_ENV] = str(out / name / "hashes")
+            train(recipe, out / name / "run", overrides=overrides, progress=False, data=bundle, plots=False,
+                  tensorboard=False)
+    finally:
+        dist_util.destroy()
+""")
+
+
+def _torchrun(script: Path, *args: str, env: dict[str, str], timeout: int) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("ddp_methods")
+    script = tmp / "runs.py"
+    script.write_text(_RUNS_SCRIPT)
+    spec = {name: [str(recipe), overrides] for name, (recipe, overrides) in METHOD_RUNS.items()}
+    _torchrun(script, str(tmp), json.dumps(spec), env=_env(tmp / "unused"), timeout=240)
+    return tmp
+
+
+def _ranks(root: Path, name: str) -> tuple[dict, dict]:
+    r0, r1 = (json.loads((root / name / "hashes" / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    return r0, r1
+
+
+def _records(root: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (root / name / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_RUNS))
+def test_every_method_ends_identical_on_both_ranks(method_runs: Path, name: str) -> None:
+    r0, r1 = _ranks(method_runs, name)
+    assert r0["shapes"] == r1["shapes"]
+    assert r0["plan_hash"] == r1["plan_hash"]
+    assert r0["state_hash"] == r1["state_hash"]
+    # every entry of the method's state (masks, scores, previous weights, plan, counters) is identical
+    assert set(r0["methods"]) == {name}
+    assert r0["methods"] == r1["methods"]
+    assert r0["method_metrics"] == r1["method_metrics"]
+    summary = json.loads((method_runs / name / "run" / "train_summary.json").read_text())
+    assert summary["plan_hash"] == r0["plan_hash"] and summary["test_accuracy"] > 0.5
+
+
+def test_stripping_masks_are_nontrivial_and_applied_several_times(method_runs: Path) -> None:
+    r0, _ = _ranks(method_runs, "stripping")
+    assert {"masks", "plan", "live_masks"} <= set(r0["methods"]["stripping"])
+    assert r0["method_metrics"]["stripping"]["stripped_weights"] > 0
+    records = _records(method_runs, "stripping")
+    stripped = [r["stripped_weights"] for r in records if r["kind"] == "interval"]
+    assert len(set(stripped)) >= 3 and stripped == sorted(stripped), "stripping ran several times and masks grew"
+    final = [r for r in records if r["kind"] == "removal"]
+    assert len(final) == 1 and final[0]["removed"] > 0  # the still-dead neurons, removed on both ranks alike
+
+
+def test_dnr_and_taylor_baseline_removed_neurons_identically(method_runs: Path) -> None:
+    r0, _ = _ranks(method_runs, "dnr")
+    assert {"scores", "max_dnr", "prev", "d_max", "plan"} <= set(r0["methods"]["dnr"])
+    assert r0["method_metrics"]["dnr"]["dnr_max"] is not None  # the final scores are not empty
+    assert [r["removed"] for r in _records(method_runs, "dnr") if r["kind"] == "removal"] == [256]
+    # Taylor scores come from gradients on each rank's own share of the samples: summed over the ranks
+    # and broadcast, both ranks remove the same neurons (else the plan-hash check would stop the run)
+    assert [r["removed"] for r in _records(method_runs, "baseline") if r["kind"] == "removal"] == [128, 128]
+
+
+# ---------------------------------------------------------------- the collectives in a tiny process group
+
+_COLLECTIVES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from compressor.activity import collect_activity
+    from compressor.training import distributed as dist_util
+    from compressor.training.baseline import BaselineConfig, BaselinePruning
+    from compressor.training.dnr import DNRConfig, DNRPruning
+    from compressor.training.dormant import DormantConfig, DormantPruning
+    from compressor.training.stripping import StrippingConfig, SynapticStripping
+
+    ctx = dist_util.init_from_env("cpu")
+    rank = ctx.rank
+    res = {"rank": rank, "world_size": ctx.world_size}
+
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+
+    def rank_data(r):  # each rank's own samples, deliberately different
+        g = torch.Generator().manual_seed(10 + r)
+        shift = torch.tensor([3.0, -3.0, 0, 0, 0, 0]) * (1 if r == 0 else -1)
+        return [(torch.randn(16, 6, generator=g) + shift, torch.randint(0, 3, (16,), generator=g)) for _ in range(2)]
+
+    def perturb(net, seed):  # the ranks' weights differ (as float results may between machines)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed + rank)
+            for p in net.parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+    # 1. plan-hash mismatch
+    try:
+        dist_util.check_plan_hashes(("a" if rank == 0 else "b") * 64, 123)
+        res["mismatch"] = None
+    except dist_util.RankDivergence as exc:
+        res["mismatch"] = {"message": str(exc), "exit_code": exc.exit_code}
+    dist_util.check_plan_hashes("c" * 64, 5)  # equal hashes pass
+
+    # 2. stripping masks
+    s = SynapticStripping(mlp(), StrippingConfig(), example_inputs=torch.zeros(2, 6), val_loader=[])
+    g = torch.Generator().manual_seed(100 + rank)
+    s.masks = {n: torch.rand(m.shape, generator=g) < 0.5 for n, m in s.masks.items()}
+    res["masks_before"] = {n: m.int().tolist() for n, m in s.masks.items()}
+    s._broadcast_masks()
+    res["masks_after"] = {n: m.int().tolist() for n, m in s.masks.items()}
+
+    # 3. Taylor baseline on each rank's own samples
+    net = mlp()
+    b = BaselinePruning(net, BaselineConfig(importance="taylor", target_sparsity=0.4, taylor_batches=2,
+                                            normalizer="none"),
+                        example_inputs=torch.zeros(2, 6), loader=rank_data(rank), epochs=1)
+    roots = sorted(gr.root for gr in b._groups())
+
+    def taylor_scores(batches):
+        net.zero_grad(set_to_none=True)
+        for x, y in batches:
+            nn.functional.cross_entropy(net(x), y).backward()
+        out = {r: b.importance(b.analyzer._tp_groups[r]).double().tolist() for r in roots}
+        net.zero_grad(set_to_none=True)
+        return out
+
+    res["taylor_local"] = taylor_scores(rank_data(rank))
+    res["taylor_union"] = taylor_scores(rank_data(0) + rank_data(1))
+    res["taylor_agreed"] = {k: v.tolist() for k, v in b.score().items()}
+    ev = b.prune(None)
+    dist_util.check_plan_hashes(b.plan.removal_hash(), 1)
+    res["taylor"] = {"removed": ev.removed, "plan": [[gr.root, gr.removed] for gr in b.plan.groups]}
+
+    # 4. DNR with rank-dependent weights
+    net = mlp()
+    d = DNRPruning(net, DNRConfig(interval_epochs=3, target_sparsity=0.3), example_inputs=torch.zeros(2, 6), epochs=3)
+    d.end_of_epoch(0, None)
+    perturb(net, 20)
+    d.end_of_epoch(1, None)
+    res["dnr_weights"] = dist_util.state_hash(net)
+    res["dnr_scores"] = {k: v.tolist() for k, v in d.scores.items()}
+    res["dnr_d_max"] = d.d_max
+    perturb(net, 30)
+    ev = d.end_of_epoch(2, None)
+    dist_util.check_plan_hashes(d.plan.removal_hash(), 2)
+    res["dnr"] = {"removed": ev.removed, "plan": [[gr.root, gr.removed] for gr in d.plan.groups]}
+
+    # 5. dormant pruning on each rank's own samples
+    net = mlp()
+    dp = DormantPruning(net, DormantConfig(tau=0.3), example_inputs=torch.zeros(2, 6), loader=rank_data(rank))
+    st = collect_activity(net, dp.loader, layers=dp.analyzer.consumer_names, progress=False, fields=("sum_abs",))
+    res["dormant_local"] = [[r, (~m).nonzero().flatten().tolist()]
+                            for r, m in sorted(dp.analyzer.live_masks(st, dp.criterion).items())]
+    ev = dp.prune(None)
+    dist_util.check_plan_hashes(dp.plan.removal_hash(), 3)
+    res["dormant"] = {"removed": ev.removed, "plan": [[gr.root, gr.removed] for gr in dp.plan.groups]}
+
+    with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
+        json.dump(res, f)
+    dist_util.destroy()
+""")
+
+
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    tmp = tmp_path_factory.mktemp("ddp_collectives")
+    script = tmp / "collectives.py"
+    script.write_text(_COLLECTIVES_SCRIPT)
+    _torchrun(script, str(tmp), env=_env(tmp / "unused"), timeout=120)
+    r0, r1 = (json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
+    return r0, r1
+
+
+def test_plan_hash_mismatch_stops_every_rank_with_a_clear_error(collectives: tuple[dict, dict]) -> None:
+    for rank, res in enumerate(collectives):
+        err = res["mismatch"]
+        assert err is not None, f"rank {rank} did not raise RankDivergence"
+        assert err["exit_code"] == 1
+        msg = err["message"]
+        assert msg.startswith(f"rank {rank}: ")
+        assert "step 123" in msg and "rank(s) [1]" in msg
+        assert "rank 0: aaaaaaaaaaaa" in msg and "rank 1: bbbbbbbbbbbb" in msg
+        assert "Training stopped" in msg and "resume from the last checkpoint" in msg and "report" in msg
+
+
+def test_stripping_masks_are_broadcast_from_rank_zero(collectives: tuple[dict, dict]) -> None:
+    r0, r1 = collectives
+    assert r0["masks_before"] != r1["masks_before"]
+    assert r0["masks_after"] == r1["masks_after"] == r0["masks_before"]
+
+
+def test_taylor_gradients_are_summed_over_ranks(collectives: tuple[dict, dict]) -> None:
+    r0, r1 = collectives
+    assert r0["taylor_local"] != r1["taylor_local"], "the ranks' own samples give different scores"
+    assert r0["taylor_agreed"] == r1["taylor_agreed"]
+    for root, union in r0["taylor_union"].items():  # the gradients of both ranks' samples
+        assert r0["taylor_agreed"][root] == pytest.approx(union, rel=1e-5, abs=1e-9)
+    assert r0["taylor"] == r1["taylor"] and r0["taylor"]["removed"] == 9  # round(0.4 * 22)
+
+
+def test_dnr_scores_and_plan_agree_even_with_different_weights(collectives: tuple[dict, dict]) -> None:
+    r0, r1 = collectives
+    assert r0["dnr_weights"] != r1["dnr_weights"]
+    assert r0["dnr_scores"] and r0["dnr_scores"] == r1["dnr_scores"] and r0["dnr_d_max"] == r1["dnr_d_max"]
+    assert r0["dnr"] == r1["dnr"] and r0["dnr"]["removed"] == 7  # round(0.3 * 22)
+
+
+def test_dormant_decision_uses_every_ranks_samples(collectives: tuple[dict, dict]) -> None:
+    r0, r1 = collectives
+    assert r0["dormant_local"] != r1["dormant_local"], "the ranks' own samples give different dormant sets"
+    assert r0["dormant"] == r1["dormant"] and r0["dormant"]["removed"] > 0

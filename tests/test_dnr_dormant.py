@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.errors import UsageError
 from compressor.training.config import load_recipe
 from compressor.training.dnr import (DNRConfig, DNRPruning, dnr_score, entropy, kl_divergence,
                                      weight_distribution)
@@ -99,6 +100,19 @@ def test_dnr_run_reaches_the_target_sparsity_evenly(tmp_path, digits):
     assert live == [128, 128 - 64 * 2 // 4, 128 - 64 * 3 // 4, 64]
     linears = [m for m in run.model.modules() if isinstance(m, nn.Linear)]
     assert sum(m.out_features for m in linears[:-1]) == 64
+
+
+def test_dnr_stop_epoch_reaches_the_target_early_and_leaves_epochs_to_recover(tmp_path, digits):
+    raw = _raw("dnr", {"interval_epochs": 1, "target_sparsity": 0.5, "stop_epoch": 3})
+    raw["train"]["epochs"] = 5
+    run = train(load_recipe(raw), tmp_path / "dnr", progress=False, plots=False, tensorboard=False, data=digits,
+                save_model=False)
+    live = [h["live_total"] for h in run.history]
+    # K = 3 intervals: epoch 1 has no scores (caught up at 2), the target is reached at epoch 3, then none
+    assert live == [128, 128 - round(64 * 2 / 3), 64, 64, 64]
+    with pytest.raises(UsageError, match="stop_epoch = 1 comes before the first pruning"):
+        train(load_recipe(_raw("dnr", {"interval_epochs": 2, "stop_epoch": 1})), tmp_path / "bad", progress=False,
+              data=digits)
 
 
 def test_dormant_pruning_removes_the_low_score_neuron():

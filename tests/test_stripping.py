@@ -259,3 +259,61 @@ def test_demp_plus_stripping_keeps_masks_through_demp_removals(tmp_path, digits)
     assert run.plan.criterion["name"] == "dead"
     assert "dead_neurons" in run.history[-1] and "lambda" in run.history[-1]
     assert math.isfinite(run.summary["test_accuracy"])
+
+
+# ---------------------------------------------------------------------------- convolution channels (conv: true)
+
+
+def _cnn() -> nn.Sequential:
+    """1 -> 4 -> 3 channel ReLU CNN on non-negative inputs where only channel 1 of the first conv is
+    dead (its whole 3x3 filter negative, bias 0)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(3 * 2 * 2, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.rand(4, 1, 3, 3) + 0.1)
+        net[0].weight[1] = -torch.arange(1, 10, dtype=torch.float32).view(1, 3, 3)  # most negative: (2, 2)
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.rand(3, 4, 3, 3) + 0.1)
+        net[2].bias.zero_()
+    return net
+
+
+def test_conv_channels_are_stripped_only_with_conv_true_and_sliced_on_removal():
+    x = torch.rand(32, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+
+    def stripper(**cfg):
+        return SynapticStripping(net, StrippingConfig(**cfg), example_inputs=x[:2], val_loader=[(x, None)])
+
+    net = _cnn()
+    assert stripper().masks == {}  # the paper's rule: Linear layers only (the classifier is not hidden)
+    s = stripper(conv=True)
+    assert set(s.masks) == {"0.weight", "2.weight"}
+    s.end_of_epoch(0, None)
+    assert s.last_dead == 1
+    # ceil(0.1 * 9) = 1 weight of the flattened filter: the most negative one (-9 at kernel position 2, 2)
+    assert s.masks["0.weight"].nonzero().tolist() == [[1, 0, 2, 2]]
+    assert net[0].weight[1, 0, 2, 2] == 0
+    # %A: hidden parameters = 4*9 + 3*36 = 144; the dead channel's 9 weights are inactive
+    assert s.active_fraction() == pytest.approx((144 - 9) / 144)
+    ref = net(x)
+    event = s.finalize(None)  # the still-dead channel goes through the analyzer, losslessly
+    assert event is not None and event.removed == 1
+    assert net[0].weight.shape == (3, 1, 3, 3) and net[2].weight.shape == (3, 3, 3, 3)
+    assert s.masks["0.weight"].shape == (3, 1, 3, 3) and not s.masks["0.weight"].any()
+    torch.testing.assert_close(net(x), ref)
+
+
+def test_stripping_cnn_with_conv_and_a_validation_split_trains_on_digits(tmp_path, digits):
+    from compressor.training import checkpointing as ckpt
+
+    raw = {"method": "stripping", "model": {"arch": "cnn", "kwargs": {"channels": [8, 16]}},
+           "data": {"spec": "digits", "batch_size": 32, "val_samples": 200},
+           "train": {"epochs": 1, "lr": 3e-2, "log_every": 50, "seed": 0},
+           "stripping": {"samples": 200, "conv": True}}
+    run = train(load_recipe(raw), tmp_path / "cnn", progress=False, plots=False, tensorboard=False, data=digits,
+                save_model=False)
+    state = ckpt.load_checkpoint(ckpt.find_resume_checkpoint(tmp_path / "cnn")).state
+    assert set(state["methods"]["stripping"]["masks"]) == {"features.0.weight", "features.4.weight"}
+    assert run.history[-1]["val_accuracy"] is not None and isinstance(run.history[-1]["dead_neurons"], int)
+    assert run.summary["val_accuracy"] is not None and run.summary["test_accuracy"] > 0.5

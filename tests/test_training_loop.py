@@ -200,3 +200,35 @@ def test_cuda_bf16_training(tmp_path: Path, digits):
     assert result.summary["test_accuracy"] > 0.8
     assert math.isfinite(result.summary["test_loss"])
     assert result.summary["neurons_after"] <= result.summary["neurons_before"]
+
+
+def test_validation_split_is_held_out_from_training_and_hosts_the_death_samples(tmp_path: Path, digits):
+    from torch.utils.data import Subset
+
+    from compressor.training.loop import Trainer
+
+    n_train = len(digits.train)
+    recipe = small_recipe(data={"val_samples": 300}, train={"epochs": 1},
+                          demp={"death_samples": 200, "interval": 10})
+    trainer = Trainer(recipe, tmp_path / "val", progress=False, plots=False, tensorboard=False, data=digits,
+                      save_model=False)
+    result = trainer.fit()
+    train_split = result.data.train
+    assert isinstance(train_split, Subset) and len(train_split) == n_train - 300
+    val = set(trainer._val_idx)
+    assert len(val) == 300 and val.isdisjoint(train_split.indices)
+    death = trainer._death_dataset(result.data, 200)
+    assert len(death) == 200 and set(death.indices) <= val
+    # one epoch over the remaining samples only: (1437 - 300) // 32 steps
+    assert result.summary["step"] == (n_train - 300) // 32
+    epoch = [h for h in result.history if h["kind"] == "epoch"][-1]
+    assert 0.0 <= epoch["val_accuracy"] <= 1.0 and epoch["val_loss"] > 0
+    assert result.summary["val_accuracy"] is not None
+
+
+def test_validation_split_larger_than_the_training_split_is_a_clear_error(tmp_path: Path, digits):
+    with pytest.raises(UsageError, match=r"data.val_samples = 5000 leaves no training samples.*--set data.val_samples="):
+        train(small_recipe(data={"val_samples": 5000}), tmp_path / "big", progress=False, data=digits)
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(UsageError, match="data.val_samples"):
+        small_recipe(data={"val_samples": -1})

@@ -8,8 +8,9 @@ Every run uses the same training recipe (the ``train``/``data`` sections of
 ``samples/recipes/demp-cnn-digits.yaml``: Adam, cosine LR, ``--epochs`` epochs), so every method gets
 the same training budget; only ``method`` and its section differ. How sparsities are matched:
 
-- ``dnr``: ``dnr.target_sparsity = S``, pruning every ``max(1, epochs // 4)`` epochs (the last pruning
-  at the last multiple of that interval).
+- ``dnr``: ``dnr.target_sparsity = S``, pruning every ``max(1, epochs // 4)`` epochs up to
+  ``dnr.stop_epoch = max(1, epochs // 2)``, so that, like the baselines, the second half of the
+  budget recovers from the last pruning.
 - ``baseline:<importance>``: ``baseline.target_sparsity = S``, one-shot at the end of epoch
   ``max(1, epochs // 2)``; the remaining epochs fine-tune.
 - ``demp`` and ``dormant`` have no sparsity knob: a sweep of ``demp.peak`` (``--demp-peaks``) or
@@ -17,7 +18,10 @@ the same training budget; only ``method`` and its section differ. How sparsities
   whose reached neuron sparsity is closest to S is run with the remaining seeds. The table reports the
   sparsity actually reached (mean over seeds), never the target.
 - ``stripping`` has no knob either: it is run once per seed and reported at the sparsity it reaches
-  (the row's target is ``-``).
+  (the row's target is ``-``). On models other than ``mlp`` it strips convolution channels too
+  (``stripping.conv: true``), since the paper's Linear-only rule finds no hidden unit in a CNN.
+
+``--lr`` replaces the base recipe's learning rate for every method (same budget, same optimizer).
 
 Outputs in ``--out``: ``results.json`` (every run), ``results.md`` (accuracy mean ± std, neuron
 sparsity, weight sparsity = 1 - non-zero parameters / dense parameters, parameters, MACs, wall-clock)
@@ -52,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparsity", default="0.5,0.7", help="comma-separated target neuron sparsities")
     p.add_argument("--seeds", type=int, default=3, help="seeds per point")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: the base recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the base recipe's)")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
     p.add_argument("--demp-peaks", default="0.01,0.03,0.1,0.3", help="demp.peak sweep")
     p.add_argument("--dormant-taus", default="0.1,0.3,0.6,1.0", help="dormant.tau sweep")
@@ -77,6 +82,9 @@ class Runner:
                      "train": dict(base["train"]), "demp": dict(base["demp"]), "export": {"onnx": False}}
         if args.epochs is not None:
             self.base["train"]["epochs"] = int(args.epochs)
+        if args.lr is not None:
+            self.base["train"]["lr"] = float(args.lr)
+        self.conv = args.model != "mlp"
         self.epochs = int(self.base["train"]["epochs"])
         self.out, self.bundle = out, bundle
         self.runs: list[dict[str, Any]] = []
@@ -144,10 +152,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{method}:", flush=True)
         points: list[tuple[float | None, dict[str, Any], str, str]] = []  # (target, section, label, matching)
         if method == "stripping":
-            points.append((None, {}, "reached", "no knob: sparsity reached"))
+            points.append((None, {"conv": runner.conv}, "reached", "no knob: sparsity reached"))
         elif method == "dnr":
-            points += [(t, {"target_sparsity": t, "interval_epochs": max(1, ep // 4)}, f"S{t:g}", "target_sparsity")
-                       for t in targets]
+            points += [(t, {"target_sparsity": t, "interval_epochs": max(1, ep // 4), "stop_epoch": max(1, ep // 2)},
+                        f"S{t:g}", "target_sparsity") for t in targets]
         elif method.startswith("baseline:"):
             points += [(t, {"target_sparsity": t, "at_epoch": max(1, ep // 2)}, f"S{t:g}", "target_sparsity")
                        for t in targets]
@@ -165,7 +173,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     result = {"command": "python tools/compare_criteria.py " + " ".join(sys.argv[1:]),
-              "data": args.data, "model": args.model, "epochs": ep, "seeds": seeds, "targets": targets,
+              "data": args.data, "model": args.model, "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
               "rows": rows, "runs": runner.runs, "env": env, "total_seconds": total}
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", markdown(result))
@@ -189,7 +197,8 @@ def _aggregate(method: str, target: float | None, section: dict[str, Any], match
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Command: `{result['command']}`  ",
-             f"Data {result['data']}, model {result['model']}, {result['epochs']} epochs per run, seeds "
+             f"Data {result['data']}, model {result['model']}, {result['epochs']} epochs per run at lr "
+             f"{result.get('lr', '?')}, seeds "
              f"{result['seeds']}; {result['env']['date']}, {result['env']['platform']}, torch {result['env']['torch']}, "
              f"{result['env']['threads']} threads; total {result['total_seconds'] / 60:.1f} min.", "",
              "| method | target S | setting | accuracy (%) | neuron sparsity (%) | weight sparsity (%) | params | MACs | wall-clock (s) |",

@@ -12,10 +12,13 @@ remaining epochs fine-tune it within the same total budget as the other methods.
   group), ``bn-scale`` (``BNScaleImportance``, network slimming: |γ| of the group's BatchNorm; groups
   without BatchNorm get no score and are not pruned), ``taylor`` (``GroupTaylorImportance``: |w·∂L/∂w|
   with gradients accumulated over ``taylor_batches`` batches of held-aside training samples in eval
-  mode), ``random`` (``RandomImportance``, drawn from a generator seeded by ``train.seed`` and the
+  mode; under DDP each rank takes its share of the samples and the gradients are summed over the
+  ranks), ``random`` (``RandomImportance``, drawn from a generator seeded by ``train.seed`` and the
   pruning's index; the training RNG is not disturbed).
 - Scores are normalized per group by ``normalizer`` (torch-pruning's default ``mean``: global ranking
   across layers of different sizes; ``none`` ranks raw scores).
+- Under DDP every rank ranks the neurons by rank 0's scores (:meth:`AnalyzerPruner.agreed_scores`),
+  so every rank removes the same neurons.
 - Sparsity: after the j-th of K prunings ``round(target_sparsity · N · j / K)`` of the N original
   neurons (every neuron group's channels, as in the run's ``neuron_sparsity``) are gone. Blocked groups
   (the classifier, LayerNorm streams, ...) are never pruned and every group keeps ``min_channels``
@@ -130,7 +133,14 @@ class BaselinePruning(AnalyzerPruner):
         return [g for g in a.neuron_groups if g.blocked is None and g.root in a._tp_groups]
 
     def _accumulate_gradients(self) -> None:
-        """Sum ∂L/∂w over ``taylor_batches`` batches of the loader (eval mode: BN statistics untouched)."""
+        """Sum ∂L/∂w over ``taylor_batches`` batches of the loader (eval mode: BN statistics untouched).
+
+        Under DDP each rank's loader holds its share of the held-aside samples and the gradients are
+        then summed over all ranks, so every rank scores with the gradients of all the samples.
+        """
+        from . import distributed as dist_util
+        from .method import distributed_ready
+
         model = self.model
         was_training = model.training
         model.eval()
@@ -147,8 +157,15 @@ class BaselinePruning(AnalyzerPruner):
                     break
         finally:
             model.train(was_training)
+        if distributed_ready():
+            dist_util.all_reduce_grads(model)
+            if not dist_util.any_rank(batches > 0, device):
+                batches = 0
+            elif batches == 0:
+                batches = 1  # this rank's share was empty; the other ranks' gradients are summed in
         if batches == 0:
-            raise UsageError("baseline.importance = taylor needs training samples for its gradients; none were given")
+            raise UsageError("baseline.importance = taylor needs training samples for its gradients; none were "
+                             "given: raise baseline.samples")
 
     def score(self) -> dict[str, Tensor]:
         """Importance of every neuron of every prunable group (current numbering), per group root."""
@@ -167,7 +184,7 @@ class BaselinePruning(AnalyzerPruner):
         finally:
             if c.importance == "taylor":
                 self.model.zero_grad(set_to_none=True)
-        return scores
+        return self.agreed_scores(scores)
 
     def _choose(self, scores: dict[str, Tensor]) -> PruningPlan:
         groups = {g.root: g for g in self._groups()}

@@ -86,6 +86,7 @@ class DataConfig:
     eval_batch_size: int | None = field(default=None, metadata={"help": "None: 2 x batch_size"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: load in the training process)"})
     drop_last: bool = field(default=True, metadata={"help": "drop the last incomplete training batch (keeps BatchNorm batches >= 2)"})
+    val_samples: int = field(default=0, metadata={"help": "training samples held out as a validation split (never trained on): death, dormancy and importance are measured there and val accuracy is logged per epoch; 0: measure on held-aside training samples"})
 
 
 @dataclass
@@ -388,6 +389,7 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     _check(d.eval_batch_size is None or d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size,
            "an integer >= 1")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
+    _check(d.val_samples >= 0, "data.val_samples", d.val_samples, "an integer >= 0 (0: no validation split)")
 
     t = recipe.train
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")

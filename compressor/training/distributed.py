@@ -5,11 +5,17 @@ initializes the default process group (``nccl`` when CUDA is used, ``gloo`` othe
 loop then wraps the model in :class:`~torch.nn.parallel.DistributedDataParallel`, shards the data with
 :class:`ResumableDistributedSampler` and writes files on rank 0 only.
 
-DemP's removals must be identical on every rank: activity statistics are all-reduced before any
-decision (:meth:`compressor.activity.ActivityStats.all_reduce`), the decision is a pure function of
-those statistics, and after every removal :func:`check_plan_hashes` all-gathers the composed plan's
-hash and raises :class:`RankDivergence` naming the ranks whose model differs, instead of training on
-diverged models.
+Every method's removals must be identical on every rank:
+
+- DemP, Synaptic Stripping and dormant pruning decide from activity statistics that are all-reduced
+  first (:meth:`compressor.activity.ActivityStats.all_reduce`); the decision is a pure function of them;
+- Synaptic Stripping's masks are broadcast from rank 0 after every stripping;
+- DNR and the importance baselines decide from scores that rank 0 broadcasts
+  (:func:`broadcast_from_main`); the Taylor baseline first sums its gradients over all ranks
+  (:func:`all_reduce_grads`), so its scores see every rank's share of the held-aside samples.
+
+After every removal :func:`check_plan_hashes` all-gathers the composed plan's hash and raises
+:class:`RankDivergence` naming the ranks whose model differs, instead of training on diverged models.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ DEBUG_HASH_ENV = "DEMP_DEBUG_STATE_HASH_DIR"
 __all__ = [
     "DistContext", "RankDivergence", "ResumableDistributedSampler", "init_from_env", "launched_by_torchrun",
     "context", "destroy", "check_plan_hashes", "agree", "any_rank", "state_hash", "per_rank_batch_size",
+    "broadcast_from_main", "all_reduce_grads", "method_state_hashes",
 ]
 
 
@@ -158,8 +165,8 @@ def check_plan_hashes(plan_hash: str, step: int) -> None:
         raise RankDivergence(
             f"rank {rank}: the removal at step {step} diverged across ranks: rank(s) {bad} hold a different "
             f"pruning plan than rank 0 ({listing}). Training stopped instead of continuing on diverged models; "
-            "this is a bug (non-deterministic death measurement) — please report it with the run's recipe, and "
-            "resume from the last checkpoint"
+            "this is a bug (the ranks decided the removal differently) — please report it with the run's recipe, "
+            "and resume from the last checkpoint"
         )
 
 
@@ -200,3 +207,88 @@ def state_hash(module: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself without a process group).
+
+    Used for the scores a removal is decided from (DNR, importance baselines): with rank 0's scores
+    every rank takes the same decision even where float results could differ between machines.
+    ``obj`` must be picklable (tensors are moved to the CPU first).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [_to_cpu(obj) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def all_reduce_grads(module: torch.nn.Module) -> None:
+    """Sum every parameter's ``.grad`` over all ranks in place (a missing gradient counts as zeros).
+
+    For gradients computed outside DDP's forward (the Taylor baseline's held-aside batches): afterwards
+    every rank holds the gradients of all ranks' samples. A no-op without a process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+_VOLATILE_KEYS = frozenset({"seconds", "elapsed", "step_ms", "time"})
+
+
+def _hash_into(h: Any, value: Any) -> None:
+    """Feed ``value`` (nested dicts/lists of tensors and plain values) into hash ``h`` deterministically."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{tuple(t.shape)}{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for k in sorted(value, key=str):
+            if str(k) in _VOLATILE_KEYS:
+                continue
+            h.update(f"{k}:".encode())
+            _hash_into(h, value[k])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _hash_into(h, v)
+        h.update(b"]")
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def method_state_hashes(methods: Any) -> dict[str, dict[str, str]]:
+    """``{method name: {state key: SHA-256}}`` of every training method's ``state_dict()``.
+
+    Wall-clock fields (``seconds`` ...) are left out, so two ranks that hold the same masks, scores,
+    plans and counters get the same hashes. Used by the ``DEMP_DEBUG_STATE_HASH_DIR`` debug dump.
+    """
+    import hashlib
+
+    out: dict[str, dict[str, str]] = {}
+    for m in methods:
+        per_key: dict[str, str] = {}
+        for key, value in m.state_dict().items():
+            h = hashlib.sha256()
+            _hash_into(h, value)
+            per_key[str(key)] = h.hexdigest()
+        out[str(getattr(m, "name", type(m).__name__))] = per_key
+    return out

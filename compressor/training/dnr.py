@@ -14,13 +14,17 @@ functions); this module follows the paper text. Choices made where the text leav
 - Scores are computed once per epoch (from the second epoch on: the first has no previous weights).
   The previous weights are kept as ``|W|`` tensors and sliced with the analyzer's index maps when
   neurons (rows) or their inputs (columns) are removed.
-- Every ``interval_epochs`` (PI) epochs: with ``target_sparsity`` S, the highest-DNR neurons are
-  removed so that after the j-th of the K = epochs // PI intervals ``round(S·N·j/K)`` of the N
+- Every ``interval_epochs`` (PI) epochs up to ``stop_epoch`` (default: the last epoch; an earlier
+  one leaves epochs to recover): with ``target_sparsity`` S, the highest-DNR neurons are
+  removed so that after the j-th of the K = stop_epoch // PI intervals ``round(S·N·j/K)`` of the N
   original neurons are gone (the same share each interval; an interval without scores is caught up
   later); without it, every neuron with ``DNR > tau``. Groups keep ``min_channels`` channels; blocked
   groups (classifier, LayerNorm streams, ...) are never pruned.
 - The reactivation potential ``R = 1 - DNR / (max_t DNR + ε)`` (``max_t`` per neuron over the epochs)
   is reported as a diagnostic (``dnr_mean_R``).
+- Under DDP the scores come from the weights, which DDP keeps identical on every rank; rank 0's scores
+  and ``D_max`` are broadcast all the same (:meth:`AnalyzerPruner.agreed_scores`), so every rank ranks
+  the neurons by the same numbers and removes the same ones.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, UsageError
 from ..plan import PruningPlan
+from .method import distributed_ready
 from .pruner import AnalyzerPruner
 
 __all__ = ["DNRConfig", "DNRPruning", "weight_distribution", "entropy", "kl_divergence", "dnr_score"]
 
 STATE_VERSION = 1
+_D_MAX_KEY = "\0d_max"  # rides along with the broadcast scores (no module is named like this)
 
 
 @dataclass
@@ -50,6 +56,7 @@ class DNRConfig:
     beta: float = field(default=1.0, metadata={"help": "weight of the normalized KL divergence"})
     tau: float = field(default=0.5, metadata={"help": "without target_sparsity: prune neurons with DNR > tau"})
     interval_epochs: int = field(default=10, metadata={"help": "prune every PI epochs (paper: 10-15 best)"})
+    stop_epoch: int | None = field(default=None, metadata={"help": "prune at no epoch after this one (1-based): with target_sparsity the target is reached there and the remaining epochs recover (null: the last epoch)"})
     target_sparsity: float | None = field(default=None, metadata={"help": "fraction of neurons to remove by the end, the same share each interval, highest DNR first (null: use tau)"})
     eps: float = field(default=1e-12, metadata={"help": "epsilon of the entropy, KL and score formulas"})
     min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
@@ -68,6 +75,8 @@ class DNRConfig:
             v = getattr(self, name)
             if int(v) != v or v < 1:
                 raise UsageError(f"dnr.{name} = {v!r} is invalid: expected an integer >= 1")
+        if self.stop_epoch is not None and (int(self.stop_epoch) != self.stop_epoch or self.stop_epoch < 1):
+            raise UsageError(f"dnr.stop_epoch = {self.stop_epoch!r} is invalid: expected an integer >= 1 or null")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +119,12 @@ class DNRPruning(AnalyzerPruner):
                          criterion={"name": "dnr", **config.to_dict()}, ignore=config.ignore,
                          min_channels=config.min_channels)
         self.epochs = int(epochs)
+        # the last epoch at which pruning may happen
+        self.horizon = min(self.epochs, int(config.stop_epoch)) if config.stop_epoch is not None else self.epochs
+        if config.stop_epoch is not None and self.horizon < config.interval_epochs:
+            raise UsageError(f"dnr.stop_epoch = {config.stop_epoch} comes before the first pruning (epoch "
+                             f"dnr.interval_epochs = {config.interval_epochs}), so nothing would be pruned: "
+                             f"raise stop_epoch or lower interval_epochs")
         self.d_max = 0.0
         self.prev: dict[str, Tensor] = {}  # root weight name -> |W| at the previous epoch
         self.scores: dict[str, Tensor] = {}  # group root -> DNR of this epoch (current numbering)
@@ -163,10 +178,13 @@ class DNRPruning(AnalyzerPruner):
             pending.append((g.root, h_prev, h_t, kl))
         if pending:
             self.d_max = max(self.d_max, max(float(kl.max()) for *_, kl in pending))
-        scores = {}
-        for root, h_prev, h_t, kl in pending:
-            s = dnr_score(h_prev, h_t, kl, self.d_max, c.alpha, c.beta, c.eps)
-            scores[root] = s
+        scores = {root: dnr_score(h_prev, h_t, kl, self.d_max, c.alpha, c.beta, c.eps)
+                  for root, h_prev, h_t, kl in pending}
+        if distributed_ready():  # every rank decides from rank 0's numbers
+            agreed = self.agreed_scores({**scores, _D_MAX_KEY: torch.tensor([self.d_max], dtype=torch.float64)})
+            self.d_max = float(agreed.pop(_D_MAX_KEY)[0])
+            scores = agreed
+        for root, s in scores.items():
             best = self.max_dnr.get(root)
             self.max_dnr[root] = s.clone() if best is None or best.shape != s.shape else torch.maximum(best, s)
         self.prev = new_prev
@@ -185,7 +203,7 @@ class DNRPruning(AnalyzerPruner):
             if root in groups and s.numel() == groups[root].size:
                 candidates += [(float(v), root, i) for i, v in enumerate(s.tolist())]
         if c.target_sparsity is not None:
-            k_intervals = max(1, self.epochs // c.interval_epochs)
+            k_intervals = max(1, self.horizon // c.interval_epochs)
             j = min(self.intervals_done, k_intervals)
             goal = round(c.target_sparsity * self.total_neurons * j / k_intervals)
             removed = self.total_neurons - sum(self.present_neurons().values())
@@ -204,7 +222,7 @@ class DNRPruning(AnalyzerPruner):
     def end_of_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None) -> Any:
         t0 = time.perf_counter()
         self.score()
-        if (int(epoch) + 1) % self.config.interval_epochs != 0:
+        if (int(epoch) + 1) % self.config.interval_epochs != 0 or int(epoch) + 1 > self.horizon:
             return None
         self.intervals_done += 1
         delta = self._choose()

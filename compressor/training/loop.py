@@ -330,6 +330,10 @@ class Trainer:
         self.plots = plots
         self.tensorboard = tensorboard
         self._ctx = dist_util.DistContext()  # set from the process group in fit()
+        self._full_train: Dataset | None = None  # the dataset's whole training split (set in fit)
+        self._val_idx: list[int] | None = None  # indices of the validation split in it (data.val_samples)
+        self._plain: Dataset | None = None  # the training split without augmentation (lazily loaded)
+        self._val_loader: DataLoader | None = None
 
     # ------------------------------------------------------------------ setup helpers
     def _prepare_out_dir(self) -> ckpt.Checkpoint | None:
@@ -357,25 +361,62 @@ class Trainer:
             return self._data
         return load_data(d.spec, input_size=d.input_size, augment=t.augment)
 
-    def _death_dataset(self, bundle: Any, samples: int | None = None) -> Dataset:
-        """``samples`` (default ``demp.death_samples``) training samples (without augmentation), chosen by
-        the seed: the held-aside set on which death is measured."""
-        d, t = self.recipe.data, self.recipe.train
-        base = bundle.train
-        if t.augment and self._data is None:
-            from ..data import load_data
+    def _split_validation(self, bundle: Any) -> Any:
+        """Hold out ``data.val_samples`` training samples (chosen by the seed) as the validation split.
 
-            base = load_data(d.spec, input_size=d.input_size, augment=False).train
-        n = len(base)
-        k = min(int(samples if samples is not None else self.recipe.demp.death_samples), n)
+        The returned bundle trains on the rest; ``self._val_idx`` indexes the held-out samples in the
+        full training split. With ``val_samples: 0`` the bundle is returned unchanged.
+        """
+        self._full_train, self._val_idx = bundle.train, None
+        k, n = int(self.recipe.data.val_samples), len(bundle.train)
+        if not k:
+            return bundle
+        if k >= n:
+            raise UsageError(f"data.val_samples = {k} leaves no training samples ({self.recipe.data.spec!r} has "
+                             f"{n} in its training split); hold out fewer, e.g. --set data.val_samples={max(n // 10, 1)}")
+        g = torch.Generator()
+        g.manual_seed(self.recipe.train.seed + 7907)
+        perm = torch.randperm(n, generator=g)
+        self._val_idx = perm[:k].sort().values.tolist()
+        return dataclasses.replace(bundle, train=Subset(bundle.train, perm[k:].sort().values.tolist()))
+
+    def _plain_train(self) -> Dataset:
+        """The full training split without augmentation (death and validation are measured on it)."""
+        if self._plain is None:
+            d = self.recipe.data
+            if self.recipe.train.augment and self._data is None:
+                from ..data import load_data
+
+                self._plain = load_data(d.spec, input_size=d.input_size, augment=False).train
+            else:
+                self._plain = self._full_train
+        return self._plain
+
+    def _validation_dataset(self) -> Dataset | None:
+        """The held-out validation split (no augmentation), or None without ``data.val_samples``."""
+        return None if self._val_idx is None else Subset(self._plain_train(), self._val_idx)
+
+    def _death_dataset(self, bundle: Any, samples: int | None = None) -> Dataset:
+        """``samples`` (default ``demp.death_samples``) samples without augmentation, chosen by the seed,
+        on which death (dormancy, importance) is measured: from the validation split when the recipe
+        holds one out (``data.val_samples``), else from the training split (held aside, still trained on)."""
+        t = self.recipe.train
+        pool = self._val_idx if self._val_idx is not None else list(range(len(self._full_train)))
+        k = min(int(samples if samples is not None else self.recipe.demp.death_samples), len(pool))
         g = torch.Generator()
         g.manual_seed(t.seed + 7919)
-        idx = torch.randperm(n, generator=g)[:k].sort().values.tolist()
+        idx = sorted(pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist())
         ctx = dist_util.context()
         if ctx.enabled and ctx.world_size > 1:
             # Each rank measures its share; the MAX all-reduce gives every rank the statistics of all k.
             idx = idx[ctx.rank::ctx.world_size]
-        return Subset(base, idx)
+        return Subset(self._plain_train(), idx)
+
+    def _validate(self, model: nn.Module) -> tuple[float | None, float | None]:
+        """(loss, accuracy) on the validation split; (None, None) without one."""
+        if self._val_loader is None:
+            return None, None
+        return evaluate(model, self._val_loader, self._state.device, bf16=self.recipe.train.bf16)
 
     def _build_model(self, bundle: Any) -> tuple[nn.Module, Any]:
         from ..models import build_model, make_spec
@@ -409,7 +450,7 @@ class Trainer:
         device = resolve_device(t.device)
         if ctx.enabled and device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        bundle = self._load_data()
+        bundle = self._split_validation(self._load_data())
         if bundle.test is None:
             log.warning("the dataset has no test split: test accuracy will not be reported")
         model, spec = self._build_model(bundle)
@@ -476,6 +517,9 @@ class Trainer:
                        pin_memory=device.type == "cuda")
             if bundle.test is not None else None
         )
+        val_set = self._validation_dataset()
+        self._val_loader = (DataLoader(val_set, batch_size=eval_bs, shuffle=False, num_workers=d.num_workers,
+                                       pin_memory=device.type == "cuda") if val_set is not None else None)
 
         optimizer = build_optimizer(t, list(model.parameters()))
         schedule = LRSchedule(t, spe, total_steps)
@@ -648,10 +692,12 @@ class Trainer:
             self._diverged(epoch, step, train_loss)
         test_loss, test_acc = (evaluate(model, test_loader, device, bf16=t.bf16) if test_loader is not None
                                else (None, None))
+        val_loss, val_acc = self._validate(model)
         live, total = self._live()
         record = {
             "kind": "epoch", "epoch": epoch + 1, "step": step,
             "train_loss": train_loss, "train_accuracy": ep_correct.item() / max(ep_seen, 1),
+            "val_loss": val_loss, "val_accuracy": val_acc,
             "test_loss": test_loss, "test_accuracy": test_acc,
             "lr": s.schedule.cfg.lr * s.schedule.last_factor,
             "live_total": live, "neurons_total": total,
@@ -865,6 +911,7 @@ class Trainer:
         model.eval()
         test_loss, test_acc = (evaluate(model, test_loader, s.device, bf16=t.bf16) if test_loader is not None
                                else (None, None))
+        val_loss, val_acc = self._validate(model)
         plan = self._plan()
         live, total = self._live()
         groups = [{"root": g.root, "before": g.size, "after": g.after, "removed": list(g.removed)} for g in plan.groups]
@@ -874,6 +921,7 @@ class Trainer:
                        for root, n in s.pruner.present_neurons().items() if root not in in_plan]
         final = {
             "kind": "final", "step": s.total_steps, "epochs": t.epochs, "method": self.recipe.method,
+            "val_loss": val_loss, "val_accuracy": val_acc,
             "test_loss": test_loss, "test_accuracy": test_acc,
             "neurons_before": total, "neurons_after": live,
             "neuron_sparsity": (1 - live / total) if live is not None and total else None,
@@ -888,7 +936,7 @@ class Trainer:
         s.metrics.write(final)
         s.metrics.sync()
         compact_dir = None
-        _debug_state_hash(model, plan, self._ctx)
+        _debug_state_hash(model, plan, self._ctx, s.methods)
         model.to("cpu")
         if not self._ctx.is_main:  # rank 0 writes the compact model, plots and summary
             torch.distributed.barrier()
@@ -918,10 +966,14 @@ def _event_record(event: Any) -> dict[str, Any]:
     return rec
 
 
-def _debug_state_hash(model: nn.Module, plan: PruningPlan, ctx: dist_util.DistContext) -> None:
+def _debug_state_hash(model: nn.Module, plan: PruningPlan, ctx: dist_util.DistContext,
+                      methods: list[Any] | tuple[Any, ...] = ()) -> None:
     """With ``DEMP_DEBUG_STATE_HASH_DIR`` set, write ``rank<R>.json`` (final architecture and state hash).
 
-    A test/debugging hook: comparing the files of all ranks proves they ended with the same model.
+    A test/debugging hook: comparing the files of all ranks proves they ended with the same model and
+    the same method state (``methods``: per method, a SHA-256 of every ``state_dict()`` entry — the
+    stripping masks, DNR's scores, the plans — without wall-clock fields; ``method_metrics``: each
+    method's ``metrics()`` fields, e.g. ``stripped_weights``).
     """
     where = os.environ.get(dist_util.DEBUG_HASH_ENV)
     if not where:
@@ -929,7 +981,10 @@ def _debug_state_hash(model: nn.Module, plan: PruningPlan, ctx: dist_util.DistCo
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     atomic_write_json(Path(where) / f"rank{ctx.rank}.json", {
         "rank": ctx.rank, "world_size": ctx.world_size, "state_hash": dist_util.state_hash(model),
-        "plan_hash": plan.removal_hash(), "shapes": shapes})
+        "plan_hash": plan.removal_hash(), "shapes": shapes,
+        "methods": dist_util.method_state_hashes(methods),
+        "method_metrics": {m.name: {k: v for k, v in m.metrics(0).items()
+                                    if v is None or isinstance(v, (bool, int, float, str))} for m in methods}})
 
 
 def sample_inputs(dataset: Dataset, n: int) -> torch.Tensor:

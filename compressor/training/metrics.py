@@ -5,7 +5,7 @@
 - ``interval`` every ``train.log_every`` steps: step, epoch, loss, accuracy (of those steps), lr,
   lambda, sigma, live neurons (total and per group), params, step_ms (mean wall time per step)
 - ``removal``  each time DemP removes neurons: step, removed, live, total, seconds
-- ``epoch``    after each epoch: train loss/accuracy, test loss/accuracy, live neurons, params, MACs
+- ``epoch``    after each epoch: train loss/accuracy, validation (``data.val_samples``) and test loss/accuracy, live neurons, params, MACs
   (counted analytically for Conv/Linear layers with forward hooks), epoch seconds
 - ``final``    once at the end: the compact model's test accuracy, neurons/params/MACs before & after
 
@@ -206,9 +206,10 @@ def make_plots(records: list[dict[str, Any]], out_dir: str | os.PathLike) -> lis
         tr = [(r["step"], num(r, "accuracy")) for r in interval if num(r, "accuracy") is not None]
         if tr:
             ax.plot([p[0] for p in tr], [100 * p[1] for p in tr], label="train (interval)", alpha=0.6)
-        te = [(r["step"], num(r, "test_accuracy")) for r in epochs if num(r, "test_accuracy") is not None]
-        if te:
-            ax.plot([p[0] for p in te], [100 * p[1] for p in te], "o-", label="test (epoch)")
+        for key, label in (("val_accuracy", "validation (epoch)"), ("test_accuracy", "test (epoch)")):
+            pts = [(r["step"], num(r, key)) for r in epochs if num(r, key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=label)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("accuracy (%)")
         ax.set_title("Accuracy")

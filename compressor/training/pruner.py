@@ -5,6 +5,10 @@ state, the run's :class:`~compressor.plan.PruningPlan` (original numbering), per
 the metrics, and turns a removal plan (current numbering) into an in-place removal that also slices
 the optimizer state and tells the apply listeners (:meth:`TrainingMethod.add_apply_listener`).
 Synaptic Stripping, DNR-Pruning and dormant pruning build on it; DemP has its own (older) copy.
+
+Under DDP every rank must take the same removal decision: :meth:`AnalyzerPruner.collect` all-reduces
+activity statistics, and :meth:`AnalyzerPruner.agreed_scores` hands every rank rank 0's scores for
+the methods that rank neurons by a score (DNR, the importance baselines).
 """
 
 from __future__ import annotations
@@ -78,6 +82,20 @@ class AnalyzerPruner(TrainingMethod):
         if distributed_ready():
             stats.all_reduce()
         return stats
+
+    @staticmethod
+    def agreed_scores(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rank 0's per-group scores on every rank under DDP (``scores`` itself otherwise).
+
+        A score-ranked removal is then decided from identical numbers on every rank, even where the
+        ranks' own scores could differ (each rank's share of the samples, float results that differ
+        between machines), so the plans cannot diverge.
+        """
+        from .distributed import broadcast_from_main
+
+        if not distributed_ready():
+            return scores
+        return broadcast_from_main({k: v.detach().cpu() for k, v in scores.items()})
 
     # ------------------------------------------------------------------ counting
     def present_neurons(self) -> dict[str, int]:

@@ -1,7 +1,9 @@
 """Synaptic Stripping (Whitaker & Whitley 2023): revive dead ReLU neurons by pruning their most
 negative incoming weights, then remove the neurons that stay dead (methods.md §3).
 
-For the hidden units of Linear layers (MLPs, the MLP blocks of ViTs; not convolutions):
+For the hidden units of Linear layers (MLPs, the MLP blocks of ViTs), as in the paper; with
+``conv: true`` also for convolution channels (an extension beyond the paper: a channel's filter is its
+neuron's incoming weights, so the same rule applies to the flattened filter):
 
 1. After each epoch (or every ``interval_steps`` optimizer steps) death is measured on held-aside
    samples (:func:`compressor.activity.collect_activity` at every consumer's input; a neuron is dead
@@ -22,8 +24,8 @@ For the hidden units of Linear layers (MLPs, the MLP blocks of ViTs; not convolu
    set to exactly 0. Masks are bool tensors in the checkpoint and are sliced with the analyzer's
    ``ApplyResult.index_maps`` when neurons are removed (by this method or by DemP).
 4. Per measurement: ``dead_neurons`` (#D) and ``active_params`` (%A, a fraction): *hidden parameters*
-   are the incoming weights of the hidden Linear neurons (the rows of their weight matrices; biases
-   excluded); a hidden parameter is active when its neuron is not dead and it is not stripped.
+   are the incoming weights of the stripped layers' hidden neurons (the rows of their weight tensors;
+   biases excluded); a hidden parameter is active when its neuron is not dead and it is not stripped.
 5. :meth:`SynapticStripping.finalize` removes the neurons still dead through the analyzer (lossless);
    the stripped zeros stay in the exported weights (``weight_sparsity``).
 
@@ -60,8 +62,9 @@ class StrippingConfig:
     mode: str = field(default="fraction", metadata={"help": "fraction (the most negative ceil(f*n) remaining weights < 0) | quantile (weights <= the f-quantile of the remaining non-zero ones)"})
     interval_steps: int = field(default=0, metadata={"help": "strip every N optimizer steps (0: after each epoch, as in the paper)"})
     samples: int = field(default=1024, metadata={"help": "held-aside training samples (no augmentation) on which death is measured"})
+    conv: bool = field(default=False, metadata={"help": "also strip dead convolution channels (a filter's weights are its incoming weights); the paper covers Linear layers only"})
     remove_dead: bool = field(default=True, metadata={"help": "remove the neurons still dead at the end (lossless); method stripping only"})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "Linear layers never stripped nor pruned"})
+    ignore: list[str] = field(default_factory=list, metadata={"help": "layers never stripped nor pruned"})
 
     def validate(self) -> None:
         if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
@@ -124,7 +127,7 @@ class SynapticStripping(AnalyzerPruner):
         super().__init__(model, example_inputs=example_inputs, loader=val_loader, criterion=self.criterion.to_dict(),
                          ignore=config.ignore)
         self.owns_plan = bool(owns_plan)
-        self.masks: dict[str, Tensor] = {}  # Linear weight name -> bool mask (True = stripped), weight's shape
+        self.masks: dict[str, Tensor] = {}  # stripped weight name -> bool mask (True = stripped), weight's shape
         params = dict(self.model.named_parameters())
         for name in self._target_weights():
             self.masks[name] = torch.zeros(params[name].shape, dtype=torch.bool, device=params[name].device)
@@ -134,20 +137,26 @@ class SynapticStripping(AnalyzerPruner):
         self.add_apply_listener(self.on_structural_removal)
 
     # ------------------------------------------------------------------ structure
-    def _linear_groups(self) -> list[Any]:
-        """Neuron groups rooted at a Linear layer (hidden MLP units)."""
+    def _strippable(self, module: nn.Module) -> bool:
+        """Linear layers; with ``conv: true`` also (non-transposed) convolutions."""
+        if isinstance(module, nn.Linear):
+            return True
+        return bool(self.config.conv) and isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+
+    def _target_groups(self) -> list[Any]:
+        """Neuron groups rooted at a stripped layer (hidden MLP units; conv channels with ``conv``)."""
         out = []
         for g in self.analyzer.neuron_groups:
             try:
                 module = self.model.get_submodule(g.root)
             except AttributeError:
                 continue
-            if isinstance(module, nn.Linear) and g.root not in self.ignore:
+            if self._strippable(module) and g.root not in self.ignore:
                 out.append(g)
         return out
 
     def _rows(self, group: Any) -> list[tuple[str, list[int], list[int]]]:
-        """(Linear weight name, rows, root channels) holding the group's incoming weights."""
+        """(weight name, rows, root channels) of the stripped layers holding the group's incoming weights."""
         out = []
         for pname, dim, idxs, root_idxs in self.analyzer.channel_params(group.root):
             owner, _, leaf = pname.rpartition(".")
@@ -157,13 +166,13 @@ class SynapticStripping(AnalyzerPruner):
                 module = self.model.get_submodule(owner)
             except AttributeError:
                 continue
-            if isinstance(module, nn.Linear):
+            if self._strippable(module):
                 out.append((pname, list(idxs), list(root_idxs)))
         return out
 
     def _target_weights(self) -> list[str]:
         seen: dict[str, None] = {}
-        for g in self._linear_groups():
+        for g in self._target_groups():
             for name, _, _ in self._rows(g):
                 seen.setdefault(name, None)
         return list(seen)
@@ -208,10 +217,10 @@ class SynapticStripping(AnalyzerPruner):
 
     # ------------------------------------------------------------------ measurement
     def measure(self) -> dict[str, Tensor]:
-        """Dead masks (True = dead) per Linear neuron group root, measured on the held-aside samples."""
+        """Dead masks (True = dead) per target neuron group root, measured on the held-aside samples."""
         stats = self.collect(("max_abs",))
         dead: dict[str, Tensor] = {}
-        for g in self._linear_groups():
+        for g in self._target_groups():
             dead[g.root] = self.analyzer.removable_channels(g, stats, self.criterion)
         self._live = {root: ~m for root, m in dead.items()}
         self.last_dead = int(sum(int(m.sum()) for m in dead.values()))
@@ -222,7 +231,7 @@ class SynapticStripping(AnalyzerPruner):
         """Mask part of every dead neuron's remaining incoming weights; returns weights newly stripped."""
         params = dict(self.model.named_parameters())
         before = self.stripped_weights()
-        for g in self._linear_groups():
+        for g in self._target_groups():
             mask_g = dead.get(g.root)
             if mask_g is None or not bool(mask_g.any()):
                 continue
@@ -230,8 +239,9 @@ class SynapticStripping(AnalyzerPruner):
             for name, idxs, root_idxs in self._rows(g):
                 w, mask = params[name], self.masks[name]
                 for row, ch in zip(idxs, root_idxs):
-                    if ch in dead_channels:
-                        mask[row] = strip_row(w[row], mask[row], self.config.fraction, self.config.mode)
+                    if ch in dead_channels:  # a conv filter is stripped as one flat row of weights
+                        mask[row] = strip_row(w[row].reshape(-1), mask[row].reshape(-1), self.config.fraction,
+                                              self.config.mode).view_as(mask[row])
         self._broadcast_masks()
         self.enforce(optimizer)
         return self.stripped_weights() - before
@@ -268,9 +278,9 @@ class SynapticStripping(AnalyzerPruner):
         from ..plan import PruningPlan
 
         stats = self.collect(("max_abs",))
-        self._live = {g.root: ~self.analyzer.removable_channels(g, stats, self.criterion) for g in self._linear_groups()}
+        self._live = {g.root: ~self.analyzer.removable_channels(g, stats, self.criterion) for g in self._target_groups()}
         self.last_dead = int(sum(int((~m).sum()) for m in self._live.values()))
-        roots = {g.root for g in self._linear_groups()}
+        roots = {g.root for g in self._target_groups()}
         decided = self.analyzer.decide(stats, self.criterion)
         delta = PruningPlan(groups=[g for g in decided.groups if g.root in roots], criterion=decided.criterion)
         return self.remove(delta, optimizer, step=self.steps_done, dead=self.last_dead, final=True, t0=t0)
@@ -280,10 +290,10 @@ class SynapticStripping(AnalyzerPruner):
         return int(sum(int(m.sum()) for m in self.masks.values()))
 
     def active_fraction(self) -> float:
-        """%A (as a fraction): incoming weights of hidden Linear neurons that are neither stripped nor
+        """%A (as a fraction): incoming weights of the stripped layers' neurons that are neither stripped nor
         attached to a neuron dead at the last measurement, over all of them."""
         total = active = 0
-        for g in self._linear_groups():
+        for g in self._target_groups():
             live = self._live.get(g.root)
             for name, idxs, root_idxs in self._rows(g):
                 mask = self.masks[name]
@@ -296,7 +306,7 @@ class SynapticStripping(AnalyzerPruner):
         return active / total if total else 1.0
 
     def weight_sparsity(self) -> float:
-        """Stripped weights over all weights of the stripped Linear layers (present in the model)."""
+        """Stripped weights over all weights of the stripped layers (present in the model)."""
         total = sum(m.numel() for m in self.masks.values())
         return self.stripped_weights() / total if total else 0.0
 
