@@ -44,6 +44,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_RECIPE = ROOT / "samples" / "recipes" / "demp-cnn-digits.yaml"
+#: A row whose mean reached sparsity is further than this from its target is marked "(not reached)".
+MATCH_TOLERANCE = 0.1
 ALL_METHODS = ("demp", "stripping", "dnr", "dormant", "baseline:magnitude-l1", "baseline:bn-scale",
                "baseline:taylor", "baseline:random")
 
@@ -58,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: the base recipe's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the base recipe's)")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
-    p.add_argument("--demp-peaks", default="0.01,0.03,0.1,0.3", help="demp.peak sweep")
-    p.add_argument("--dormant-taus", default="0.1,0.3,0.6,1.0", help="dormant.tau sweep")
+    p.add_argument("--demp-peaks", default="0.003,0.01,0.03,0.1,0.3", help="demp.peak sweep")
+    p.add_argument("--dormant-taus", default="0.2,0.3,0.45,0.6", help="dormant.tau sweep")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, first target, 2-point sweeps")
@@ -206,15 +208,20 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["setting"].items()
                             if k != "importance") or "-"
+        target = "-" if r["target"] is None else format(r["target"], "g")
+        if r["target"] is not None and abs(r["neuron_sparsity"] - r["target"]) > MATCH_TOLERANCE:
+            target += " (not reached)"
         lines.append(
-            f"| {r['method']} | {'-' if r['target'] is None else format(r['target'], 'g')} | {setting} | "
+            f"| {r['method']} | {target} | {setting} | "
             f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
             f"{100 * r['neuron_sparsity']:.1f} ± {100 * r['neuron_sparsity_std']:.1f} | "
             f"{100 * r['weight_sparsity']:.1f} | {r['params']:.0f} / {r['params_before']} | "
             f"{r['macs']:.0f} / {r['macs_before']} | {r['wall_s']:.1f} |")
     lines += ["", "Matching: dnr and baselines set the target sparsity; demp (demp.peak) and dormant (dormant.tau) "
               "take the sweep value (first seed) whose reached sparsity is closest to the target; stripping "
-              "reports what it reaches. Sparsities shown are reached, not targets."]
+              "reports what it reaches. Sparsities shown are reached, not targets; \"(not reached)\" marks a "
+              f"row whose mean sparsity is more than {100 * MATCH_TOLERANCE:g} points from its target (no "
+              "sweep value got there: compare it with care)."]
     return "\n".join(lines) + "\n"
 
 
