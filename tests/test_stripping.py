@@ -317,3 +317,13 @@ def test_stripping_cnn_with_conv_and_a_validation_split_trains_on_digits(tmp_pat
     assert set(state["methods"]["stripping"]["masks"]) == {"features.0.weight", "features.4.weight"}
     assert run.history[-1]["val_accuracy"] is not None and isinstance(run.history[-1]["dead_neurons"], int)
     assert run.summary["val_accuracy"] is not None and run.summary["test_accuracy"] > 0.5
+
+
+def test_a_method_state_from_another_version_is_refused():
+    from compressor.errors import CheckpointError
+
+    s = _stripper(_mlp())
+    state = s.state_dict()
+    state["version"] = 999
+    with pytest.raises(CheckpointError, match="Synaptic Stripping state has another version"):
+        s.load_state_dict(state)

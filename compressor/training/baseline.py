@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, UsageError
+from ..errors import UsageError
 from ..plan import PruningPlan
 from .pruner import AnalyzerPruner
 
@@ -225,8 +225,7 @@ class BaselinePruning(AnalyzerPruner):
                 "prunings_done": self.prunings_done, "last_removed": self.last_removed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise CheckpointError("baseline-pruning state has another version; written by another version of demp")
+        self.check_state_version(state, STATE_VERSION, "baseline-pruning")
         self._load_base_state(state)
         self.prunings_done = int(state.get("prunings_done", 0))
         self.last_removed = int(state.get("last_removed", 0))

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, UsageError
+from ..errors import UsageError
 from ..plan import PruningPlan
 from .method import distributed_ready
 from .pruner import AnalyzerPruner
@@ -249,8 +249,7 @@ class DNRPruning(AnalyzerPruner):
                 "intervals_done": self.intervals_done, "epochs": self.epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise CheckpointError("DNR state has another version; written by another version of demp")
+        self.check_state_version(state, STATE_VERSION, "DNR")
         self._load_base_state(state)
         self.d_max = float(state.get("d_max", 0.0))
         self.prev = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.get("prev", {}).items()}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..criteria import Dormant
-from ..errors import CheckpointError, UsageError
+from ..errors import UsageError
 from .pruner import AnalyzerPruner
 
 __all__ = ["DormantConfig", "DormantPruning"]
@@ -87,7 +87,6 @@ class DormantPruning(AnalyzerPruner):
                 "last_dormant": self.last_dormant}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise CheckpointError("dormant-pruning state has another version; written by another version of demp")
+        self.check_state_version(state, STATE_VERSION, "dormant-pruning")
         self._load_base_state(state)
         self.last_dormant = int(state.get("last_dormant", 0))

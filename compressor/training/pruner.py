@@ -156,6 +156,13 @@ class AnalyzerPruner(TrainingMethod):
                 "steps_done": self.steps_done, "events": [dict(e) for e in self.events],
                 "live_masks": {r: m.detach().cpu().clone() for r, m in self._live.items()}}
 
+    @staticmethod
+    def check_state_version(state: Any, version: int, label: str) -> None:
+        """Refuse a method state written by another version of demp (``label`` names the method)."""
+        if not isinstance(state, dict) or state.get("version") != version:
+            raise CheckpointError(f"{label} state has another version; the checkpoint was written by another "
+                                  "version of demp")
+
     def _load_base_state(self, state: dict[str, Any]) -> None:
         plan = PruningPlan.from_dict(state["plan"])
         sizes = {g.root: g.size for g in self.analyzer.groups}

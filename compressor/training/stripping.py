@@ -322,9 +322,7 @@ class SynapticStripping(AnalyzerPruner):
                 "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise CheckpointError("Synaptic Stripping state has another version; the checkpoint was written by "
-                                  "another version of demp")
+        self.check_state_version(state, STATE_VERSION, "Synaptic Stripping")
         if self.owns_plan:
             self._load_base_state(state)
         params = dict(self.model.named_parameters())
