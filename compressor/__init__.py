@@ -15,7 +15,7 @@ from ._lazy import lazy_getattr
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ("compressor.models", "load_model"),
+    "load_model": ("compressor.loading", "load_model"),
     "build_model": ("compressor.models", "build_model"),
     "ModelSpec": ("compressor.models", "ModelSpec"),
     "load_data": ("compressor.data", "load_data"),
@@ -26,6 +26,8 @@ _LAZY = {
     "collect_activity": ("compressor.activity", "collect_activity"),
     "DependencyAnalyzer": ("compressor.graph", "DependencyAnalyzer"),
     "PruningPlan": ("compressor.plan", "PruningPlan"),
+    "count_macs": ("compressor.measure", "count_macs"),
+    "count_params": ("compressor.measure", "count_params"),
     "training": ("compressor.training", None),
 }
 

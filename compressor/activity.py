@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DataError, DempError
+from .measure import output_tensor
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,6 @@ class ChannelStats:
     def frac_nonzero(self) -> Tensor:
         return self.nonzero / max(self.count, 1)
 
-    def merge(self, other: "ChannelStats") -> "ChannelStats":
-        """Combine statistics of two disjoint sample sets (e.g. two ranks, two passes)."""
-        if other.channels != self.channels:
-            raise ValueError(f"cannot merge statistics of {self.channels} and {other.channels} channels")
-        return ChannelStats(
-            max_abs=torch.maximum(self.max_abs, other.max_abs),
-            max=torch.maximum(self.max, other.max),
-            sum_abs=self.sum_abs + other.sum_abs,
-            nonzero=self.nonzero + other.nonzero,
-            count=self.count + other.count,
-        )
-
 
 class ActivityStats:
     """Statistics for every hooked consumer, keyed by module name."""
@@ -97,14 +86,6 @@ class ActivityStats:
 
     def items(self):
         return self.layers.items()
-
-    def merge(self, other: "ActivityStats") -> "ActivityStats":
-        names = set(self.layers) | set(other.layers)
-        merged = {}
-        for name in names:
-            a, b = self.layers.get(name), other.layers.get(name)
-            merged[name] = a.merge(b) if a is not None and b is not None else (a or b)
-        return ActivityStats(merged, self.samples + other.samples)
 
     def all_reduce(self, group: Any = None) -> "ActivityStats":
         """Reduce across distributed ranks in place: MAX for maxima, SUM for sums and counts.
@@ -136,10 +117,6 @@ class ActivityStats:
             so += 2 * c + 1
         self.samples = int(sums[so].item())
         return self
-
-    def dead_counts(self, eps: float = 0.0) -> dict[str, tuple[int, int]]:
-        """Per consumer: (input channels with max|x| <= eps, input channels)."""
-        return {n: (int((s.max_abs <= eps).sum()), s.channels) for n, s in self.layers.items()}
 
 
 def _channel_dim(module: nn.Module) -> int:
@@ -257,22 +234,6 @@ def consumer_modules(model: nn.Module, names: Iterable[str] | None = None) -> di
     return {n: found[n] for n in names}
 
 
-def output_tensor(out: Any) -> Tensor:
-    """The main output tensor of a model's forward: a tensor, the first of a tuple, or ``logits``/``out``."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, dict):
-        for key in ("logits", "out"):
-            if key in out:
-                return out[key]
-        return next(iter(out.values()))
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (list, tuple)) and out:
-        return output_tensor(out[0])
-    raise DempError(f"cannot find the output tensor in a model output of type {type(out).__name__}")
-
-
 def batch_input(batch: Any) -> Tensor:
     if isinstance(batch, Tensor):
         return batch
@@ -305,39 +266,19 @@ def collect_activity(
     """
     modules = consumer_modules(model, layers)
     if device is None:
-        try:
-            device = next(model.parameters()).device
-        except StopIteration:
-            device = torch.device("cpu")
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     recorder = _Recorder(modules, fields)
     was_training = model.training
-    samples = 0
     outputs: list[Tensor] = []
     model.eval()
     bar = None
-    try:
-        iterator = iter(batches)
-        if progress:
-            from tqdm.auto import tqdm
+    if progress:
+        from tqdm.auto import tqdm
 
-            total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-            bar = tqdm(total=total, desc=desc, unit="batch", leave=False)
-        with torch.no_grad():
-            for batch in iterator:
-                x = batch_input(batch)
-                if max_samples is not None and samples + x.shape[0] > max_samples:
-                    x = x[: max_samples - samples]
-                if x.shape[0] == 0:
-                    break
-                recorder.new_batch()
-                out = model(x.to(device, non_blocking=True))
-                if record_outputs:
-                    outputs.append(output_tensor(out).detach().float().cpu())
-                samples += x.shape[0]
-                if bar is not None:
-                    bar.update(1)
-                if max_samples is not None and samples >= max_samples:
-                    break
+        total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+        bar = tqdm(total=total, desc=desc, unit="batch", leave=False)
+    try:
+        samples = _run_batches(model, batches, recorder, device, max_samples, outputs if record_outputs else None, bar)
     finally:
         recorder.close()
         model.train(was_training)
@@ -349,3 +290,26 @@ def collect_activity(
     if missing:
         log.debug("layers never called during the forward pass: %s", missing[:10])
     return ActivityStats(recorder.stats, samples, outputs)
+
+
+@torch.no_grad()
+def _run_batches(model: nn.Module, batches: Iterable[Any], recorder: _Recorder, device: Any, max_samples: int | None,
+                 outputs: list[Tensor] | None, bar: Any) -> int:
+    """Forward every batch (up to ``max_samples`` samples) with the recorder's hooks on; returns the count."""
+    samples = 0
+    for batch in batches:
+        x = batch_input(batch)
+        if max_samples is not None and samples + x.shape[0] > max_samples:
+            x = x[: max_samples - samples]
+        if x.shape[0] == 0:
+            break
+        recorder.new_batch()
+        out = model(x.to(device, non_blocking=True))
+        if outputs is not None:
+            outputs.append(output_tensor(out).detach().float().cpu())
+        samples += x.shape[0]
+        if bar is not None:
+            bar.update(1)
+        if max_samples is not None and samples >= max_samples:
+            break
+    return samples

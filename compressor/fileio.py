@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from .errors import OutputExistsError
@@ -24,11 +26,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON (through :func:`jsonable`: NaN and inf become null)."""
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def jsonable(value: Any, nonfinite: Callable[[float], Any] = lambda x: None) -> Any:
+    """A JSON-safe copy: tensors and numpy scalars become numbers or lists, and NaN / inf (which JSON
+    cannot hold) become ``nonfinite(x)`` — null by default, ``str`` keeps them readable in logs."""
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors, numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return nonfinite(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, nonfinite) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, nonfinite) for v in value]
+    return value
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:

@@ -14,8 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import load_weights, load_weights_file, save_weights
 from .errors import CheckpointError, UsageError
 from .fileio import prepare_output_dir
+from .graph import DependencyAnalyzer
+from .models import ModelSpec, build_model
 from .plan import PruningPlan
 
 PLAN_FILE = "plan.json"
@@ -28,7 +31,7 @@ class PrunedModel:
 
     model: nn.Module
     plan: PruningPlan
-    spec: Any  # compressor.models.ModelSpec
+    spec: ModelSpec
     path: Path
 
     @property
@@ -37,8 +40,6 @@ class PrunedModel:
 
     def build_dense(self) -> nn.Module:
         """The unpruned architecture with fresh weights (for dense-vs-compact MACs and latency)."""
-        from .models import build_model
-
         return build_model(self.spec).eval()
 
 
@@ -49,8 +50,6 @@ def is_pruned_dir(path: str | Path) -> bool:
 
 def replay_plan(model: nn.Module, plan: PruningPlan, input_shape: tuple[int, ...] | list[int]) -> nn.Module:
     """Apply ``plan`` (original numbering) to a freshly built ``model`` in place and return it."""
-    from .graph import DependencyAnalyzer
-
     if plan.is_empty():
         return model
     example = torch.zeros(1, *input_shape)
@@ -66,8 +65,6 @@ def save_pruned(result_or_model: Any, out_dir: str | Path, *, plan: PruningPlan 
     pruned ``nn.Module`` together with ``plan``. An existing non-empty directory is refused unless
     ``overwrite`` (pass ``prepare=False`` when the caller already prepared the directory).
     """
-    from .checkpoint import save_weights
-
     model = getattr(result_or_model, "model", result_or_model)
     plan = plan if plan is not None else getattr(result_or_model, "plan", None)
     if not isinstance(model, nn.Module) or plan is None:
@@ -90,9 +87,6 @@ def save_pruned(result_or_model: Any, out_dir: str | Path, *, plan: PruningPlan 
 
 def load_pruned(path: str | Path, *, map_location: str | torch.device = "cpu") -> PrunedModel:
     """Rebuild a compressed model from ``path`` (plan replay + safetensors weights), in eval mode."""
-    from .checkpoint import load_weights, load_weights_file
-    from .models import ModelSpec, build_model
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")

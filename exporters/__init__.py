@@ -1,11 +1,15 @@
 """What leaves the library: ONNX export with a parity check, MAC counts, latency benchmarks, reports.
 
-* :mod:`exporters.onnx` — :func:`export_onnx`, :func:`check_parity`
-* :mod:`exporters.flops` — :func:`count_macs`, :func:`compare_macs` (fvcore; MACs, FLOPs = 2 x MACs)
+* :mod:`exporters.onnx` — :func:`export_onnx` (one checked ONNX file, written atomically)
+* :mod:`exporters.ort` — onnxruntime sessions, metadata, providers and :func:`check_parity`
 * :mod:`exporters.latency` — :func:`benchmark` (interleaved dense vs compact, percentiles)
-* :mod:`exporters.report` — ``report.json`` (``demp.report/1``), ``report.md``, plots, terminal summary
+* :mod:`exporters.report` — ``report.json`` (``demp.report/1``) built from a compression or a training run
+* :mod:`exporters.render` — ``report.md``, plots, terminal summary
+* :mod:`exporters.env` — the machine and library versions behind a measurement
 * :mod:`exporters.pipeline` — :func:`finalize`, the shared end of ``demp compress`` and ``demp train``
 * :mod:`exporters.cli` — ``demp export`` and ``demp bench``
+
+MACs and parameters are counted by :mod:`compressor.measure` (one counter for every output).
 
 ``compressor`` never imports this package; this package uses ``compressor``. Submodules are imported
 lazily so ``import exporters`` stays cheap.
@@ -17,21 +21,21 @@ from compressor._lazy import lazy_getattr
 
 _LAZY = {
     "export_onnx": ("exporters.onnx", "export_onnx"),
-    "check_parity": ("exporters.onnx", "check_parity"),
+    "check_parity": ("exporters.ort", "check_parity"),
     "ExportInfo": ("exporters.onnx", "ExportInfo"),
-    "ParityResult": ("exporters.onnx", "ParityResult"),
-    "count_macs": ("exporters.flops", "count_macs"),
-    "compare_macs": ("exporters.flops", "compare_macs"),
+    "ParityResult": ("exporters.ort", "ParityResult"),
     "benchmark": ("exporters.latency", "benchmark"),
     "BenchConfig": ("exporters.latency", "BenchConfig"),
     "Variant": ("exporters.latency", "Variant"),
     "validate_report": ("exporters.report", "validate_report"),
     "write_report": ("exporters.report", "write_report"),
-    "format_summary": ("exporters.report", "format_summary"),
+    "format_summary": ("exporters.render", "format_summary"),
+    "compress_report": ("exporters.report", "compress_report"),
+    "training_report": ("exporters.report", "training_report"),
     "finalize": ("exporters.pipeline", "finalize"),
 }
 
 __all__ = list(_LAZY)
 
 
-__getattr__ = lazy_getattr('exporters', _LAZY, globals())
+__getattr__ = lazy_getattr("exporters", _LAZY, globals())

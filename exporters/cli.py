@@ -78,10 +78,11 @@ def register(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
+    from compressor.measure import count_params
     from compressor.pruned import load_pruned
 
-    from .flops import count_params
-    from .onnx import check_parity, export_onnx
+    from .onnx import export_onnx
+    from .ort import check_parity
 
     directory = Path(args.dir)
     if not directory.is_dir():
@@ -142,7 +143,13 @@ def _parity_inputs(data: str | None, shape: tuple[int, ...], n: int) -> Any:
 def run_bench(args: argparse.Namespace) -> int:
     from compressor.fileio import atomic_write_json
 
-    from .latency import BenchConfig, benchmark, format_table, parse_batch_sizes, parse_runtimes
+    from .latency import (
+        BenchConfig,
+        benchmark,
+        format_table,
+        parse_batch_sizes,
+        parse_runtimes,
+    )
 
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise OutputExistsError(f"{args.json} already exists; pass --overwrite to replace it or choose another --json")
@@ -172,9 +179,7 @@ def run_bench(args: argparse.Namespace) -> int:
           + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ""))
     print(format_table(result))
     if args.json:
-        from .report import _jsonable
-
-        atomic_write_json(args.json, _jsonable(data))
+        atomic_write_json(args.json, data)
         print(f"wrote {args.json}")
     return 0
 
@@ -190,64 +195,84 @@ def _device(text: str) -> str:
 
 def _bench_variants(args: argparse.Namespace, config: Any, tmp: Path) -> tuple[list[Any], tuple[int, ...]]:
     """Build the variants to time for the three kinds of TARGET."""
-    from .flops import count_macs
-    from .latency import Variant
-    from .onnx import load_onnx_session, onnx_input_shape, read_onnx_metadata
-
     needs_onnx = any(r.startswith("onnxruntime") for r in config.runtimes)
     needs_torch = any(r.startswith("torch") for r in config.runtimes)
-
     if args.arch:
-        from compressor.models import load_model
-
-        model = load_model(args.arch, input_size=args.input_size).eval()
-        spec = getattr(model, "demp_spec", None)
-        shape = tuple(spec.input_shape) if spec is not None else (3, args.input_size or 224, args.input_size or 224)
-        onnx_path = _export_for_timing(model, shape, tmp / "dense.onnx", args) if needs_onnx else None
-        return [Variant(args.arch, model if needs_torch else None, onnx_path, count_macs(model, shape).total_macs)], shape
-
+        return _arch_variant(args, tmp, needs_onnx=needs_onnx, needs_torch=needs_torch)
     target = Path(args.target)
     if str(target).endswith(".onnx"):
-        if not target.is_file():
-            raise UsageError(f"{target} not found")
-        session = load_onnx_session(target)  # a corrupt file fails here with a clear DempError
-        read_onnx_metadata(target)
-        _, dims = onnx_input_shape(session)
-        if args.input_shape:
-            shape = _parse_shape(args.input_shape)
-        elif all(isinstance(d, int) for d in dims[1:]):
-            shape = tuple(int(d) for d in dims[1:])
-        else:
-            raise UsageError(f"{target} has symbolic input dimensions {dims[1:]}; pass --input-shape C,H,W")
-        return [Variant(target.stem, None, str(target), None)], shape
-
+        return _onnx_variant(args, target)
     if target.is_dir():
-        from compressor.pruned import is_pruned_dir, load_pruned
-
-        if not is_pruned_dir(target):
-            raise UsageError(f"{target} is not a compressed model directory (no plan.json); give a directory made by "
-                             "`demp compress`/`demp train`, an .onnx file, or --arch NAME")
-        pm = load_pruned(target)
-        shape = tuple(pm.input_shape)
-        dense = pm.build_dense().eval()
-        pruned = pm.model.eval()
-        dense_onnx = pruned_onnx = None
-        if needs_onnx:
-            existing = target / "model.onnx"
-            meta = read_onnx_metadata(existing) if existing.is_file() else {}
-            if existing.is_file() and meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == pm.plan.removal_hash():
-                pruned_onnx = str(existing)
-                args.exporter = meta.get("demp.exporter", args.exporter)  # same exporter for the dense file
-            else:
-                pruned_onnx = _export_for_timing(pruned, shape, tmp / "pruned.onnx", args)
-            dense_onnx = _export_for_timing(dense, shape, tmp / "dense.onnx", args)
-        return [
-            Variant("dense", dense if needs_torch else None, dense_onnx, count_macs(dense, shape).total_macs),
-            Variant("pruned", pruned if needs_torch else None, pruned_onnx, count_macs(pruned, shape).total_macs),
-        ], shape
+        return _directory_variants(args, target, tmp, needs_onnx=needs_onnx, needs_torch=needs_torch)
     if target.exists():
         raise UsageError(f"{target} is neither a compressed model directory nor an .onnx file")
     raise UsageError(f"{target} not found; give a compressed directory, an .onnx file, or --arch NAME")
+
+
+def _arch_variant(args: argparse.Namespace, tmp: Path, *, needs_onnx: bool,
+                  needs_torch: bool) -> tuple[list[Any], tuple[int, ...]]:
+    """A freshly initialized dense model of ``--arch``."""
+    from compressor.loading import load_model
+    from compressor.measure import count_macs
+
+    from .latency import Variant
+
+    model = load_model(args.arch, input_size=args.input_size).eval()
+    spec = getattr(model, "demp_spec", None)
+    shape = tuple(spec.input_shape) if spec is not None else (3, args.input_size or 224, args.input_size or 224)
+    onnx_path = _export_for_timing(model, shape, tmp / "dense.onnx", args) if needs_onnx else None
+    return [Variant(args.arch, model if needs_torch else None, onnx_path, count_macs(model, shape).total_macs)], shape
+
+
+def _onnx_variant(args: argparse.Namespace, target: Path) -> tuple[list[Any], tuple[int, ...]]:
+    """One .onnx file, timed in onnxruntime only."""
+    from .latency import Variant
+    from .ort import load_onnx_session, onnx_input_shape, read_onnx_metadata
+
+    if not target.is_file():
+        raise UsageError(f"{target} not found")
+    session = load_onnx_session(target)  # a corrupt file fails here with a clear DempError
+    read_onnx_metadata(target)
+    _, dims = onnx_input_shape(session)
+    if args.input_shape:
+        shape = _parse_shape(args.input_shape)
+    elif all(isinstance(d, int) for d in dims[1:]):
+        shape = tuple(int(d) for d in dims[1:])
+    else:
+        raise UsageError(f"{target} has symbolic input dimensions {dims[1:]}; pass --input-shape C,H,W")
+    return [Variant(target.stem, None, str(target), None)], shape
+
+
+def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, needs_onnx: bool,
+                        needs_torch: bool) -> tuple[list[Any], tuple[int, ...]]:
+    """Dense versus compact of a compressed directory (its own model.onnx when it matches the plan)."""
+    from compressor.measure import compare_macs
+    from compressor.pruned import is_pruned_dir, load_pruned
+
+    from .latency import Variant
+    from .ort import read_onnx_metadata
+
+    if not is_pruned_dir(target):
+        raise UsageError(f"{target} is not a compressed model directory (no plan.json); give a directory made by "
+                         "`demp compress`/`demp train`, an .onnx file, or --arch NAME")
+    pm = load_pruned(target)
+    shape = tuple(pm.input_shape)
+    dense, pruned = pm.build_dense().eval(), pm.model.eval()
+    dense_onnx = pruned_onnx = None
+    if needs_onnx:
+        existing = target / "model.onnx"
+        meta = read_onnx_metadata(existing) if existing.is_file() else {}
+        if meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == pm.plan.removal_hash():
+            pruned_onnx = str(existing)
+            args.exporter = meta.get("demp.exporter", args.exporter)  # same exporter for the dense file
+        else:
+            pruned_onnx = _export_for_timing(pruned, shape, tmp / "pruned.onnx", args)
+        dense_onnx = _export_for_timing(dense, shape, tmp / "dense.onnx", args)
+    macs = compare_macs(dense, pruned, shape)  # one counter for both: the ratio compares like with like
+    return [
+        Variant("dense", dense if needs_torch else None, dense_onnx, macs.dense.total_macs),
+        Variant("pruned", pruned if needs_torch else None, pruned_onnx, macs.pruned.total_macs),
+    ], shape
 
 
 def _export_for_timing(model: Any, shape: tuple[int, ...], path: Path, args: argparse.Namespace) -> str:

@@ -34,6 +34,7 @@ from torch import nn
 from compressor.errors import DempError, UsageError
 
 from .env import collect_environment
+from .ort import available_providers, load_onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class BenchConfig:
         if self.device == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError("--device cuda requested but no CUDA GPU is available to PyTorch; use --device cpu")
-            providers = _ort_providers()
+            providers = available_providers()
             if "onnxruntime" in self.runtimes and "CUDAExecutionProvider" not in providers:
                 raise UsageError(
                     "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu), "
@@ -340,7 +341,6 @@ def _prepare(variants: Sequence[Variant], runtime: str, device: str, threads: in
                 model = torch.compile(model, dynamic=False)
             prepared[v.name] = {"model": model, "provider": None}
         else:
-            from .onnx import load_onnx_session
 
             providers = _providers_for(runtime, device)
             session = load_onnx_session(v.onnx_path, providers=providers, threads=threads)
@@ -359,15 +359,6 @@ def _providers_for(runtime: str, device: str) -> list[str]:
     if runtime == "onnxruntime-trt":
         return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def _ort_providers() -> list[str]:
-    try:
-        import onnxruntime as ort
-
-        return list(ort.get_available_providers())
-    except ImportError:
-        return []
 
 
 def _input(batch: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""ONNX export of (pruned) PyTorch models, with an onnxruntime parity check.
+"""ONNX export of (pruned) PyTorch models: one checked file, written atomically.
 
 :func:`export_onnx` writes one self-checked ONNX file:
 
@@ -14,8 +14,7 @@
 * written atomically: everything is produced in a temporary directory next to the target and moved
   into place only when it passed the checks, so a failed export never leaves a broken file behind.
 
-:func:`check_parity` runs the file in a real ``onnxruntime.InferenceSession`` (CPU execution provider)
-on real samples, at more than one batch size, and compares with the PyTorch model.
+Running the file (sessions, metadata, the parity check against PyTorch) is :mod:`exporters.ort`.
 """
 
 from __future__ import annotations
@@ -31,13 +30,16 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from compressor.errors import DempError, OutputExistsError, UsageError, VerificationError
+from compressor.errors import (
+    DempError,
+    OutputExistsError,
+    UsageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,36 +92,6 @@ class ExportInfo:
         return data
 
 
-@dataclass
-class ParityResult:
-    """ONNX Runtime versus PyTorch on the same samples."""
-
-    max_abs_diff: float
-    rel_diff: float  # max_abs_diff / max |torch output|
-    max_abs_output: float
-    top1_agreement: float | None  # None when the output is not (batch, classes)
-    samples: int  # distinct samples compared
-    batch_sizes: list[int]  # batch sizes the file was run at
-    atol_rel: float
-    passed: bool
-    provider: str = "CPUExecutionProvider"
-    path: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Report keys (prefixed ``onnx_`` so they sit next to the torch-vs-torch parity keys)."""
-        return {
-            "onnx_max_abs_diff": self.max_abs_diff,
-            "onnx_rel_diff": self.rel_diff,
-            "onnx_max_abs_output": self.max_abs_output,
-            "onnx_top1_agreement": self.top1_agreement,
-            "onnx_samples": self.samples,
-            "onnx_batch_sizes": list(self.batch_sizes),
-            "onnx_atol_rel": self.atol_rel,
-            "onnx_passed": self.passed,
-            "onnx_provider": self.provider,
-        }
-
-
 # ----------------------------------------------------------------------------------------- export
 def export_onnx(
     model: nn.Module,
@@ -150,6 +122,47 @@ def export_onnx(
     import onnx
 
     path = Path(path)
+    _check_export_args(example_input, path, opset=opset, exporter=exporter, overwrite=overwrite, simplify=simplify)
+    x = example_input.detach()
+    if dynamic_batch and x.shape[0] == 1:
+        x = torch.cat([x, x], dim=0)
+    big = _model_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
+    data_name = f"{path.name}.data" if big else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replacing = path.exists()
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+            raw = Path(tmp) / "raw" / "model.onnx"
+            raw.parent.mkdir()
+            used, fallback_reason = _run_exporter(model, x, raw, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+            meta = {f"{META_PREFIX}version": _tool_version(), f"{META_PREFIX}exporter": used,
+                    f"{META_PREFIX}opset": str(opset), f"{META_PREFIX}dynamic_batch": str(bool(dynamic_batch)).lower(),
+                    f"{META_PREFIX}example_batch": str(int(x.shape[0])),
+                    **{str(k): _meta_str(v) for k, v in (metadata or {}).items()}}
+            proto = _finish_proto(onnx.load(str(raw), load_external_data=True), meta, used=used,
+                                  dynamic_batch=dynamic_batch, simplify=simplify, infer=not big)
+            staged = Path(tmp) / path.name
+            input_name, input_shape, output_names = _save_checked(proto, staged, used=used, data_name=data_name)
+            del proto
+            _move_into_place(staged, path, data_name=data_name, replacing=replacing)
+    finally:
+        model.train(was_training)
+
+    size = path.stat().st_size + ((path.parent / data_name).stat().st_size if data_name else 0)
+    info = ExportInfo(path=str(path), exporter=used, requested_exporter=exporter, opset=opset,
+                      dynamic_batch=dynamic_batch, example_batch=int(x.shape[0]), input_name=input_name,
+                      input_shape=input_shape, output_names=output_names, bytes=size, external_data=data_name,
+                      simplified=simplify, seconds=time.perf_counter() - start, fallback_reason=fallback_reason,
+                      metadata=meta)
+    log.debug("exported %s with the %s exporter (opset %d, %.1f MB) in %.1f s", path, used, opset, size / 1e6, info.seconds)
+    return info
+
+
+def _check_export_args(example_input: torch.Tensor, path: Path, *, opset: int, exporter: str, overwrite: bool,
+                       simplify: bool) -> None:
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if not isinstance(opset, int) or isinstance(opset, bool) or opset < 9:
@@ -165,96 +178,59 @@ def export_onnx(
     if simplify:
         _require_onnxslim()
 
-    x = example_input.detach()
-    if dynamic_batch and x.shape[0] == 1:
-        x = torch.cat([x, x], dim=0)
-    big = _model_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
-    data_name = f"{path.name}.data" if big else None
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replacing = path.exists()
-    start = time.perf_counter()
-    was_training = model.training
-    model.eval()
+def _other_exporter(used: str) -> str:
+    return "torchscript" if used == "dynamo" else "dynamo"
+
+
+def _finish_proto(proto: Any, meta: Mapping[str, str], *, used: str, dynamic_batch: bool, simplify: bool,
+                  infer: bool) -> Any:
+    """Simplify (optional), set metadata, name the batch axis and run strict shape inference."""
+    import onnx
+
+    if simplify:
+        proto = _simplify(proto)
+    _set_metadata(proto, meta)
+    _name_batch_axis(proto, dynamic_batch)
+    if infer:  # a model above protobuf's limit is inferred from the file after saving
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+            raise DempError(f"ONNX shape inference failed on the exported model ({first_line(exc)}); "
+                            f"try --exporter {_other_exporter(used)} or another --opset") from None
+    return proto
+
+
+def _save_checked(proto: Any, staged: Path, *, used: str, data_name: str | None) -> tuple[str, list[int | str], list[str]]:
+    """Save ``proto`` to ``staged`` (weights in ``data_name`` when set), run the full onnx checker on
+    the file; returns (input name, input shape, output names)."""
+    import onnx
+
+    if data_name:
+        _to_external_data(proto, data_name)
+    onnx.save_model(proto, str(staged))
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
-            raw = Path(tmp) / "raw" / "model.onnx"
-            raw.parent.mkdir()
-            used, fallback_reason = _run_exporter(model, x, raw, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+        onnx.checker.check_model(str(staged), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise DempError(f"the exported ONNX model failed onnx.checker ({first_line(exc)}); "
+                        f"try --exporter {_other_exporter(used)} or another --opset") from None
+    if data_name:
+        onnx.shape_inference.infer_shapes_path(str(staged), str(staged), check_type=True, strict_mode=True)
+    checked = onnx.load(str(staged), load_external_data=False)
+    input_name, input_shape = _graph_input(checked)
+    return input_name, input_shape, [o.name for o in checked.graph.output]
 
-            proto = onnx.load(str(raw), load_external_data=True)
-            if simplify:
-                proto = _simplify(proto)
-            meta = {
-                f"{META_PREFIX}version": _tool_version(),
-                f"{META_PREFIX}exporter": used,
-                f"{META_PREFIX}opset": str(opset),
-                f"{META_PREFIX}dynamic_batch": str(bool(dynamic_batch)).lower(),
-                f"{META_PREFIX}example_batch": str(int(x.shape[0])),
-            }
-            meta.update({str(k): _meta_str(v) for k, v in (metadata or {}).items()})
-            _set_metadata(proto, meta)
-            _name_batch_axis(proto, dynamic_batch)
-            if not big:
-                try:
-                    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-                except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-                    raise DempError(
-                        f"ONNX shape inference failed on the exported model ({_first_line(exc)}); "
-                        f"try --exporter {'torchscript' if used == 'dynamo' else 'dynamo'} or another --opset"
-                    ) from None
 
-            staged = Path(tmp) / path.name
-            if big:
-                _to_external_data(proto, data_name)
-            onnx.save_model(proto, str(staged))
-            del proto
-            try:
-                onnx.checker.check_model(str(staged), full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                raise DempError(
-                    f"the exported ONNX model failed onnx.checker ({_first_line(exc)}); "
-                    f"try --exporter {'torchscript' if used == 'dynamo' else 'dynamo'} or another --opset"
-                ) from None
-            if big:
-                onnx.shape_inference.infer_shapes_path(str(staged), str(staged), check_type=True, strict_mode=True)
-
-            checked = onnx.load(str(staged), load_external_data=False)
-            input_name, input_shape = _graph_input(checked)
-            output_names = [o.name for o in checked.graph.output]
-            del checked
-            # Move into place: side file first, so the .onnx never points at a missing side file.
-            if data_name:
-                _fsync(Path(tmp) / data_name)
-                os.replace(Path(tmp) / data_name, path.parent / data_name)
-            _fsync(staged)
-            os.replace(staged, path)
-            stale = path.parent / f"{path.name}.data"
-            if replacing and not data_name and stale.is_file():
-                stale.unlink()  # side file of the file this export replaced
-    finally:
-        model.train(was_training)
-
-    size = path.stat().st_size + ((path.parent / data_name).stat().st_size if data_name else 0)
-    info = ExportInfo(
-        path=str(path),
-        exporter=used,
-        requested_exporter=exporter,
-        opset=opset,
-        dynamic_batch=dynamic_batch,
-        example_batch=int(x.shape[0]),
-        input_name=input_name,
-        input_shape=input_shape,
-        output_names=output_names,
-        bytes=size,
-        external_data=data_name,
-        simplified=simplify,
-        seconds=time.perf_counter() - start,
-        fallback_reason=fallback_reason,
-        metadata=meta,
-    )
-    log.debug("exported %s with the %s exporter (opset %d, %.1f MB) in %.1f s", path, used, opset, size / 1e6, info.seconds)
-    return info
+def _move_into_place(staged: Path, path: Path, *, data_name: str | None, replacing: bool) -> None:
+    """Side file first, so the .onnx never points at a missing side file; drop a replaced file's side file."""
+    if data_name:
+        _fsync(staged.parent / data_name)
+        os.replace(staged.parent / data_name, path.parent / data_name)
+    _fsync(staged)
+    os.replace(staged, path)
+    stale = path.parent / f"{path.name}.data"
+    if replacing and not data_name and stale.is_file():
+        stale.unlink()
 
 
 def _run_exporter(model: nn.Module, x: torch.Tensor, raw: Path, *, opset: int, dynamic_batch: bool,
@@ -341,7 +317,7 @@ def describe_export_failure(exc: BaseException) -> tuple[str | None, str]:
                 reason = re.sub(r"^<class '([\w.]+\.)?(\w+)'>:\s*", r"\2: ", line)
                 break
     if reason is None:
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
     if "GuardOnDataDependentSymNode" in text or "data-dependent" in text.lower():
         reason = "data-dependent control flow or shapes (" + reason[:200] + ")"
     return op, reason[:400]
@@ -364,7 +340,7 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in _strip_ansi(str(exc)).splitlines() if ln.strip()]
     return lines[0][:300] if lines else type(exc).__name__
 
@@ -525,170 +501,4 @@ def _simplify(proto: Any) -> Any:
         with _quiet():
             return onnxslim.slim(proto)
     except Exception as exc:  # onnxslim raises assorted types; the unsimplified export is still valid
-        raise DempError(f"onnxslim failed to simplify the model ({_first_line(exc)}); export without --simplify") from None
-
-
-# ----------------------------------------------------------------------------------------- loading
-def load_onnx_session(path: str | os.PathLike, *, providers: Sequence[str] = ("CPUExecutionProvider",),
-                      threads: int | None = None) -> Any:
-    """Open ``path`` in an ``onnxruntime.InferenceSession``; a missing or corrupt file is a DempError."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise DempError(f"ONNX file {path} not found; export one with `demp export DIR`")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise DempError(
-            f"{path} is not a loadable ONNX model ({_first_line(exc)}); the file is corrupt or truncated — "
-            "re-export it with `demp export DIR --overwrite`"
-        ) from None
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (weights are not loaded)."""
-    import onnx
-
-    path = Path(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise DempError(f"ONNX file {path} not found") from None
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise DempError(f"{path} is not a valid ONNX file ({_first_line(exc)}); re-export it") from None
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def onnx_input_shape(session: Any) -> tuple[str, list[int | str]]:
-    """(input name, shape) of a session's first input; symbolic dims come back as strings."""
-    first = session.get_inputs()[0]
-    return first.name, [d if isinstance(d, int) else str(d) for d in first.shape]
-
-
-# ----------------------------------------------------------------------------------------- parity
-def check_parity(
-    onnx_path: str | os.PathLike,
-    model: nn.Module,
-    batches: torch.Tensor | Iterable[Any],
-    *,
-    atol_rel: float = 1e-4,
-    chunk: int = 32,
-    raise_on_failure: bool = True,
-) -> ParityResult:
-    """Compare ``onnx_path`` (onnxruntime, CPU EP) with ``model`` (PyTorch) on real samples.
-
-    ``batches`` is a tensor of samples or an iterable of tensors / ``(x, y)`` pairs (calibration and
-    held-out data). Samples run in chunks of ``chunk``; with a dynamic batch axis the first samples
-    also run alone and as a batch of three, so the file is exercised at batch sizes other than the
-    one it was traced with. The difference is relative to the largest |output| of PyTorch. Raises
-    :class:`VerificationError` when ``rel_diff > atol_rel`` (unless ``raise_on_failure`` is false).
-    """
-    samples = _gather(batches)
-    if samples.shape[0] == 0:
-        raise UsageError("parity check needs at least one sample")
-    session = load_onnx_session(onnx_path)
-    input_name, shape = onnx_input_shape(session)
-    static_batch = shape[0] if shape and isinstance(shape[0], int) else None
-    input_dtype = _ORT_DTYPES.get(session.get_inputs()[0].type, np.float32)
-
-    was_training = model.training
-    model.eval()
-    device = _module_device(model)
-    runs: list[tuple[np.ndarray, np.ndarray]] = []
-    sizes: set[int] = set()
-    try:
-        for idx in _parity_slices(samples.shape[0], chunk, static_batch):
-            x = samples[idx]
-            with torch.inference_mode():
-                ref = model(x.to(device))
-            ref_np = _first_output(ref).detach().float().cpu().numpy()
-            out = session.run(None, {input_name: x.cpu().numpy().astype(input_dtype)})[0]
-            if out.shape != ref_np.shape:
-                raise VerificationError(
-                    f"ONNX output shape {tuple(out.shape)} differs from PyTorch {tuple(ref_np.shape)} at batch "
-                    f"size {x.shape[0]}; re-export with a dynamic batch axis or the other exporter"
-                )
-            runs.append((ref_np, out))
-            sizes.add(int(x.shape[0]))
-    finally:
-        model.train(was_training)
-
-    max_abs = max(float(np.max(np.abs(r - o))) if r.size else 0.0 for r, o in runs)
-    max_out = max(float(np.max(np.abs(r))) if r.size else 0.0 for r, _ in runs)
-    rel = max_abs / max(max_out, 1e-12)
-    top1 = None
-    if runs[0][0].ndim == 2 and runs[0][0].shape[1] > 1:
-        agree = sum(int((r.argmax(1) == o.argmax(1)).sum()) for r, o in runs)
-        top1 = agree / sum(r.shape[0] for r, _ in runs)
-    result = ParityResult(
-        max_abs_diff=max_abs, rel_diff=rel, max_abs_output=max_out, top1_agreement=top1,
-        samples=int(samples.shape[0]), batch_sizes=sorted(sizes), atol_rel=atol_rel,
-        passed=bool(np.isfinite(rel) and rel <= atol_rel), path=str(onnx_path),
-    )
-    if not result.passed and raise_on_failure:
-        raise VerificationError(
-            f"ONNX model {onnx_path} does not reproduce the PyTorch model: max abs diff {max_abs:.3g} "
-            f"(relative {rel:.3g} > tolerance {atol_rel:g}; top-1 agreement "
-            f"{'n/a' if top1 is None else f'{top1:.4f}'}) on {result.samples} samples at batch sizes {result.batch_sizes}; "
-            "re-export with the other --exporter, or report this as an exporter bug"
-        )
-    return result
-
-
-_ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-}
-
-
-def _gather(batches: torch.Tensor | Iterable[Any]) -> torch.Tensor:
-    if isinstance(batches, torch.Tensor):
-        return batches.detach()
-    parts = []
-    for item in batches:
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, torch.Tensor):
-            raise UsageError(f"parity batches must be tensors or (x, y) pairs, got {type(x).__name__}")
-        parts.append(x.detach())
-    if not parts:
-        raise UsageError("parity check needs at least one batch of samples")
-    return torch.cat(parts, dim=0)
-
-
-def _parity_slices(n: int, chunk: int, static_batch: int | None) -> list[Any]:
-    """Index sets covering every sample; for a dynamic axis also batch sizes 1 and 3."""
-    if static_batch is not None:
-        # A static file only runs at its own batch size: pad the last chunk by wrapping around.
-        out = []
-        for start in range(0, n, static_batch):
-            idx = [(start + i) % n for i in range(static_batch)]
-            out.append(torch.tensor(idx))
-        return out
-    chunk = max(1, int(chunk))
-    out: list[Any] = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    # Batch sizes other than the traced one: a single sample and an odd-sized batch.
-    for extra in sorted({1, min(3, n)}):
-        out.append(slice(0, extra))
-    return out
-
-
-def _first_output(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value:
-        return _first_output(value[0])
-    if isinstance(value, Mapping) and value:
-        return _first_output(next(iter(value.values())))
-    raise DempError(f"the model returned {type(value).__name__}; parity needs a tensor output")
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+        raise DempError(f"onnxslim failed to simplify the model ({first_line(exc)}); export without --simplify") from None

@@ -1,7 +1,8 @@
 """The shared end of ``demp compress`` and ``demp train``: MACs, ONNX export, parity, latency, report.
 
 :func:`finalize` takes the dense and the pruned model plus real samples, and completes the report the
-caller started (``source``, ``pruning``, part of ``model`` / ``parity`` / ``tool``):
+caller started with :func:`exporters.report.compress_report` or :func:`exporters.report.training_report`
+(``source``, ``pruning``, part of ``model`` / ``parity``):
 
 1. ``model``: parameters and MACs per sample, dense versus pruned, and a per-module table (``modules``);
 2. ``parity``: PyTorch dense versus pruned (unless the caller already measured it);
@@ -27,11 +28,14 @@ import torch
 from torch import nn
 
 from compressor.errors import OutputExistsError, UsageError
+from compressor.fileio import jsonable
+from compressor.measure import compare_macs, compare_outputs, run_model
 
-from .flops import compare_macs
+from .env import collect_environment
 from .latency import BenchConfig, Variant, benchmark
-from .onnx import DEFAULT_OPSET, check_parity, export_onnx
-from .report import REPORT_SCHEMA, _jsonable, tool_section, validate_report, write_report
+from .onnx import DEFAULT_OPSET, export_onnx
+from .ort import available_providers, check_parity
+from .report import REPORT_SCHEMA, tool_section, validate_report, write_report
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +47,12 @@ MODULE_TABLE_DEPTH = 2
 
 
 def finalize(
-    out_dir: str | os.PathLike,
-    *,
-    dense: nn.Module,
-    pruned: nn.Module,
-    calib_x: torch.Tensor,
-    heldout_x: torch.Tensor | None,
-    report: Mapping[str, Any],
-    export: bool = True,
-    bench: bool = True,
-    opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = True,
-    exporter: str = "auto",
-    batch_sizes: Sequence[int] = (1, 8),
-    device: str = "cpu",
-    runtimes: Sequence[str] = ("torch", "onnxruntime"),
-    threads: int | None = None,
-    min_time_s: float = 0.5,
-    min_iters: int = 5,
-    warmup: int = 2,
-    atol_rel: float = 1e-4,
-    plots: bool = True,
-    overwrite: bool = False,
+    out_dir: str | os.PathLike, *, dense: nn.Module, pruned: nn.Module, calib_x: torch.Tensor,
+    heldout_x: torch.Tensor | None, report: Mapping[str, Any], export: bool = True, bench: bool = True,
+    opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, exporter: str = "auto",
+    batch_sizes: Sequence[int] = (1, 8), device: str = "cpu", runtimes: Sequence[str] = ("torch", "onnxruntime"),
+    threads: int | None = None, min_time_s: float = 0.5, min_iters: int = 5, warmup: int = 2,
+    atol_rel: float = 1e-4, plots: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Complete ``report`` for the models in ``out_dir``, write the artefacts, return the report.
 
@@ -82,63 +70,53 @@ def finalize(
         clash = [p for p in (out / ONNX_FILE, out / "report.json", out / "report.md") if p.exists()]
         if clash:
             raise OutputExistsError(f"{', '.join(map(str, clash))} already exist(s) in {out}; pass --overwrite to replace")
-    input_shape = tuple(int(d) for d in calib_x.shape[1:])
     samples = calib_x.detach().cpu()
     held = heldout_x.detach().cpu() if isinstance(heldout_x, torch.Tensor) and heldout_x.shape[0] else None
-
-    rep: dict[str, Any] = copy.deepcopy(dict(report))
-    rep["schema"] = REPORT_SCHEMA
-    rep["tool"] = tool_section(rep.get("tool"))
-    rep.setdefault("source", {})
-    rep.setdefault("pruning", {})
-    rep.setdefault("parity", {})
-    rep["latency"] = []
-
-    dense_cpu = _cpu_eval_copy(dense)
-    pruned_cpu = _cpu_eval_copy(pruned)
-
-    # 1. parameters and MACs
-    macs = compare_macs(dense_cpu, pruned_cpu, samples[:1])
-    rep["model"] = {**dict(rep.get("model") or {}), **macs.model_section()}
-    rep["modules"] = [
-        {"name": r.name, "macs_before": r.macs_before, "macs_after": r.macs_after, "params_before": r.params_before,
-         "params_after": r.params_after}
-        for r in macs.rows if r.name == "" or r.name.count(".") < MODULE_TABLE_DEPTH
-    ]
-    for warning in macs.dense.warnings + macs.pruned.warnings:
-        log.warning("%s", warning)
-
-    # 2. torch parity (dense vs pruned), unless the caller measured it already
-    if "torch_max_abs_diff" not in rep["parity"]:
-        rep["parity"].update(_torch_parity(dense_cpu, pruned_cpu, _parity_samples(samples, held)))
-
-    # 3. ONNX export + onnxruntime parity
+    parity_x = _parity_samples(samples, held)
+    rep = _start(report)
+    dense_cpu, pruned_cpu = _cpu_eval_copy(dense), _cpu_eval_copy(pruned)
+    rep.update(_model_sections(rep, dense_cpu, pruned_cpu, samples[:1]))
+    if "torch_max_abs_diff" not in rep["parity"]:  # unless the caller measured it already
+        rep["parity"].update(_torch_parity(dense_cpu, pruned_cpu, parity_x))
     onnx_path = out / ONNX_FILE
     rep["export"] = None
     if export:
-        meta = _metadata(out, rep)
         info = export_onnx(pruned_cpu, samples[:2], onnx_path, opset=opset, dynamic_batch=dynamic_batch,
-                           metadata=meta, exporter=exporter, overwrite=overwrite)
-        rep["export"] = info.to_dict()
-        rep["export"]["path"] = ONNX_FILE
-        parity = check_parity(onnx_path, pruned_cpu, _parity_samples(samples, held), atol_rel=atol_rel)
-        rep["parity"].update(parity.to_dict())
-
-    # 4. latency, dense versus pruned, interleaved
-    if bench:
-        rep.update(_bench(dense_cpu, pruned_cpu, onnx_path if export else None, rep, input_shape,
+                           metadata=_metadata(out, rep), exporter=exporter, overwrite=overwrite)
+        rep["export"] = {**info.to_dict(), "path": ONNX_FILE}
+        rep["parity"].update(check_parity(onnx_path, pruned_cpu, parity_x, atol_rel=atol_rel).to_dict())
+    if bench:  # dense versus pruned, interleaved
+        rep.update(_bench(dense_cpu, pruned_cpu, onnx_path if export else None, rep, tuple(samples.shape[1:]),
                           batch_sizes=batch_sizes, device=device, runtimes=runtimes, threads=threads,
                           min_time_s=min_time_s, min_iters=min_iters, warmup=warmup, exporter=exporter,
                           opset=opset))
     else:
-        from .env import collect_environment
-
         rep["environment"] = collect_environment(threads=threads)
-
-    # 5. write
     validate_report(rep)
     write_report(rep, out, plots=plots, overwrite=True)
-    return json.loads(json.dumps(_jsonable(rep), default=str))
+    return json.loads(json.dumps(jsonable(rep), default=str))
+
+
+def _start(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the caller's report with the schema, the tool section and empty measured sections."""
+    rep: dict[str, Any] = copy.deepcopy(dict(report))
+    rep["schema"] = REPORT_SCHEMA
+    rep["tool"] = tool_section(rep.get("tool"))
+    for key in ("source", "pruning", "parity"):
+        rep.setdefault(key, {})
+    rep["latency"] = []
+    return rep
+
+
+def _model_sections(rep: Mapping[str, Any], dense: nn.Module, pruned: nn.Module, example: torch.Tensor) -> dict[str, Any]:
+    """``model`` (parameters and MACs, dense versus pruned) and the per-module ``modules`` table."""
+    macs = compare_macs(dense, pruned, example)
+    for warning in macs.dense.warnings + macs.pruned.warnings:
+        log.warning("%s", warning)
+    modules = [{"name": r.name, "macs_before": r.macs_before, "macs_after": r.macs_after,
+                "params_before": r.params_before, "params_after": r.params_after}
+               for r in macs.rows if r.name == "" or r.name.count(".") < MODULE_TABLE_DEPTH]
+    return {"model": {**dict(rep.get("model") or {}), **macs.model_section()}, "modules": modules}
 
 
 def _cpu_eval_copy(model: nn.Module) -> nn.Module:
@@ -156,34 +134,12 @@ def _parity_samples(calib: torch.Tensor, heldout: torch.Tensor | None) -> list[t
     return parts
 
 
-@torch.inference_mode()
 def _torch_parity(dense: nn.Module, pruned: nn.Module, batches: list[torch.Tensor]) -> dict[str, Any]:
-    max_abs, scale, agree, total = 0.0, 0.0, 0, 0
-    for x in batches:
-        for start in range(0, x.shape[0], 64):
-            xb = x[start:start + 64]
-            ref, out = _first(dense(xb)).float(), _first(pruned(xb)).float()
-            max_abs = max(max_abs, float((ref - out).abs().max()))
-            scale = max(scale, float(ref.abs().max()))
-            if ref.dim() == 2 and ref.shape[1] > 1:
-                agree += int((ref.argmax(1) == out.argmax(1)).sum())
-            total += xb.shape[0]
-    return {
-        "torch_max_abs_diff": max_abs,
-        "torch_rel_diff": max_abs / scale if scale > 0 else max_abs,
-        "top1_agreement": agree / total if total else None,
-        "samples": total,
-    }
-
-
-def _first(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        return _first(value[0])
-    if isinstance(value, Mapping):
-        return _first(next(iter(value.values())))
-    raise UsageError(f"the model returned {type(value).__name__}; a tensor output is needed")
+    """PyTorch dense versus pruned on the parity samples (the report's ``torch_*`` keys)."""
+    x = torch.cat(batches)
+    cmp = compare_outputs(run_model(dense, x), run_model(pruned, x))
+    return {"torch_max_abs_diff": cmp["max_abs_diff"], "torch_rel_diff": cmp["rel_diff"],
+            "top1_agreement": cmp.get("top1_agreement"), "samples": cmp["samples"]}
 
 
 def _metadata(out: Path, rep: Mapping[str, Any]) -> dict[str, str]:
@@ -222,16 +178,12 @@ def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Map
     if onnx_path is None:
         chosen = [r for r in chosen if not r.startswith("onnxruntime")]
     if dev == "cuda":
-        from .latency import _ort_providers
-
-        if "CUDAExecutionProvider" not in _ort_providers():
+        if "CUDAExecutionProvider" not in available_providers():
             dropped = [r for r in chosen if r.startswith("onnxruntime")]
             if dropped:
                 log.warning("onnxruntime has no CUDA execution provider here; timing torch only on cuda")
             chosen = [r for r in chosen if not r.startswith("onnxruntime")]
     if not chosen:
-        from .env import collect_environment
-
         return {"latency": [], "latency_comparison": [], "environment": collect_environment(threads=threads)}
     model_section = rep.get("model") or {}
     config = BenchConfig(batch_sizes=tuple(int(b) for b in batch_sizes), runtimes=tuple(chosen), device=dev,

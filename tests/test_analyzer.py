@@ -45,13 +45,22 @@ def test_planted_dead_channels_removed_losslessly(arch: str) -> None:
                 effective += 1
                 assert c in removed.get(root, set()), f"planted dead channel {root}[{c}] was kept"
     assert effective >= 2
+    # the planted channels alone are dead on every input: removing them keeps outputs on new data too
+    planted_only = PruningPlan(groups=[
+        GroupRemoval(g.root, g.size, [c for c in g.removed if c in planted.get(g.root, ())], g.members)
+        for g in plan.groups if any(c in planted.get(g.root, ()) for c in g.removed)])
+    assert planted_only.removed_channels == effective
+    held_model = copy.deepcopy(dense)
+    DependencyAnalyzer(held_model, x).apply(planted_only)
     result = analyzer.apply(plan)
     assert result.removed == plan.removed_channels > 0
+    x2 = torch.randn(4, 3, 64, 64)  # data never used for decisions
     with torch.no_grad():
-        assert torch.allclose(dense(x), model(x), atol=1e-4, rtol=0)
-        x2 = torch.randn(4, 3, 64, 64)  # data never used for decisions: planted channels are dead everywhere
-        ref, out = dense(x2), model(x2)
+        assert torch.allclose(dense(x), model(x), atol=1e-4, rtol=0), "lossless on the decision samples"
+        ref, out = dense(x2), held_model(x2)
     assert out.shape == ref.shape == (4, 10)
+    assert torch.allclose(ref, out, atol=1e-4 * float(ref.abs().max()), rtol=0), "planted removal lossy on new data"
+    assert sum(p.numel() for p in held_model.parameters()) < sum(p.numel() for p in dense.parameters())
 
 
 def test_classifier_outputs_never_pruned_and_min_channels_kept() -> None:

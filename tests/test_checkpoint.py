@@ -23,7 +23,8 @@ from compressor.checkpoint import (
     strip_prefixes,
 )
 from compressor.errors import CheckpointError
-from compressor.models import ModelSpec, build_model, load_model
+from compressor.loading import load_model
+from compressor.models import ModelSpec, build_model
 
 
 def _cnn() -> nn.Module:

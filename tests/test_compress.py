@@ -10,9 +10,11 @@ import torch
 import compressor
 from compressor.criteria import Criterion
 from compressor.data import calibration_split, load_data, make_loader
-from compressor.errors import CheckpointError, VerificationError
+from compressor.errors import CheckpointError, OutputExistsError, VerificationError
 from compressor.graph import DependencyAnalyzer
+from compressor.measure import count_params
 from compressor.planting import plant_dead_channels
+from exporters.report import compress_report
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,11 @@ def test_compress_removes_planted_channels_and_keeps_outputs(digits, tmp_path) -
     v = result.verification
     assert v["passed"] and v["heldout"]["max_abs_diff"] <= 1e-4 * v["heldout"]["output_scale"]
     assert v["heldout"]["top1_agreement"] == 1.0 and v["calibration"]["samples"] == 256
-    pr = result.report["pruning"]
+    report = compress_report(result)
+    pr = report["pruning"]
     assert pr["neurons_after"] == pr["neurons_before"] - result.plan.removed_channels
-    assert result.report["model"]["params_after"] < result.report["model"]["params_before"]
+    assert pr["removed"] == result.plan.removed_channels and pr["method"] == "compress" and pr["criterion"] == "dead"
+    assert report["model"]["params_after"] == count_params(result.model) < report["model"]["params_before"]
 
     out = compressor.save_pruned(result, tmp_path / "slim")
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "weights.safetensors"]
@@ -57,9 +61,9 @@ def test_compress_removes_planted_channels_and_keeps_outputs(digits, tmp_path) -
     with torch.no_grad():
         assert torch.equal(reloaded(heldout_x), again.model(heldout_x))
     dense = again.build_dense()
-    assert sum(p.numel() for p in dense.parameters()) == result.report["model"]["params_before"]
+    assert sum(p.numel() for p in dense.parameters()) == report["model"]["params_before"]
 
-    with pytest.raises(Exception, match="overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite"):
         compressor.save_pruned(result, out)
     compressor.save_pruned(result, out, overwrite=True)
 

@@ -159,7 +159,7 @@ _RUNS_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from compressor.data import load_data
     from compressor.training import distributed as dist_util
-    from compressor.training.loop import train
+    from compressor.training.trainer import train
 
     out, spec = Path(sys.argv[1]), json.loads(sys.argv[2])
     dist_util.init_from_env("cpu")
@@ -244,10 +244,10 @@ _COLLECTIVES_SCRIPT = textwrap.dedent("""
     from torch import nn
     from compressor.activity import collect_activity
     from compressor.training import distributed as dist_util
-    from compressor.training.baseline import BaselineConfig, BaselinePruning
-    from compressor.training.dnr import DNRConfig, DNRPruning
-    from compressor.training.dormant import DormantConfig, DormantPruning
-    from compressor.training.stripping import StrippingConfig, SynapticStripping
+    from compressor.training.methods.baseline import BaselineConfig, BaselinePruning
+    from compressor.training.methods.dnr import DNRConfig, DNRPruning
+    from compressor.training.methods.dormant import DormantConfig, DormantPruning
+    from compressor.training.methods.stripping import StrippingConfig, SynapticStripping
 
     ctx = dist_util.init_from_env("cpu")
     rank = ctx.rank

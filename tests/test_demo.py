@@ -21,7 +21,7 @@ def _neurons(stdout: str) -> tuple[int, int]:
 
 
 def test_short_demo_trains_prunes_exports_and_reports(tmp_path: Path, capsys, monkeypatch):
-    from compressor.training import cli as training_cli
+    from compressor.cli import train as training_cli
 
     # Time one latency batch size instead of two (the benchmark dominates a 2-epoch demo).
     assert "batch_sizes: [1, 32]" in training_cli.DEMO_RECIPE

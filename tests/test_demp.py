@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from compressor.errors import CheckpointError, UsageError
 from compressor.graph import DependencyAnalyzer
 from compressor.plan import PruningPlan
-from compressor.training.demp import DemP, DemPConfig
-from compressor.training.regularizers import reference_penalty
-from compressor.training.schedules import one_cycle
+from compressor.training.methods.demp import DemP, DemPConfig
+from compressor.training.mechanics.regularizers import reference_penalty
+from compressor.training.mechanics.schedules import one_cycle
 
 
 class MLP(nn.Module):
@@ -252,10 +252,25 @@ def test_config_errors_name_the_option(bad: dict) -> None:
         cfg.validate()
 
 
-def test_config_from_dict_rejects_unknown_keys() -> None:
-    assert DemPConfig.from_dict({"peak": 0.1}).peak == 0.1
-    with pytest.raises(UsageError, match="unknown demp option"):
-        DemPConfig.from_dict({"peek": 0.1})
+def test_recipe_rejects_unknown_demp_keys_with_a_suggestion() -> None:
+    from compressor.training.config import recipe_from_dict
+
+    assert recipe_from_dict({"demp": {"peak": 0.1}}).demp.peak == 0.1
+    with pytest.raises(UsageError, match="unknown recipe key 'demp.peek'; did you mean 'demp.peak'"):
+        recipe_from_dict({"demp": {"peek": 0.1}})
+
+
+@pytest.mark.parametrize("bad", [{"pct_start": 0.0}, {"pct_start": 1.0}, {"div_factor": 0.5},
+                                 {"final_div_factor": 0.0}])
+def test_one_validator_for_the_api_and_the_recipe(bad: dict) -> None:
+    """DemPConfig and a recipe accept the same one-cycle shapes (there is one validator)."""
+    from compressor.training.config import recipe_from_dict
+
+    key = next(iter(bad))
+    with pytest.raises(UsageError, match=f"demp.{key}"):
+        DemPConfig(**bad).validate()
+    with pytest.raises(UsageError, match=f"demp.{key}"):
+        recipe_from_dict({"demp": bad})
 
 
 # ---------------------------------------------------------------------------------- resume
@@ -360,7 +375,7 @@ def test_dead_neurons_kept_by_round_to_get_no_noise() -> None:
 
 
 def test_live_noise_state_round_trip_and_zero_sigma_draws_nothing() -> None:
-    from compressor.training.noise import LiveNoise, NoiseTarget
+    from compressor.training.mechanics.noise import LiveNoise, NoiseTarget
 
     def setup(seed: int = 11) -> tuple[nn.Parameter, LiveNoise]:
         p = nn.Parameter(torch.zeros(4, 3))

@@ -10,10 +10,10 @@ from torch import nn
 
 from compressor.errors import UsageError
 from compressor.training.config import load_recipe
-from compressor.training.dnr import (DNRConfig, DNRPruning, dnr_score, entropy, kl_divergence,
+from compressor.training.methods.dnr import (DNRConfig, DNRPruning, dnr_score, entropy, kl_divergence,
                                      weight_distribution)
-from compressor.training.dormant import DormantConfig, DormantPruning
-from compressor.training.loop import train
+from compressor.training.methods.dormant import DormantConfig, DormantPruning
+from compressor.training.trainer import train
 
 # hand computation: w_prev = [1, 1, 2] -> p = [1/4, 1/4, 1/2], H = 1.5 bits;
 # w_t = [1, -3, 0] -> p = [1/4, 3/4, 0], H = 0.5 + 0.75*log2(4/3);

@@ -12,7 +12,7 @@ import compressor
 from compressor.cli import main
 from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
-from exporters.onnx import read_onnx_metadata
+from exporters.ort import read_onnx_metadata
 
 QUICK = ["--min-time", "0.01", "--min-iters", "2", "--warmup", "1"]
 

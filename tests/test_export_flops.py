@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from exporters.flops import EXTRA_HANDLES, compare_macs, count_macs, count_params
+from compressor.measure import EXTRA_HANDLES, compare_macs, count_macs, count_params
 
 
 def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:

@@ -12,13 +12,8 @@ import torchvision
 from torch import nn
 
 from compressor.errors import DempError, OutputExistsError, UsageError, VerificationError
-from exporters.onnx import (
-    check_parity,
-    describe_export_failure,
-    export_onnx,
-    load_onnx_session,
-    read_onnx_metadata,
-)
+from exporters.onnx import describe_export_failure, export_onnx
+from exporters.ort import check_parity, load_onnx_session, read_onnx_metadata
 
 
 def _mlp() -> nn.Module:

@@ -13,17 +13,10 @@ import compressor
 from compressor.errors import OutputExistsError
 from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
-from exporters.onnx import read_onnx_metadata
+from exporters.ort import read_onnx_metadata
 from exporters.pipeline import finalize
-from exporters.report import (
-    REPORT_SCHEMA,
-    ReportError,
-    format_summary,
-    render_markdown,
-    report_problems,
-    validate_report,
-    write_report,
-)
+from exporters.render import format_summary, render_markdown
+from exporters.report import REPORT_SCHEMA, ReportError, compress_report, report_problems, validate_report, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +33,7 @@ def finalized(tmp_path_factory):
     out = tmp_path_factory.mktemp("finalize") / "slim"
     compressor.save_pruned(result, out)
     report = finalize(out, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
-                      heldout_x=result.heldout_inputs, report=result.report, batch_sizes=(1, 4),
+                      heldout_x=result.heldout_inputs, report=compress_report(result), batch_sizes=(1, 4),
                       min_time_s=0.02, min_iters=3, warmup=1, exporter="torchscript")
     return out, report, result
 
@@ -111,7 +104,7 @@ def test_finalize_refuses_existing_outputs(finalized) -> None:
     out, report, result = finalized
     with pytest.raises(OutputExistsError, match="--overwrite"):
         finalize(out, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs, heldout_x=None,
-                 report=result.report, bench=False)
+                 report=compress_report(result), bench=False)
 
 
 def test_finalize_without_export_or_bench(tmp_path, finalized) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 import types
 from pathlib import Path
@@ -21,9 +20,9 @@ from compressor.models import (
     example_input,
     infer_num_classes,
     list_archs,
-    load_model,
     make_spec,
 )
+from compressor.loading import load_model
 
 
 def _forward(model: nn.Module, shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
@@ -276,8 +275,8 @@ def test_plan_directory_is_delegated_to_load_pruned(tmp_path: Path, monkeypatch:
         calls.append(Path(path))
         return types.SimpleNamespace(model=sentinel)
 
-    stub = types.ModuleType("compressor.pruned")
-    stub.load_pruned = fake_load_pruned
-    monkeypatch.setitem(sys.modules, "compressor.pruned", stub)
+    import compressor.loading
+
+    monkeypatch.setattr(compressor.loading, "load_pruned", fake_load_pruned)
     assert load_model("resnet18", tmp_path) is sentinel
     assert calls == [tmp_path]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from compressor.errors import UsageError
-from compressor.training.optim_surgery import slice_optimizer_state
+from compressor.training.mechanics.optim_surgery import slice_optimizer_state
 
 DEAD = [1, 4]  # hidden channels of conv1 made dead (bias -1e3)
 

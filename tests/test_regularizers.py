@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.training.regularizers import Regularizer, collect_params, penalty, reference_penalty
+from compressor.training.mechanics.regularizers import Regularizer, collect_params, penalty, reference_penalty
 
 KINDS = ["l2", "lasso", "cdg_l2", "cdg_lasso"]
 

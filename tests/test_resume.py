@@ -20,7 +20,7 @@ import torch
 from compressor.errors import CheckpointError, UsageError
 from compressor.training import checkpointing
 from compressor.training.config import load_recipe
-from compressor.training.loop import TrainingDiverged, TrainingInterrupted, train
+from compressor.training.trainer import TrainingDiverged, TrainingInterrupted, train
 from compressor.training.metrics import read_metrics
 
 STOP_STEP = 60  # inside epoch 2 (44 steps per epoch with 1437 training digits and batch 32)
@@ -74,7 +74,7 @@ def _child_script(recipe: Path, out: Path, mark: Path, go: Path) -> str:
         import os, sys, time
         import torch
         torch.set_num_threads({torch.get_num_threads()})  # same float reduction order as the reference run
-        from compressor.training import demp as dm
+        from compressor.training.methods import demp as dm
         original = dm.DemP.after_step
         def after_step(self, step, optimizer):
             event = original(self, step, optimizer)
@@ -134,23 +134,43 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_equals_uninterrupted_run(tmp_p
 
 
 def test_sigint_in_process_writes_checkpoint_and_resumes(tmp_path: Path, reference, digits, monkeypatch):
-    from compressor.training import demp as dm
-
-    original = dm.DemP.after_step
-
-    def after_step(self, step, optimizer):
-        event = original(self, step, optimizer)
-        if step == 100:
-            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
-        return event
-
-    monkeypatch.setattr(dm.DemP, "after_step", after_step)
+    _interrupt_at(100, monkeypatch)
     recipe = load_recipe(recipe_dict())
     with pytest.raises(TrainingInterrupted) as info:
         train(recipe, tmp_path / "run", progress=False, data=digits, plots=False)
     assert info.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"
-    monkeypatch.setattr(dm.DemP, "after_step", original)
+    result = train(recipe, tmp_path / "run", resume=True, progress=False, data=digits, plots=False)
+    assert_same_run(tmp_path / "run", result, reference)
+
+
+def _interrupt_at(step: int, monkeypatch) -> None:
+    """Make the next run stop with a SIGINT after optimizer step ``step`` (what Ctrl-C does)."""
+    from compressor.training.methods import demp as dm
+
+    original = dm.DemP.after_step
+
+    def after_step(self, at, optimizer):
+        event = original(self, at, optimizer)
+        if at == step:
+            monkeypatch.setattr(dm.DemP, "after_step", original)
+            os.kill(os.getpid(), signal.SIGINT)
+        return event
+
+    monkeypatch.setattr(dm.DemP, "after_step", after_step)
+
+
+def test_a_checkpoint_of_the_earlier_layout_still_resumes(tmp_path: Path, reference, digits, monkeypatch):
+    """Checkpoints written before every method's state moved under ``methods`` kept DemP's state under
+    a top-level ``demp`` key; resuming one continues exactly."""
+    recipe = load_recipe(recipe_dict())
+    _interrupt_at(100, monkeypatch)
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, tmp_path / "run", progress=False, data=digits, plots=False)
+    latest = checkpointing.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = torch.load(latest / "state.pt", weights_only=True)
+    state["demp"] = state["methods"].pop("demp")
+    torch.save(state, latest / "state.pt")
     result = train(recipe, tmp_path / "run", resume=True, progress=False, data=digits, plots=False)
     assert_same_run(tmp_path / "run", result, reference)
 
@@ -187,7 +207,8 @@ def test_checkpoint_holds_no_pickled_code(reference):
     out, _ = reference
     latest = checkpointing.latest_checkpoint(out / "checkpoints")
     state = torch.load(latest / "state.pt", weights_only=True)  # would fail on any pickled object
-    assert set(state) == {"optimizer", "lr_schedule", "demp", "methods", "rng", "loop"}
+    assert set(state) == {"optimizer", "lr_schedule", "methods", "rng", "loop"}
+    assert set(state["methods"]) == {"demp"}, "every method's state is under 'methods', DemP's too"
     meta = json.loads((latest / "meta.json").read_text())
     assert meta["complete"] and meta["epoch"] == 3 and meta["recipe"]["demp"]["peak"] == 3e-3
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from compressor.training.schedules import constant, get_schedule, linear, one_cycle
+from compressor.training.mechanics.schedules import constant, get_schedule, linear, one_cycle
 
 S = 85_000
 

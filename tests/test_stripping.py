@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from compressor.training.config import load_recipe
-from compressor.training.loop import train
-from compressor.training.stripping import StrippingConfig, SynapticStripping, strip_row
+from compressor.training.trainer import train
+from compressor.training.methods.stripping import StrippingConfig, SynapticStripping, strip_row
 
 
 # ---------------------------------------------------------------------------- the rule
@@ -325,5 +325,5 @@ def test_a_method_state_from_another_version_is_refused():
     s = _stripper(_mlp())
     state = s.state_dict()
     state["version"] = 999
-    with pytest.raises(CheckpointError, match="Synaptic Stripping state has another version"):
+    with pytest.raises(CheckpointError, match="Synaptic Stripping state has version 999, expected 1"):
         s.load_state_dict(state)

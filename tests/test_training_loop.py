@@ -12,8 +12,10 @@ from torch import nn
 
 from compressor.errors import DataError, UsageError
 from compressor.training.config import TrainConfig, load_recipe
-from compressor.training.loop import LRSchedule, build_optimizer, train
-from compressor.training.metrics import count_macs, read_metrics
+from compressor.training.optim import LRSchedule, build_optimizer
+from compressor.training.trainer import train
+from compressor.measure import count_macs
+from compressor.training.metrics import read_metrics
 
 
 def small_recipe(**sections):
@@ -88,12 +90,13 @@ def test_build_optimizer_variants():
     assert type(build_optimizer(TrainConfig(optimizer="adam"), params)) is torch.optim.Adam
 
 
-def test_count_macs_is_analytic_for_conv_and_linear():
+def test_count_macs_counts_convolutions_exactly_and_pooling_per_input():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     model.train()
-    expected = 8 * 8 * 8 * 3 * 9 + 8 * 8 * 8 * 4 * 9 + 10 * 8
-    assert count_macs(model, (3, 8, 8)) == expected
+    convs_and_linear = 8 * 8 * 8 * 3 * 9 + 8 * 8 * 8 * 4 * 9 + 10 * 8
+    pooling = 8 * 8 * 8  # adaptive average pooling: one per input element (fvcore's convention)
+    assert count_macs(model, (3, 8, 8)).total_macs == convs_and_linear + pooling
     assert model.training, "counting restores the train mode"
 
 
@@ -205,7 +208,8 @@ def test_cuda_bf16_training(tmp_path: Path, digits):
 def test_validation_split_is_held_out_from_training_and_hosts_the_death_samples(tmp_path: Path, digits):
     from torch.utils.data import Subset
 
-    from compressor.training.loop import Trainer
+    from compressor.training.splits import TrainingSplits
+    from compressor.training.trainer import Trainer
 
     n_train = len(digits.train)
     recipe = small_recipe(data={"val_samples": 300}, train={"epochs": 1},
@@ -215,10 +219,11 @@ def test_validation_split_is_held_out_from_training_and_hosts_the_death_samples(
     result = trainer.fit()
     train_split = result.data.train
     assert isinstance(train_split, Subset) and len(train_split) == n_train - 300
-    val = set(trainer._val_idx)
+    splits = TrainingSplits(recipe, digits)  # the same seed: the same split as the run's
+    val = set(splits.val_idx)
     assert len(val) == 300 and val.isdisjoint(train_split.indices)
-    death = trainer._death_dataset(result.data, 200)
-    assert len(death) == 200 and set(death.indices) <= val
+    death = splits.measurement(200)
+    assert len(death) == 200 and set(death.indices) <= val and splits.measurement_samples(200) == 200
     # one epoch over the remaining samples only: (1437 - 300) // 32 steps
     assert result.summary["step"] == (n_train - 300) // 32
     epoch = [h for h in result.history if h["kind"] == "epoch"][-1]

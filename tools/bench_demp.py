@@ -42,9 +42,9 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def run_once(overrides: list[str], bundle: Any, out: Path) -> dict[str, Any]:
-    from compressor.training.cli import demo_recipe
+    from compressor.cli.train import demo_recipe
     from compressor.training.config import load_recipe
-    from compressor.training.loop import train
+    from compressor.training.trainer import train
 
     recipe = load_recipe(demo_recipe().to_dict(), overrides)
     result = train(recipe, out, overwrite=True, progress=False, data=bundle, plots=False, save_model=False,
@@ -113,7 +113,7 @@ def step_overhead(arch: str, kwargs: dict, regularizer: str, target: str, bundle
     from torch import nn
 
     from compressor.models import build_model, make_spec
-    from compressor.training.demp import DemP, DemPConfig
+    from compressor.training.methods.demp import DemP, DemPConfig
 
     torch.manual_seed(0)
     spec = make_spec(arch, num_classes=bundle.num_classes, input_shape=tuple(bundle.input_shape), **kwargs)
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from compressor.data import load_data
-    from compressor.training.cli import demo_recipe
+    from compressor.cli.train import demo_recipe
 
     seeds = [int(s) for s in args.seeds.split(",")]
     peaks = [float(s) for s in args.peaks.split(",")]

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from compressor.fileio import atomic_write_json, atomic_write_text
 
     from exporters.env import collect_environment
-    from exporters.onnx import check_parity, export_onnx
+    from exporters.onnx import export_onnx
+    from exporters.ort import check_parity
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

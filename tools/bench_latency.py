@@ -46,7 +46,7 @@ def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed:
     from compressor.activity import collect_activity
     from compressor.criteria import Dead
     from compressor.graph import DependencyAnalyzer
-    from compressor.models import load_model
+    from compressor.loading import load_model
     from compressor.planting import plant_dead_channels
 
     torch.manual_seed(seed)
@@ -62,9 +62,10 @@ def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed:
 
 
 def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from exporters.flops import compare_macs
+    from compressor.measure import compare_macs
     from exporters.latency import BenchConfig, Variant, benchmark, format_table
-    from exporters.onnx import check_parity, export_onnx
+    from exporters.onnx import export_onnx
+    from exporters.ort import check_parity
 
     t0 = time.perf_counter()
     dense, pruned = make_pruned_pair(arch, args.input_size, args.ratio, args.seed, args.round_to)
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                "seconds": time.perf_counter() - started, "goal_efficiency": GOAL_EFFICIENCY, "results": results}
     from compressor.fileio import atomic_write_json, atomic_write_text
 
-    from exporters.report import _jsonable
+    from compressor.fileio import jsonable as _jsonable
 
     atomic_write_json(out / "bench_latency.json", _jsonable(payload))
     atomic_write_text(out / "bench_latency.md", render_markdown(results, command))

@@ -101,7 +101,7 @@ def active_fraction(model: nn.Module, dead: list[torch.Tensor]) -> tuple[float, 
 def run_one(method: str, depth: int, width: int, seed: int, args: argparse.Namespace, bundle: Any,
             work: Path) -> dict[str, Any]:
     from compressor.training.config import load_recipe
-    from compressor.training.loop import train
+    from compressor.training.trainer import train
 
     overrides = [
         f"method={method}", f"model.kwargs={{widths: [{', '.join([str(width)] * depth)}]}}",

@@ -97,7 +97,7 @@ class Runner:
         if key in self._cache:
             return self._cache[key]
         from compressor.training.config import load_recipe
-        from compressor.training.loop import train
+        from compressor.training.trainer import train
 
         name, _, importance = method.partition(":")
         raw = json.loads(json.dumps(self.base))

@@ -31,7 +31,7 @@ def run_one(name: str, size: int) -> dict:
     import torchvision
 
     from compressor.activity import collect_activity
-    from compressor.compression import compare_outputs
+    from compressor.measure import compare_outputs
     from compressor.criteria import Dead
     from compressor.errors import DempError
     from compressor.graph import DependencyAnalyzer

@@ -2,7 +2,7 @@
 
 A recipe is a YAML mapping with the sections of :class:`RecipeConfig`::
 
-    method: demp                 # demp | stripping | demp+stripping | dnr | dormant | baseline | none
+    method: demp                 # a name of compressor.training.methods.METHODS, a combination, or none
     model: {arch: cnn, kwargs: {}}
     data:  {spec: digits, batch_size: 64}
     train: {epochs: 10, optimizer: adam, lr: 1.0e-3, lr_schedule: cosine}
@@ -18,6 +18,10 @@ with a message naming the key, the value, and the valid range.
 ``--set a.b=value`` overrides (:func:`apply_overrides`) are applied to the raw mapping *before* it is
 turned into dataclasses, so they get the same checks. :func:`recipe_diff` lists the dotted keys in
 which two recipes differ; resuming a run refuses a recipe that differs in a key that changes the run.
+
+The method sections (``demp``, ``stripping``, ...) come from the method registry
+(:data:`compressor.training.methods.METHODS`): :class:`RecipeConfig` has one field per registered
+method, holding that method's config dataclass, which validates itself.
 """
 
 from __future__ import annotations
@@ -35,18 +39,10 @@ import yaml
 
 from ..errors import UsageError
 from ..fileio import atomic_write_text
-from .baseline import BaselineConfig
-from .demp import DemPConfig
-from .dnr import DNRConfig
-from .dormant import DormantConfig
-from .stripping import StrippingConfig
+from .methods import METHODS, method_names
 
 RECIPE_SCHEMA = "demp.recipe/1"
 
-#: Methods a recipe may name. ``IMPLEMENTED_METHODS`` run today; the others are reserved names that a
-#: later version of the training stage will implement (a recipe naming them is refused clearly).
-IMPLEMENTED_METHODS = ("demp", "stripping", "demp+stripping", "dnr", "dormant", "baseline", "none")
-PLANNED_METHODS: tuple[str, ...] = ()
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "multistep", "cosine", "one_cycle")
 DEVICES = ("auto", "cpu", "cuda")
@@ -100,7 +96,7 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata={"help": "sgd only"})
     nesterov: bool = field(default=False, metadata={"help": "sgd only"})
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "adam/adamw"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon (it matters for neuron death: methods.md §2)"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon (it matters for neuron death: paper 000, appendix E)"})
     weight_decay: float = field(default=0.0, metadata={"help": "coupled (adam, sgd) or decoupled (adamw) decay, beside DemP's penalty"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant | step | multistep | cosine | one_cycle"})
     step_size: int = field(default=30, metadata={"help": "step: decay every step_size epochs"})
@@ -132,26 +128,27 @@ class ExportConfig:
     opset: int | None = field(default=None, metadata={"help": "ONNX opset (None: the exporter's default)"})
 
 
-@dataclass
-class RecipeConfig:
-    """A whole training recipe. ``method`` selects the training-and-pruning method."""
+def _recipe_fields() -> list[tuple[str, Any, Any]]:
+    """The recipe's sections: run settings, one section per registered method, export, labels."""
+    methods = " | ".join(method_names())
+    return [
+        ("method", str, field(default="demp", metadata={"help": f"{methods} (none: plain training)"})),
+        ("model", ModelConfig, field(default_factory=ModelConfig)),
+        ("data", DataConfig, field(default_factory=DataConfig)),
+        ("train", TrainConfig, field(default_factory=TrainConfig)),
+        *[(name, config_cls, field(default_factory=config_cls)) for name, (config_cls, _) in METHODS.items()],
+        ("export", ExportConfig, field(default_factory=ExportConfig)),
+        ("name", str | None, field(default=None, metadata={"help": "a label for reports"})),
+        ("description", str | None, field(default=None, metadata={"help": "free text"})),
+    ]
 
-    method: str = field(default="demp", metadata={"help": "demp | stripping | demp+stripping | dnr | dormant | baseline (torch-pruning importance) | none (plain training)"})
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    demp: DemPConfig = field(default_factory=DemPConfig)
-    stripping: StrippingConfig = field(default_factory=StrippingConfig)
-    dnr: DNRConfig = field(default_factory=DNRConfig)
-    dormant: DormantConfig = field(default_factory=DormantConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    name: str | None = field(default=None, metadata={"help": "a label for reports"})
-    description: str | None = field(default=None, metadata={"help": "free text"})
+
+class _RecipeMethods:
+    """Behaviour of :class:`RecipeConfig` (its fields come from :func:`_recipe_fields`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (YAML/JSON-safe) that :func:`recipe_from_dict` turns back into this recipe."""
-        return _to_plain(dataclasses.asdict(self))
+        return _to_plain(dataclasses.asdict(self))  # type: ignore[call-overload]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
@@ -159,6 +156,16 @@ class RecipeConfig:
     def save(self, path: str | Path) -> Path:
         """Write the recipe as YAML, atomically."""
         return atomic_write_text(path, self.to_yaml())
+
+    def method_sections(self) -> list[str]:
+        """The registered methods this recipe runs, in hook order ([] for plain training)."""
+        return [] if self.method == "none" else self.method.split("+")  # type: ignore[attr-defined]
+
+
+#: A whole training recipe; ``method`` selects the training-and-pruning method.
+RecipeConfig = dataclasses.make_dataclass("RecipeConfig", _recipe_fields(), bases=(_RecipeMethods,),
+                                          namespace={"__doc__": "A whole training recipe (see the module docstring)."})
+RecipeConfig.__module__ = __name__
 
 
 # ---------------------------------------------------------------------------- dict -> dataclass
@@ -369,20 +376,12 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def validate_recipe(recipe: RecipeConfig) -> None:
-    """Reject values out of range with a UsageError naming the key, the value and the valid range."""
-    if recipe.method in PLANNED_METHODS:
-        raise UsageError(
-            f"method {recipe.method!r} is not implemented yet in the training stage; "
-            f"use one of {', '.join(IMPLEMENTED_METHODS)}"
-        )
-    _choice(recipe.method, "method", IMPLEMENTED_METHODS)
-
-    m = recipe.model
+def _validate_model(m: ModelConfig) -> None:
     _check(bool(m.arch.strip()), "model.arch", m.arch, "an architecture name")
     _check(m.num_classes is None or m.num_classes >= 2, "model.num_classes", m.num_classes, "an integer >= 2")
 
-    d = recipe.data
+
+def _validate_data(d: DataConfig) -> None:
     _check(bool(d.spec.strip()), "data.spec", d.spec, "a dataset spec such as digits or cifar10:/data/cifar")
     _check(d.input_size is None or d.input_size >= 1, "data.input_size", d.input_size, "a positive integer")
     _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
@@ -391,17 +390,19 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _check(d.val_samples >= 0, "data.val_samples", d.val_samples, "an integer >= 0 (0: no validation split)")
 
-    t = recipe.train
-    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+
+def _validate_optimizer(t: TrainConfig) -> None:
     _choice(t.optimizer, "train.optimizer", OPTIMIZERS)
     _check(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a number > 0")
     _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "0 <= momentum < 1")
     _check(not (t.nesterov and t.optimizer == "sgd" and t.momentum <= 0), "train.nesterov", t.nesterov,
            "false when train.momentum is 0 (Nesterov needs momentum)")
-    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas,
-           "two numbers in [0, 1)")
+    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas, "two numbers in [0, 1)")
     _check(t.adam_eps > 0, "train.adam_eps", t.adam_eps, "a number > 0")
     _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+
+
+def _validate_lr_schedule(t: TrainConfig) -> None:
     _choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
     _check(t.step_size >= 1, "train.step_size", t.step_size, "an integer >= 1 (epochs)")
     _check(0 < t.gamma <= 1, "train.gamma", t.gamma, "0 < gamma <= 1")
@@ -415,6 +416,12 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     _check(t.final_div_factor >= 1, "train.final_div_factor", t.final_div_factor, "a number >= 1")
     _check(0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs", t.warmup_epochs,
            f"0 <= warmup_epochs < epochs ({t.epochs})")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _validate_optimizer(t)
+    _validate_lr_schedule(t)
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "0 <= smoothing < 1")
     _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
     _check(t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
@@ -422,46 +429,34 @@ def validate_recipe(recipe: RecipeConfig) -> None:
     _check(t.checkpoint_keep >= 1, "train.checkpoint_keep", t.checkpoint_keep, "an integer >= 1")
     _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
 
-    validate_demp_config(recipe.demp)
-    for section in ("stripping", "dnr", "dormant", "baseline"):
-        try:
-            getattr(recipe, section).validate()
-        except (UsageError, ValueError) as exc:
-            raise UsageError(f"recipe section {section!r}: {exc}") from None
 
-    if recipe.method == "baseline":
-        last = recipe.baseline.pruning_epochs()[-1]
-        _check(last <= t.epochs, "baseline.at_epoch", recipe.baseline.at_epoch,
-               f"pruning epochs within train.epochs ({t.epochs}); the last pruning would be after epoch {last}")
-
-    e = recipe.export
+def _validate_export(e: ExportConfig) -> None:
     _check(bool(e.batch_sizes) and all(b >= 1 for b in e.batch_sizes), "export.batch_sizes", e.batch_sizes,
            "a non-empty list of positive integers")
     _check(e.opset is None or e.opset >= 7, "export.opset", e.opset, "an ONNX opset >= 7 or null")
 
 
-def validate_demp_config(c: DemPConfig) -> None:
-    """Range checks for the ``demp`` section (the DemP class may check more when it is built)."""
-    _choice(c.regularizer, "demp.regularizer", ("l2", "lasso", "cdg_l2", "cdg_lasso", "none"))
-    _choice(c.target, "demp.target", ("weights", "norm_scale", "all"))
-    _choice(c.schedule, "demp.schedule", ("one_cycle", "constant", "linear"))
-    _check(_finite(c.peak) and c.peak >= 0, "demp.peak", c.peak, "a number >= 0 (lambda, the peak strength)")
-    _check(0 < c.span <= 1, "demp.span", c.span, "0 < span <= 1 (fraction of training steps)")
-    _check(0 < c.pct_start < 1, "demp.pct_start", c.pct_start, "0 < pct_start < 1")
-    _check(c.div_factor >= 1, "demp.div_factor", c.div_factor, "a number >= 1")
-    _check(c.final_div_factor >= 1, "demp.final_div_factor", c.final_div_factor, "a number >= 1")
-    _check(_finite(c.noise) and c.noise >= 0, "demp.noise", c.noise, "a number >= 0 (0 disables noise)")
-    _check(c.interval >= 1, "demp.interval", c.interval, "an integer >= 1 (optimizer steps between removals)")
-    _check(c.death_samples >= 1, "demp.death_samples", c.death_samples, "an integer >= 1")
-    _check(c.eps >= 0, "demp.eps", c.eps, "a number >= 0")
-    _check(c.min_channels >= 1, "demp.min_channels", c.min_channels, "an integer >= 1")
-    _check(c.round_to >= 1, "demp.round_to", c.round_to, "an integer >= 1")
-    validate = getattr(c, "validate", None)
-    if callable(validate):
+def validate_recipe(recipe: RecipeConfig) -> None:
+    """Reject values out of range with a UsageError naming the key, the value and the valid range.
+
+    The run's own sections are checked here; every method section validates itself (its config's
+    ``validate()``), and a method that needs something of the run (``validate_run(epochs)``, e.g. the
+    baseline's pruning epochs) checks it for the methods the recipe runs.
+    """
+    _choice(recipe.method, "method", method_names())
+    _validate_model(recipe.model)
+    _validate_data(recipe.data)
+    _validate_train(recipe.train)
+    for section in METHODS:
         try:
-            validate()
-        except ValueError as exc:
-            raise UsageError(f"recipe section 'demp': {exc}") from None
+            getattr(recipe, section).validate()
+        except (UsageError, ValueError) as exc:
+            raise UsageError(f"recipe section {section!r}: {exc}") from None
+    for section in recipe.method_sections():
+        check = getattr(getattr(recipe, section), "validate_run", None)
+        if check is not None:
+            check(recipe.train.epochs)
+    _validate_export(recipe.export)
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -496,29 +491,6 @@ def recipe_diff(a: RecipeConfig | Mapping[str, Any], b: RecipeConfig | Mapping[s
     return diffs
 
 
-#: One line per DemPConfig field for the recipe reference (DemPConfig itself documents them in its
-#: docstring; a test checks that every field has an entry here).
-DEMP_HELP = {
-    "regularizer": "l2 | lasso | cdg_l2 | cdg_lasso | none: the penalty added to the loss (methods.md §2.1)",
-    "target": "weights (Conv/Linear weights) | norm_scale (normalization gamma) | all",
-    "peak": "peak lambda of the penalty (>= 0); higher kills more neurons",
-    "schedule": "one_cycle | constant | linear: the shape of lambda_t and sigma_t",
-    "span": "fraction of the training steps the lambda/sigma schedules span (0 < span <= 1)",
-    "pct_start": "one_cycle: fraction of the span spent rising",
-    "div_factor": "one_cycle: start value = peak / div_factor",
-    "final_div_factor": "one_cycle: end value = start / final_div_factor",
-    "noise": "peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)",
-    "interval": "measure death and remove dead neurons every k optimizer steps (>= 1)",
-    "death_samples": "training samples (no augmentation) on which death is measured",
-    "eps": "a neuron is dead when max|activation| <= eps at every consumer (0: exact, lossless)",
-    "min_channels": "keep at least this many channels per group",
-    "round_to": "keep channel counts a multiple of this (keeps a few dead channels)",
-    "ignore": "layer names never pruned",
-    "prune": "false: measure and record deaths but never remove",
-    "final_only": "remove only once at the end (the dynamic-removal benchmark's baseline)",
-}
-
-
 def recipe_reference() -> str:
     """A Markdown table of every recipe key, its type, default and meaning (docs/training.md embeds
     it; a test checks the document against this)."""
@@ -535,7 +507,7 @@ def recipe_reference() -> str:
                 continue
             default = getattr(default_obj, f.name)
             shown = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            help_ = f.metadata.get("help") or (DEMP_HELP.get(f.name, "") if cls is DemPConfig else "")
+            help_ = f.metadata.get("help", "")
             lines.append(f"| `{key}` | {_type_name(tp).replace('|', 'or')} | `{shown}` | {help_.replace('|', '/')} |")
 
     walk(RecipeConfig, "")

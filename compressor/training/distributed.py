@@ -40,8 +40,21 @@ DEBUG_HASH_ENV = "DEMP_DEBUG_STATE_HASH_DIR"
 __all__ = [
     "DistContext", "RankDivergence", "ResumableDistributedSampler", "init_from_env", "launched_by_torchrun",
     "context", "destroy", "check_plan_hashes", "agree", "any_rank", "state_hash", "per_rank_batch_size",
-    "broadcast_from_main", "all_reduce_grads", "method_state_hashes",
+    "broadcast_from_main", "all_reduce_grads", "method_state_hashes", "active", "unwrap_model",
 ]
+
+
+def active() -> bool:
+    """True inside an initialized process group (under torchrun)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module DDP / DataParallel wrap (parameter names must not carry the ``module.`` prefix)."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
 
 
 class RankDivergence(DempError):
@@ -69,7 +82,7 @@ def launched_by_torchrun() -> bool:
 
 def context() -> DistContext:
     """The current context: from the initialized default process group, else single-process."""
-    if dist.is_available() and dist.is_initialized():
+    if active():
         return DistContext(True, dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return DistContext()
 
@@ -105,7 +118,7 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 1800.0) -> DistCon
 
 def destroy() -> None:
     """Destroy the default process group if one is initialized."""
-    if dist.is_available() and dist.is_initialized():
+    if active():
         dist.destroy_process_group()
 
 
@@ -153,7 +166,7 @@ def _gather(obj: Any) -> list[Any]:
 
 def check_plan_hashes(plan_hash: str, step: int) -> None:
     """All-gather every rank's plan hash after a removal; raise :class:`RankDivergence` on a mismatch."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return
     rank = dist.get_rank()
     log.debug("rank %d: plan hash %s after the removal at step %d", rank, plan_hash, step)
@@ -176,7 +189,7 @@ def agree(error: str | None) -> None:
     Use around steps that may fail on one rank only (rank 0 preparing the output directory) so the
     other ranks do not wait forever in the next collective.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         if error:
             raise DempError(error)
         return
@@ -189,7 +202,7 @@ def agree(error: str | None) -> None:
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True on every rank when ``flag`` is True on any rank (e.g. a stop signal seen by one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return flag
     dev = device if device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=dev)
@@ -216,7 +229,7 @@ def broadcast_from_main(obj: Any) -> Any:
     every rank takes the same decision even where float results could differ between machines.
     ``obj`` must be picklable (tensors are moved to the CPU first).
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return obj
     box = [_to_cpu(obj) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
@@ -239,7 +252,7 @@ def all_reduce_grads(module: torch.nn.Module) -> None:
     For gradients computed outside DDP's forward (the Taylor baseline's held-aside batches): afterwards
     every rank holds the gradients of all ranks' samples. A no-op without a process group.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return
     for p in module.parameters():
         if not p.requires_grad:

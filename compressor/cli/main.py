@@ -1,0 +1,59 @@
+"""The ``demp`` command line.
+
+Each journey registers its own subcommands: ``compress``/``inspect`` in :mod:`.compress`,
+``train``/``demo`` in :mod:`.train`, ``export``/``bench`` in :mod:`exporters.cli`. A subcommand's
+handler takes the parsed namespace and returns an exit code. User errors (:class:`DempError`) are
+printed as one line without a traceback: exit code 2 for usage errors, 1 for failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from exporters import cli as exporters_cli
+
+from .. import __version__
+from ..errors import DempError
+from . import compress as compress_cli
+from . import train as train_cli
+
+Registrar = Callable[["argparse._SubParsersAction"], None]
+REGISTRARS: tuple[Registrar, ...] = (compress_cli.register, train_cli.register, exporters_cli.register)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="demp",
+        description="Find and remove dead neurons, train-and-prune with DemP, export compact ONNX models.",
+    )
+    parser.add_argument("--version", action="version", version=f"demp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTRARS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except DempError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

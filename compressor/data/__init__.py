@@ -1,0 +1,48 @@
+"""Dataset specs: one string names a dataset and where it lives.
+
+===========================  ==================================================================
+``digits``                   scikit-learn's bundled 8x8 handwritten digits (1x8x8, 10 classes);
+                             stratified 80/20 train/test split with a fixed seed. Needs nothing.
+``mnist:ROOT``               torchvision MNIST files under ``ROOT/MNIST/raw`` (1x28x28)
+``fashion-mnist:ROOT``       torchvision FashionMNIST files under ``ROOT/FashionMNIST/raw``
+``cifar10:ROOT``             ``ROOT/cifar-10-batches-py`` (3x32x32, 10 classes)
+``cifar100:ROOT``            ``ROOT/cifar-100-python`` (3x32x32, 100 classes)
+``imagefolder:PATH``         ``PATH/train/<class>/*.png`` and ``PATH/val/<class>/...`` (or one
+                             folder of class folders, split 80/20 deterministically);
+                             resize 256 / center-crop 224 (scaled with ``input_size``)
+``npz:PATH``                 arrays ``x`` (float32 NxCxHxW, or uint8 NxHxWxC / NxHxW scaled to
+                             [0, 1]), optional int ``y``, ``x_test``, ``y_test``, ``mean``, ``std``
+===========================  ==================================================================
+
+Nothing is ever downloaded: fetching MNIST/CIFAR is the user's job (e.g. once with
+``torchvision.datasets.CIFAR10(ROOT, download=True)``). Every dataset yields ``(x, y)`` with ``x`` a
+float tensor (normalized with the dataset's standard mean/std) and ``y`` an int class index
+(-1 for an unlabeled npz). ``augment=True`` adds CIFAR-style random crop (padding 4) + horizontal
+flip for 32x32 color data and random-resized-crop + flip for image folders (training split only).
+"""
+
+from __future__ import annotations
+
+from .bundle import DataBundle, TensorImageDataset
+from .loaders import calibration_split, make_loader, seed_worker
+from .sources import (
+                      CIFAR10_MEAN,
+                      CIFAR10_STD,
+                      CIFAR100_MEAN,
+                      CIFAR100_STD,
+                      FASHION_MNIST_MEAN,
+                      FASHION_MNIST_STD,
+                      IMAGENET_MEAN,
+                      IMAGENET_STD,
+                      MNIST_MEAN,
+                      MNIST_STD,
+                      SPEC_FORMS,
+                      load_data,
+                      stratified_split,
+)
+
+__all__ = [
+    "DataBundle", "TensorImageDataset", "load_data", "stratified_split", "calibration_split", "make_loader",
+    "seed_worker", "SPEC_FORMS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
+    "CIFAR100_STD", "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
+]

@@ -1,0 +1,411 @@
+"""The dataset specs and their loaders (see :mod:`compressor.data` for the forms)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from ..errors import DataError, UsageError
+from .bundle import DataBundle, TensorImageDataset
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_data", "stratified_split", "SPEC_FORMS"]
+
+#: Standard per-channel statistics of the datasets (of pixel values in [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+SPEC_FORMS = (
+    "digits",
+    "mnist:ROOT",
+    "fashion-mnist:ROOT",
+    "cifar10:ROOT",
+    "cifar100:ROOT",
+    "imagefolder:PATH",
+    "npz:PATH",
+)
+
+
+def load_data(spec: str, *, input_size: int | None = None, augment: bool = False) -> DataBundle:
+    """Load the dataset named by ``spec`` (see the module docstring for the forms).
+
+    ``input_size=S`` resizes images to SxS (imagefolder: resize to S*256/224, center-crop S).
+    ``augment`` adds random training augmentation (never to the test split).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise UsageError(f"empty dataset spec; use one of: {', '.join(SPEC_FORMS)}")
+    name, sep, arg = spec.strip().partition(":")
+    name = name.lower()
+    if input_size is not None and int(input_size) < 1:
+        raise UsageError(f"--input-size must be a positive int, got {input_size}")
+    loaders: dict[str, Callable[..., DataBundle]] = {
+        "digits": _load_digits,
+        "mnist": _load_mnist,
+        "fashion-mnist": _load_mnist,
+        "fashion_mnist": _load_mnist,
+        "fashionmnist": _load_mnist,
+        "cifar10": _load_cifar,
+        "cifar100": _load_cifar,
+        "imagefolder": _load_imagefolder,
+        "npz": _load_npz,
+    }
+    if name not in loaders:
+        raise UsageError(f"unknown dataset spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")
+    if name == "digits":
+        if arg:
+            raise UsageError(f"dataset 'digits' takes no argument (got {spec!r}); it is bundled with scikit-learn")
+        bundle = _load_digits(input_size=input_size, augment=augment)
+    else:
+        if not sep or not arg:
+            placeholder = "PATH" if name in ("imagefolder", "npz") else "ROOT"
+            raise UsageError(f"dataset spec {spec!r} needs a path: {name}:{placeholder}")
+        bundle = loaders[name](name, Path(os.path.expanduser(arg)), input_size=input_size, augment=augment)
+    bundle.spec = spec
+    return bundle
+
+
+# --------------------------------------------------------------------------------------------------
+# digits
+# --------------------------------------------------------------------------------------------------
+
+
+def stratified_split(targets: Sequence[int] | Tensor, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """Deterministic stratified split: from each class, ``round(test_fraction * n)`` go to test.
+
+    Classes with a single sample stay in train. Returns sorted (train_indices, test_indices).
+    """
+    targets = torch.as_tensor(np.asarray(targets)).long()
+    generator = torch.Generator().manual_seed(seed)
+    train: list[int] = []
+    test: list[int] = []
+    for cls in torch.unique(targets).tolist():
+        idx = torch.nonzero(targets == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
+        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1) if len(idx) > 1 else 0
+        test += idx[:n_test]
+        train += idx[n_test:]
+    return sorted(train), sorted(test)
+
+
+def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
+    """scikit-learn's 1797 8x8 digits, /16, normalized with the training split's mean/std."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    y = torch.tensor(digits.target, dtype=torch.long)
+    train_idx, test_idx = stratified_split(y)
+    mean = (float(x[train_idx].mean()),)
+    std = (float(x[train_idx].std()),)
+    size = int(input_size) if input_size else None
+    side = size or 8
+    if augment:
+        log.debug("digits: no augmentation is defined for 8x8 digits; augment ignored")
+    return DataBundle(
+        name="digits",
+        train=TensorImageDataset(x[train_idx], y[train_idx], mean=mean, std=std, size=size),
+        test=TensorImageDataset(x[test_idx], y[test_idx], mean=mean, std=std, size=size),
+        input_shape=(1, side, side),
+        num_classes=10,
+        mean=mean,
+        std=std,
+        classes=[str(i) for i in range(10)],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# torchvision datasets (MNIST, FashionMNIST, CIFAR)
+# --------------------------------------------------------------------------------------------------
+
+
+def _cifar_augment() -> Callable[[Tensor], Tensor]:
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+
+
+def _not_found(name: str, root: Path, expected: str, hint: str) -> DataError:
+    return DataError(
+        f"{name} data not found: expected {expected} under {root}. demp never downloads data; "
+        f"get it once yourself, e.g. {hint}, then pass {name}:{root}"
+    )
+
+
+def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+    from torchvision import datasets
+
+    fashion = name != "mnist"
+    cls = datasets.FashionMNIST if fashion else datasets.MNIST
+    folder = cls.__name__
+    if root.name == folder and (root / "raw").is_dir():  # the user pointed at ROOT/MNIST itself
+        root = root.parent
+    files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    raw = root / folder / "raw"
+    missing = [f for f in files if not (raw / f).is_file()]
+    label = "fashion-mnist" if fashion else "mnist"
+    if missing:
+        raise _not_found(
+            label, root,
+            f"{folder}/raw/ with {', '.join(files)}"
+            + (f" (missing: {', '.join(missing)})" if len(missing) < len(files) else ""),
+            f"python -c \"import torchvision; torchvision.datasets.{folder}('{root}', download=True)\"",
+        )
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except (RuntimeError, OSError, ValueError, AssertionError) as exc:
+        raise DataError(f"{label} files under {raw} are corrupt ({exc}); delete and re-fetch them") from exc
+    mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if fashion else (MNIST_MEAN, MNIST_STD)
+    size = int(input_size) if input_size else None
+    side = size or 28
+
+    def wrap(ds: Any) -> TensorImageDataset:
+        return TensorImageDataset(ds.data.unsqueeze(1), torch.as_tensor(ds.targets), mean=mean, std=std, size=size)
+
+    if augment:
+        log.debug("%s: no augmentation is defined for grayscale digits; augment ignored", label)
+    return DataBundle(
+        name=label, train=wrap(train), test=wrap(test), input_shape=(1, side, side), num_classes=10,
+        mean=mean, std=std, classes=list(train.classes),
+    )
+
+
+def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = cls.base_folder
+    if root.name == folder:  # the user pointed at the batches folder itself
+        root = root.parent
+    if not (root / folder).is_dir():
+        raise _not_found(
+            name, root, f"the folder {folder}/ (the extracted python version of {name.upper()})",
+            f"python -c \"import torchvision; torchvision.datasets.{cls.__name__}('{root}', download=True)\"",
+        )
+    try:
+        # torchvision unpickles the CIFAR batch files only after their md5 matched the official ones.
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise DataError(
+            f"{name} files under {root / folder} are incomplete or corrupt ({exc}); delete the folder and "
+            f"fetch it again"
+        ) from exc
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+    size = int(input_size) if input_size else None
+    side = size or 32
+
+    def wrap(ds: Any, train_split: bool) -> TensorImageDataset:
+        data = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # NHWC -> NCHW uint8
+        transform = _cifar_augment() if (augment and train_split and side == 32) else None
+        return TensorImageDataset(data, torch.as_tensor(ds.targets), mean=mean, std=std, size=size, transform=transform)
+
+    return DataBundle(
+        name=name, train=wrap(train, True), test=wrap(test, False), input_shape=(3, side, side),
+        num_classes=len(train.classes), mean=mean, std=std, classes=list(train.classes),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# imagefolder
+# --------------------------------------------------------------------------------------------------
+
+_VAL_NAMES = ("val", "validation", "test")
+
+
+def _load_imagefolder(name: str, path: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+    from torchvision import datasets, transforms
+
+    if not path.is_dir():
+        raise DataError(
+            f"imagefolder {path} does not exist; expected PATH/train/<class>/<images> (and PATH/val/...), "
+            "or PATH/<class>/<images>"
+        )
+    size = int(input_size or 224)
+    resize = int(round(size * 256 / 224))
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    eval_tf = transforms.Compose(
+        [transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
+    )
+    train_tf = (
+        transforms.Compose(
+            [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+        )
+        if augment
+        else eval_tf
+    )
+
+    def folder(root: Path, transform: Any) -> Any:
+        try:
+            return datasets.ImageFolder(str(root), transform=transform)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DataError(
+                f"no images found in {root}: {exc}. Expected one sub-folder per class with image files "
+                "(.png, .jpg, ...) inside"
+            ) from exc
+
+    train_dir = path / "train"
+    val_dir = next((path / v for v in _VAL_NAMES if (path / v).is_dir()), None)
+    info: dict[str, Any] = {}
+    if train_dir.is_dir():
+        train: Dataset = folder(train_dir, train_tf)
+        classes = list(train.classes)  # type: ignore[attr-defined]
+        test: Dataset | None = None
+        if val_dir is not None:
+            test = folder(val_dir, eval_tf)
+            if list(test.classes) != classes:  # type: ignore[attr-defined]
+                raise DataError(
+                    f"{val_dir} has classes {test.classes} but {train_dir} has {classes}; "  # type: ignore[attr-defined]
+                    "both must contain the same class folders"
+                )
+        info["layout"] = "train/val"
+    else:
+        train_full = folder(path, train_tf)
+        test_full = folder(path, eval_tf)
+        classes = list(train_full.classes)
+        train_idx, test_idx = stratified_split(train_full.targets)
+        train = Subset(train_full, train_idx)
+        test = Subset(test_full, test_idx) if test_idx else None
+        info["layout"] = f"single folder, split {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (seed {SPLIT_SEED})"
+    return DataBundle(
+        name="imagefolder", train=train, test=test, input_shape=(3, size, size), num_classes=len(classes),
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes, info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------------------
+
+_NPZ_KEYS = {"x", "y", "x_test", "y_test", "mean", "std"}
+
+
+def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist; check the path (npz:PATH)")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a readable .npz file (not a zip archive); write it with numpy.savez")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise DataError(f"{path}: cannot read ({exc}); arrays must be plain numeric (no object arrays)") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc}); write it with numpy.savez") from exc
+    if "x" not in arrays:
+        raise DataError(f"{path} has no array 'x' (found: {', '.join(arrays) or 'none'}); save inputs as x=...")
+    extra = sorted(set(arrays) - _NPZ_KEYS)
+    if extra:
+        log.warning("%s: ignoring arrays %s (known: %s)", path, extra, sorted(_NPZ_KEYS))
+
+    x = _npz_inputs(arrays["x"], "x", path)
+    y = _npz_labels(arrays.get("y"), len(x), "y", path)
+    x_test = y_test = None
+    if "x_test" in arrays:
+        x_test = _npz_inputs(arrays["x_test"], "x_test", path)
+        if tuple(x_test.shape[1:]) != tuple(x.shape[1:]):
+            raise DataError(f"{path}: x_test samples have shape {tuple(x_test.shape[1:])} but x has {tuple(x.shape[1:])}")
+        if (x_test.dtype == torch.uint8) != (x.dtype == torch.uint8):
+            raise DataError(f"{path}: x and x_test must have the same dtype (both uint8 or both float)")
+        if "y_test" not in arrays and "y" in arrays:
+            raise DataError(f"{path}: x_test is given without y_test; add y_test (int labels)")
+        y_test = _npz_labels(arrays.get("y_test"), len(x_test), "y_test", path)
+    elif "y_test" in arrays:
+        raise DataError(f"{path}: y_test is given without x_test")
+
+    labeled = "y" in arrays
+    num_classes = int(max(int(y.max()), int(y_test.max()) if y_test is not None else -1) + 1) if labeled else 0
+    mean = _npz_stat(arrays.get("mean"), "mean", path)
+    std = _npz_stat(arrays.get("std"), "std", path)
+    if bool(mean) != bool(std):
+        raise DataError(f"{path}: give both 'mean' and 'std' arrays, or neither")
+    if std and min(std) <= 0:
+        raise DataError(f"{path}: std must be positive, got {std}")
+
+    image = x.dim() == 4
+    size = int(input_size) if (input_size and image) else None
+    shape = tuple(x.shape[1:]) if size is None else (x.shape[1], size, size)
+    transform = None
+    if augment and image and shape[0] == 3 and shape[1:] == (32, 32):
+        transform = _cifar_augment()
+    try:
+        train = TensorImageDataset(x, y, mean=mean, std=std, size=size, transform=transform)
+        test = TensorImageDataset(x_test, y_test, mean=mean, std=std, size=size) if x_test is not None else None
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+    return DataBundle(
+        name="npz", train=train, test=test, input_shape=shape, num_classes=num_classes, mean=mean, std=std,
+        info={"labeled": labeled},
+    )
+
+
+def _npz_inputs(array: np.ndarray, key: str, path: Path) -> Tensor:
+    """uint8 NxHxWxC / NxHxW -> uint8 NxCxHxW; float arrays are taken as N x features... (NCHW)."""
+    if array.dtype == np.uint8:
+        if array.ndim == 3:
+            array = array[:, None, :, :]
+        elif array.ndim == 4:
+            if array.shape[-1] not in (1, 3, 4):
+                raise DataError(
+                    f"{path}: uint8 array {key!r} must be N x H x W x C (channels last, C in 1/3/4), got shape "
+                    f"{array.shape}; save float32 N x C x H x W instead if your layout is channels-first"
+                )
+            array = array.transpose(0, 3, 1, 2)
+        else:
+            raise DataError(f"{path}: uint8 array {key!r} must be N x H x W x C or N x H x W, got shape {array.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    elif np.issubdtype(array.dtype, np.floating):
+        if array.ndim < 2:
+            raise DataError(f"{path}: float array {key!r} must be N x C x H x W (or N x features), got shape {array.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if not bool(torch.isfinite(tensor).all()):
+            raise DataError(f"{path}: array {key!r} contains NaN or Inf values")
+    else:
+        raise DataError(
+            f"{path}: array {key!r} has dtype {array.dtype}; use float32 (N x C x H x W) or uint8 (N x H x W x C)"
+        )
+    if len(tensor) == 0:
+        raise DataError(f"{path}: array {key!r} is empty (0 samples)")
+    return tensor
+
+
+def _npz_labels(array: np.ndarray | None, n: int, key: str, path: Path) -> Tensor:
+    if array is None:
+        return torch.full((n,), -1, dtype=torch.long)
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        raise DataError(f"{path}: labels {key!r} have dtype {array.dtype}; use an integer array of class indices")
+    if array.ndim != 1 or len(array) != n:
+        raise DataError(f"{path}: labels {key!r} must be a 1-D array of {n} class indices, got shape {array.shape}")
+    if len(array) and int(array.min()) < 0:
+        raise DataError(f"{path}: labels {key!r} must be >= 0 (class indices), found {int(array.min())}")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def _npz_stat(array: np.ndarray | None, key: str, path: Path) -> tuple[float, ...]:
+    if array is None:
+        return ()
+    values = np.asarray(array, dtype=np.float64).reshape(-1)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise DataError(f"{path}: {key!r} must be finite per-channel values")
+    return tuple(float(v) for v in values)
+
+

@@ -1,0 +1,151 @@
+"""Every place demp reaches into torch-pruning's internals, each scoped and checked.
+
+torch-pruning (pinned to ``torch-pruning>=1.6,<1.7``, the releases in :data:`VERIFIED_VERSIONS`) is
+used through its public ``DependencyGraph`` API, plus three internal behaviours demp must change or
+guard while it works; each lives here, is undone on exit, and has a test (``tests/test_tp_compat.py``):
+
+1. :func:`bounded_index_mappings` — torch-pruning's ``*IndexMapping.__call__`` builds index lists;
+   chained Flatten / reshape / split mappings (Swin's patch merging, MaxViT's window partitions)
+   multiply them until memory runs out. Inside the context every mapping charges an
+   :class:`IndexBudget` and raises :class:`IndexExplosion` instead. The context also makes
+   ``index_mapping.update_index_mapping`` a no-op: ``get_pruning_group`` recomputes every concat /
+   split / flatten mapping of the whole graph on each call, although the graph does not change while
+   groups are expanded (``build_dependency`` computed them), which makes group enumeration quadratic
+   in the number of groups (DenseNet).
+2. :func:`pruning_dim` — torch-pruning's pruning functions are shared singletons whose
+   ``pruning_dim`` attribute selects the dimension they cut; torch-pruning sets it before each call
+   and never restores it. demp sets it for one call and restores the previous value.
+3. :func:`trace_failure` — names the construct torch-pruning failed on, from the name of its
+   innermost ``update_*_index_mapping`` frame.
+
+The patches of (1) replace class and module attributes, which every thread of the process sees while
+the context is open; a process-wide lock keeps two contexts from interleaving.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch_pruning as tp
+from torch_pruning.dependency import index_mapping as _index_mapping
+
+from ..errors import DempError
+
+__all__ = ["VERIFIED_VERSIONS", "check_version", "IndexBudget", "IndexExplosion", "bounded_index_mappings",
+           "pruning_dim", "trace_failure", "MAX_MAPPED_INDICES", "MAX_GROUP_INDICES"]
+
+#: torch-pruning releases (major.minor) whose internals this module was checked against.
+VERIFIED_VERSIONS = ("1.6",)
+MAX_MAPPED_INDICES = 100_000  # one mapping's output (VGG-16's flatten at 224 px: 25,088)
+MAX_GROUP_INDICES = 300_000  # all mappings while expanding one group
+
+_LOCK = threading.RLock()
+
+
+def _mapping_classes() -> list[type]:
+    return [c for n, c in vars(_index_mapping).items() if isinstance(c, type) and n.endswith("IndexMapping")]
+
+
+def check_version() -> None:
+    """Refuse a torch-pruning whose internals differ from what the patches here expect."""
+    version = str(getattr(tp, "__version__", "0"))
+    major_minor = ".".join(version.split(".")[:2])
+    missing = [name for name, ok in (
+        ("index_mapping.update_index_mapping", callable(getattr(_index_mapping, "update_index_mapping", None))),
+        ("index_mapping.*IndexMapping classes", bool(_mapping_classes())),
+        ("DependencyGraph.get_pruning_group", hasattr(tp.DependencyGraph, "get_pruning_group")),
+    ) if not ok]
+    if missing or major_minor not in VERIFIED_VERSIONS:
+        raise DempError(
+            f"torch-pruning {version} is not supported (demp is verified with {', '.join(VERIFIED_VERSIONS)}"
+            + (f"; missing internals: {', '.join(missing)}" if missing else "")
+            + "); install a supported release: pip install 'torch-pruning>=1.6,<1.7'"
+        )
+
+
+class IndexExplosion(Exception):
+    """An index mapping produced more indices than the budget allows (the group is blocked)."""
+
+
+class IndexBudget:
+    """Counts the indices torch-pruning's index mappings produce while one group is expanded."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def reset(self) -> None:
+        self.used = 0
+
+    def charge(self, n: int) -> None:
+        self.used += n
+        if n > MAX_MAPPED_INDICES or self.used > MAX_GROUP_INDICES:
+            raise IndexExplosion(f"a mapping produced {n:,} indices, {self.used:,} for the group so far")
+
+
+def _bounded(original: Callable[..., Any], budget: IndexBudget) -> Callable[..., Any]:
+    def call(self: Any, idxs: Any) -> Any:
+        if getattr(self, "_stride", None) and not getattr(self, "reverse", False):
+            budget.charge(len(idxs) * max(int(self._stride), 1))  # before building the list
+        result = original(self, idxs)
+        budget.charge(len(result))
+        return result
+
+    return call
+
+
+@contextmanager
+def bounded_index_mappings(budget: IndexBudget) -> Iterator[IndexBudget]:
+    """Index mappings charge ``budget`` (raising :class:`IndexExplosion`), and the whole-graph mapping
+    update of ``get_pruning_group`` is skipped, while the context is open (see the module docstring)."""
+    with _LOCK:
+        classes = _mapping_classes()
+        originals = {c: c.__dict__["__call__"] for c in classes if "__call__" in c.__dict__}
+        update = _index_mapping.update_index_mapping
+        try:
+            for c, original in originals.items():
+                c.__call__ = _bounded(original, budget)
+            _index_mapping.update_index_mapping = lambda graph: None
+            yield budget
+        finally:
+            _index_mapping.update_index_mapping = update
+            for c, original in originals.items():
+                c.__call__ = original
+
+
+@contextmanager
+def pruning_dim(handler: Any, dim: int) -> Iterator[Any]:
+    """Set the shared pruning function's ``pruning_dim`` for one call; restore the previous value."""
+    pruner = handler.__self__
+    previous = getattr(pruner, "pruning_dim", None)
+    pruner.pruning_dim = dim
+    try:
+        yield handler
+    finally:
+        pruner.pruning_dim = previous
+
+
+_CONSTRUCTS = {
+    "update_reshape_index_mapping": "a reshape/view that regroups channels (e.g. a channel shuffle)",
+    "update_concat_index_mapping": "a torch.cat whose inputs cannot be traced",
+    "update_split_index_mapping": "a torch.split/chunk over channels",
+    "update_unbind_index_mapping": "a torch.unbind over channels",
+    "update_slice_index_mapping": "a slice over channels",
+    "update_expand_index_mapping": "an expand over channels",
+    "update_flatten_index_mapping": "a flatten feeding a Linear layer",
+}
+
+
+def trace_failure(exc: BaseException) -> str:
+    """Name the construct torch-pruning failed on, from the innermost torch_pruning frame."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
+    func = next((f.name for f in reversed(frames) if f.name in _CONSTRUCTS), frames[-1].name if frames else "?")
+    if func == "_trace":
+        return (f"the model's forward pass failed on the example input ({type(exc).__name__}: {exc}); check "
+                "that --input-size / the data's sample shape fits this architecture")
+    construct = _CONSTRUCTS.get(func, f"torch-pruning's {func}")
+    return (f"cannot build the dependency graph of this model: it contains {construct}, which torch-pruning "
+            f"cannot map channels through ({type(exc).__name__}: {exc}). This architecture is not supported "
+            "for structural removal")

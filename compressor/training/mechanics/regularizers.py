@@ -1,0 +1,172 @@
+"""DemP's regularizers, added to the loss (papers 000 and 002; see docs/demp.md).
+
+DemP adds R(θ) to the *loss* — not as decoupled weight decay — so that Adam's adaptive scaling sees
+it; that is what makes the regularization push neurons across their death border (paper ``000`` §4,
+"Weight Decay").
+
+Regularizers (``p`` runs over the targeted parameter tensors):
+
+- ``l2``:        ½·Σ p²
+- ``lasso``:     Σ |p|
+- ``cdg_l2``:    ½·Σ max(p, 0)²   ("coup de grâce": only positive weights, pushes pre-activations down)
+- ``cdg_lasso``: Σ max(p, 0)
+- ``none``:      0
+
+Targets:
+
+- ``weights``:    the ``weight`` of every Conv / ConvTranspose / Linear layer, the classifier included
+  (the first DemP paper regularizes "all weights"; the authors' ``masked_reg=all`` drops only biases
+  and normalization parameters). Biases are excluded.
+- ``norm_scale``: the scale γ (``weight``) of BatchNorm / InstanceNorm / LayerNorm / GroupNorm /
+  RMSNorm layers that have one — the later DemP version's "L2(γ)" / "Lasso(γ)".
+- ``all``:        every trainable parameter (the authors' code without a mask).
+
+Only parameters with ``requires_grad=True`` are regularized. Pruning replaces parameter objects, so
+the list must be collected again after every structural removal (:class:`Regularizer.refresh`).
+
+The penalty is a single custom autograd function over the cached list: the value is computed with
+one ``torch._foreach_norm`` call and the backward writes λ·∂R/∂p with a few ``_foreach`` kernels, so
+the per-step cost is a handful of kernel launches however many tensors there are.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["REGULARIZERS", "TARGETS", "collect_params", "penalty", "reference_penalty", "Regularizer"]
+
+REGULARIZERS = ("l2", "lasso", "cdg_l2", "cdg_lasso", "none")
+TARGETS = ("weights", "norm_scale", "all")
+
+_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+_NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def collect_params(model: nn.Module, target: str) -> list[tuple[str, nn.Parameter]]:
+    """Return ``(name, parameter)`` pairs that ``target`` regularizes, in ``named_parameters`` order."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown regularization target {target!r}; choose one of {', '.join(TARGETS)}")
+    if target == "all":
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    layer_types = _WEIGHT_LAYERS if target == "weights" else _NORM_LAYERS
+    chosen: dict[int, str] = {}
+    for mod_name, module in model.named_modules():
+        if isinstance(module, layer_types):
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter) and weight.requires_grad:
+                chosen[id(weight)] = f"{mod_name}.weight" if mod_name else "weight"
+    # named_parameters order (and de-duplication of shared parameters)
+    return [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
+
+
+def _value(kind: str, params: Sequence[Tensor]) -> Tensor:
+    """R(params) without autograd, as a 0-d float32/param-dtype tensor."""
+    if kind in ("cdg_l2", "cdg_lasso"):
+        params = torch._foreach_clamp_min(list(params), 0.0)
+    order = 1 if kind in ("lasso", "cdg_lasso") else 2
+    per_tensor = torch._foreach_norm(list(params), order)
+    if len({n.dtype for n in per_tensor}) > 1:  # mixed-precision parameter lists
+        per_tensor = [n.float() for n in per_tensor]
+    norms = torch.stack(per_tensor)
+    if order == 1:
+        return norms.sum()
+    return 0.5 * norms.pow(2).sum()
+
+
+class _Penalty(torch.autograd.Function):
+    """scale·R(params) with a hand-written foreach backward (the gradient of each R is elementwise)."""
+
+    @staticmethod
+    def forward(ctx, kind: str, scale: float, *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.kind = kind
+        ctx.scale = scale
+        ctx.save_for_backward(*params)
+        return _value(kind, params) * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        params = list(ctx.saved_tensors)
+        kind = ctx.kind
+        g = grad_out * ctx.scale
+        if kind == "l2":
+            grads = torch._foreach_mul(params, g)
+        elif kind == "lasso":
+            grads = torch._foreach_sign(params)
+            torch._foreach_mul_(grads, g)
+        elif kind == "cdg_l2":
+            grads = torch._foreach_clamp_min(params, 0.0)
+            torch._foreach_mul_(grads, g)
+        else:  # cdg_lasso: d max(p, 0)/dp = 1 for p > 0, 0 otherwise (torch's clamp convention at 0)
+            grads = torch._foreach_clamp_min(params, 0.0)
+            torch._foreach_sign_(grads)
+            torch._foreach_mul_(grads, g)
+        return (None, None, *grads)
+
+
+def penalty(kind: str, params: Sequence[Tensor], scale: float = 1.0) -> Tensor:
+    """``scale · R_kind(params)`` as a differentiable 0-d tensor (0 without a graph when nothing applies)."""
+    if kind not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {kind!r}; choose one of {', '.join(REGULARIZERS)}")
+    if kind == "none" or not params or scale == 0.0:
+        device = params[0].device if params else None
+        return torch.zeros((), device=device)
+    return _Penalty.apply(kind, float(scale), *params)
+
+
+def reference_penalty(kind: str, params: Sequence[Tensor]) -> Tensor:
+    """Plain-autograd definition of each regularizer; the tests check :func:`penalty` against it."""
+    if kind == "l2":
+        return 0.5 * sum((p * p).sum() for p in params)
+    if kind == "lasso":
+        return sum(p.abs().sum() for p in params)
+    if kind == "cdg_l2":
+        return 0.5 * sum(p.clamp(min=0).pow(2).sum() for p in params)
+    if kind == "cdg_lasso":
+        return sum(p.clamp(min=0).sum() for p in params)
+    if kind == "none":
+        return torch.zeros(())
+    raise ValueError(f"unknown regularizer {kind!r}")
+
+
+class Regularizer:
+    """A regularizer bound to a model: caches the targeted parameters; :meth:`refresh` after pruning."""
+
+    def __init__(self, model: nn.Module, kind: str, target: str) -> None:
+        if kind not in REGULARIZERS:
+            raise ValueError(f"unknown regularizer {kind!r}; choose one of {', '.join(REGULARIZERS)}")
+        if target not in TARGETS:
+            raise ValueError(f"unknown regularization target {target!r}; choose one of {', '.join(TARGETS)}")
+        self.model = model
+        self.kind = kind
+        self.target = target
+        self.names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Collect the targeted parameters again (call after every structural removal)."""
+        pairs = collect_params(self.model, self.target) if self.kind != "none" else []
+        self.names = [n for n, _ in pairs]
+        self.params = [p for _, p in pairs]
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def __call__(self, scale: float) -> Tensor:
+        """``scale · R(params)``; a constant 0 when ``scale`` is 0 or the regularizer is ``none``."""
+        if not self.params:
+            try:
+                device = next(self.model.parameters()).device
+            except StopIteration:
+                device = None
+            return torch.zeros((), device=device)
+        return penalty(self.kind, self.params, scale)

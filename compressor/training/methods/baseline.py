@@ -1,0 +1,242 @@
+"""Importance-based structured pruning baselines (torch-pruning's importance estimators).
+
+``method: baseline`` trains normally and, at the end of epoch ``at_epoch`` (``schedule: oneshot``) or at
+the end of ``steps`` epochs spaced ``interval_epochs`` apart from ``at_epoch`` on (``schedule:
+iterative``), scores every neuron of every prunable coupling group with a torch-pruning importance
+estimator and removes the lowest-scored neurons, globally over all groups, through the
+DependencyAnalyzer (optimizer state sliced); training then continues on the smaller network, so the
+remaining epochs fine-tune it within the same total budget as the other methods.
+
+- ``importance``: ``magnitude-l1`` / ``magnitude-l2`` (``tp.importance.GroupMagnitudeImportance(p=1/2)``:
+  the norm of every parameter slice of the coupling group, producers and consumers, averaged over the
+  group), ``bn-scale`` (``BNScaleImportance``, network slimming: |γ| of the group's BatchNorm; groups
+  without BatchNorm get no score and are not pruned), ``taylor`` (``GroupTaylorImportance``: |w·∂L/∂w|
+  with gradients accumulated over ``taylor_batches`` batches of held-aside training samples in eval
+  mode; under DDP each rank takes its share of the samples and the gradients are summed over the
+  ranks), ``random`` (``RandomImportance``, drawn from a generator seeded by ``train.seed`` and the
+  pruning's index; the training RNG is not disturbed).
+- Scores are normalized per group by ``normalizer`` (torch-pruning's default ``mean``: global ranking
+  across layers of different sizes; ``none`` ranks raw scores).
+- Under DDP every rank ranks the neurons by rank 0's scores (:meth:`AnalyzerPruner.agreed_scores`),
+  so every rank removes the same neurons.
+- Sparsity: after the j-th of K prunings ``round(target_sparsity · N · j / K)`` of the N original
+  neurons (every neuron group's channels, as in the run's ``neuron_sparsity``) are gone. Blocked groups
+  (the classifier, LayerNorm streams, ...) are never pruned and every group keeps ``min_channels``
+  channels, so a target beyond what the prunable groups allow stops short (the records say so).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import UsageError
+from ...plan import PruningPlan
+from .. import distributed as dist_util
+from .base import AnalyzerPruner, MethodContext, RemovalEvent
+
+__all__ = ["BaselineConfig", "BaselinePruning", "IMPORTANCES", "make_importance"]
+
+STATE_VERSION = 1
+IMPORTANCES = ("magnitude-l1", "magnitude-l2", "bn-scale", "taylor", "random")
+SCHEDULES = ("oneshot", "iterative")
+NORMALIZERS = ("mean", "max", "sum", "none")
+
+
+@dataclass
+class BaselineConfig:
+    """Options of ``method: baseline``."""
+
+    importance: str = field(default="magnitude-l1", metadata={"help": "magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning estimators)"})
+    target_sparsity: float = field(default=0.5, metadata={"help": "fraction of the neurons removed by the last pruning (0 < S < 1)"})
+    schedule: str = field(default="oneshot", metadata={"help": "oneshot: prune once at at_epoch / iterative: steps prunings"})
+    at_epoch: int = field(default=1, metadata={"help": "prune at the end of this epoch (1-based; the first pruning when iterative)"})
+    steps: int = field(default=3, metadata={"help": "iterative: number of prunings, the same share each"})
+    interval_epochs: int = field(default=1, metadata={"help": "iterative: epochs between prunings"})
+    normalizer: str = field(default="mean", metadata={"help": "per-group score normalization before the global ranking: mean / max / sum / none"})
+    taylor_batches: int = field(default=4, metadata={"help": "taylor: batches of held-aside training samples whose gradients are accumulated"})
+    samples: int = field(default=512, metadata={"help": "taylor: held-aside training samples (no augmentation)"})
+    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
+    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+
+    def validate(self) -> None:
+        for name, choices in (("importance", IMPORTANCES), ("schedule", SCHEDULES), ("normalizer", NORMALIZERS)):
+            if getattr(self, name) not in choices:
+                raise UsageError(f"baseline.{name} = {getattr(self, name)!r} is invalid: expected one of {', '.join(choices)}")
+        s = self.target_sparsity
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and 0 < s < 1):
+            raise UsageError(f"baseline.target_sparsity = {s!r} is invalid: expected 0 < S < 1")
+        for name in ("at_epoch", "steps", "interval_epochs", "taylor_batches", "samples", "min_channels"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise UsageError(f"baseline.{name} = {v!r} is invalid: expected an integer >= 1")
+
+    def validate_run(self, epochs: int) -> None:
+        """The last pruning must fall within the run's ``epochs``."""
+        last = self.pruning_epochs()[-1]
+        if last > int(epochs):
+            raise UsageError(f"baseline: the last pruning would happen after epoch {last} but the run has {epochs} "
+                             "epochs; lower baseline.at_epoch / steps / interval_epochs or raise train.epochs")
+
+    @property
+    def prunings(self) -> int:
+        return 1 if self.schedule == "oneshot" else int(self.steps)
+
+    def pruning_epochs(self) -> list[int]:
+        """1-based epochs at whose end a pruning happens."""
+        return [self.at_epoch + j * self.interval_epochs for j in range(self.prunings)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_importance(name: str, normalizer: str = "mean") -> Any:
+    """The torch-pruning importance estimator called ``name`` (see :data:`IMPORTANCES`)."""
+    import torch_pruning as tp
+
+    norm = None if normalizer == "none" else normalizer
+    if name == "magnitude-l1":
+        return tp.importance.GroupMagnitudeImportance(p=1, normalizer=norm)
+    if name == "magnitude-l2":
+        return tp.importance.GroupMagnitudeImportance(p=2, normalizer=norm)
+    if name == "bn-scale":
+        return tp.importance.BNScaleImportance(normalizer=norm)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance(normalizer=norm)
+    if name == "random":
+        return tp.importance.RandomImportance()
+    raise UsageError(f"unknown importance {name!r}: expected one of {', '.join(IMPORTANCES)}")
+
+
+class BaselinePruning(AnalyzerPruner):
+    """Prune the lowest-importance neurons once or iteratively, then fine-tune (module docstring)."""
+
+    name = "baseline"
+
+    def __init__(self, model: nn.Module, config: BaselineConfig, *, example_inputs: Tensor | Sequence[Tensor],
+                 loader: Iterable[Any] = (), epochs: int | None = None, seed: int = 0,
+                 samples: int | None = None) -> None:
+        config.validate()
+        if epochs is not None:
+            config.validate_run(epochs)
+        self.config = config
+        self.importance = make_importance(config.importance, config.normalizer)
+        self.seed = int(seed)
+        super().__init__(model, example_inputs=example_inputs, loader=loader,
+                         criterion={"name": "baseline", **config.to_dict()}, ignore=config.ignore,
+                         min_channels=config.min_channels, samples=samples if config.importance == "taylor" else None)
+        self.prunings_done = 0
+        self.last_removed = 0
+
+    @classmethod
+    def build(cls, config: BaselineConfig, ctx: MethodContext) -> "BaselinePruning":
+        return cls(ctx.model, config, example_inputs=ctx.example_inputs, loader=ctx.measurement_loader(config.samples),
+                   epochs=ctx.epochs, seed=ctx.seed, samples=ctx.measurement_samples(config.samples))
+
+    # ------------------------------------------------------------------ scoring
+    def _groups(self) -> list[Any]:
+        """Prunable neuron groups (not blocked, known to torch-pruning)."""
+        a = self.analyzer
+        return [g for g in a.neuron_groups if g.blocked is None and a.tp_group(g.root) is not None]
+
+    def _accumulate_gradients(self) -> None:
+        """Sum ∂L/∂w over ``taylor_batches`` batches of the loader (eval mode: BN statistics untouched).
+
+        Under DDP each rank's loader holds its share of the held-aside samples and the gradients are
+        then summed over all ranks, so every rank scores with the gradients of all the samples.
+        """
+        model = self.model
+        was_training = model.training
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        device = next(model.parameters()).device
+        loss_fn = nn.CrossEntropyLoss()
+        batches = 0
+        try:
+            for batch in self.loader:
+                x, y = batch[0], batch[1]
+                loss_fn(model(x.to(device)).float(), y.to(device)).backward()
+                batches += 1
+                if batches >= self.config.taylor_batches:
+                    break
+        finally:
+            model.train(was_training)
+        if dist_util.active():
+            dist_util.all_reduce_grads(model)
+            if not dist_util.any_rank(batches > 0, device):
+                batches = 0
+            elif batches == 0:
+                batches = 1  # this rank's share was empty; the other ranks' gradients are summed in
+        if batches == 0:
+            raise UsageError("baseline.importance = taylor needs training samples for its gradients; none were "
+                             "given: raise baseline.samples")
+
+    def score(self) -> dict[str, Tensor]:
+        """Importance of every neuron of every prunable group (current numbering), per group root."""
+        c = self.config
+        if c.importance == "taylor":
+            self._accumulate_gradients()
+        scores: dict[str, Tensor] = {}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1000 + self.prunings_done)
+                for g in self._groups():
+                    imp = self.importance(self.analyzer.tp_group(g.root))
+                    if imp is None or imp.numel() != g.size:
+                        continue  # the estimator has nothing to score here (bn-scale without BatchNorm)
+                    scores[g.root] = imp.detach().double().cpu()
+        finally:
+            if c.importance == "taylor":
+                self.model.zero_grad(set_to_none=True)
+        return self.agreed_scores(scores)
+
+    def _choose(self, scores: dict[str, Tensor]) -> PruningPlan:
+        groups = {g.root: g for g in self._groups()}
+        goal = round(self.config.target_sparsity * self.total_neurons * self.prunings_done / self.config.prunings)
+        removed = self.total_neurons - sum(self.present_neurons().values())
+        budget = max(0, goal - removed)
+        candidates = [(float(v), root, i) for root, s in scores.items() for i, v in enumerate(s.tolist())]
+        candidates.sort(key=lambda x: (x[0], x[1], x[2]))
+        return self.plan_from_ranking(candidates, budget, groups)
+
+    def prune(self, optimizer: torch.optim.Optimizer | None, *, final: bool = False) -> Any:
+        """Score and remove the next share of neurons now; returns the RemovalEvent."""
+        t0 = time.perf_counter()
+        scores = self.score()
+        self.prunings_done += 1
+        delta = self._choose(scores)
+        self._live = {}
+        event = self.remove(delta, optimizer, step=self.steps_done, dead=0, final=final, t0=t0)
+        self.last_removed = delta.removed_channels
+        return event
+
+    # ------------------------------------------------------------------ hooks
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        self.steps_done = max(self.steps_done, int(step) + 1)
+
+    def end_of_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
+        if int(epoch) + 1 not in self.config.pruning_epochs() or self.prunings_done >= self.config.prunings:
+            return None
+        return self.prune(optimizer)
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        return {"baseline_prunings": self.prunings_done, "removals": self.removals}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "criterion": f"importance:{self.config.importance}"}
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "config": self.config.to_dict(), **self._base_state(),
+                "prunings_done": self.prunings_done, "last_removed": self.last_removed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state_version(state, STATE_VERSION, "baseline-pruning")
+        self._load_base_state(state)
+        self.prunings_done = int(state.get("prunings_done", 0))
+        self.last_removed = int(state.get("last_removed", 0))

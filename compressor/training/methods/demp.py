@@ -1,0 +1,272 @@
+"""DemP — Demon Pruning: train so that neurons die, and remove them as they die.
+
+From "A Demon at Work" (paper 000) and "Maxwell's Demon at Work" (paper 002, Dufort-Labbé et al.);
+``docs/demp.md`` gives every option's source.
+
+DemP does not score neurons. It changes the training dynamics so that more neurons die, and
+physically removes the dead ones during training:
+
+1. :meth:`DemP.penalty` — ``λ_t · R(θ)`` to add to the loss (regularizer and target from
+   :mod:`..mechanics.regularizers`, strength λ_t from :mod:`..mechanics.schedules`).
+2. :meth:`DemP.after_step` — after ``optimizer.step()``: Gaussian noise ``σ_t · N(0, 1)`` on the
+   parameters of *live* neurons only (:mod:`..mechanics.noise`); every ``interval`` steps, measure
+   death on the held-aside ``death_loader`` (eval mode), decide with the analyzer, remove the dead
+   channels in place, slice the optimizer state and compose the removal into :attr:`DemP.plan`
+   (original numbering) — the shared :class:`~.base.AnalyzerPruner` path.
+3. :meth:`DemP.finalize` — one last measurement and removal at the end of training.
+
+Step convention: ``step`` is the 0-based index of the optimizer step being taken (the number of
+optimizer steps completed before it). Call ``penalty(step)`` before ``backward()`` and
+``after_step(step, optimizer)`` after ``optimizer.step()`` with the same value. Death is measured
+when ``(step + 1) % interval == 0``, i.e. after every ``interval`` completed steps; the resulting
+:class:`RemovalEvent` reports ``step + 1`` (steps completed).
+
+The model is pruned *in place*: the same ``nn.Module`` object, new parameter objects. Anything else
+that holds parameters (an EMA copy, a DDP wrapper) must be refreshed by the caller after an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...criteria import Dead
+from ...errors import UsageError
+from ...graph import ApplyResult
+from ...plan import PruningPlan
+from ..mechanics.noise import LiveNoise, NoiseTarget
+from ..mechanics.regularizers import REGULARIZERS, TARGETS, Regularizer
+from ..mechanics.schedules import SCHEDULES, get_schedule
+from .base import AnalyzerPruner, MethodContext, RemovalEvent
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DemPConfig", "DemP"]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class DemPConfig:
+    """DemP's options; defaults from the papers and the authors' code (see ``docs/demp.md``)."""
+
+    regularizer: str = field(default="lasso", metadata={"help": "l2 | lasso | cdg_l2 | cdg_lasso | none: the penalty added to the loss"})
+    target: str = field(default="norm_scale", metadata={"help": "weights (Conv/Linear weights) | norm_scale (normalization gamma, the later paper's final runs) | all"})
+    peak: float = field(default=5e-3, metadata={"help": "peak lambda of the penalty (>= 0); higher kills more neurons (authors' Adam + Lasso(gamma) sweeps: 5e-8 ... 0.35)"})
+    schedule: str = field(default="one_cycle", metadata={"help": "one_cycle (optax cosine one-cycle, the paper's) | constant | linear: the shape of lambda_t and sigma_t"})
+    span: float = field(default=0.85, metadata={"help": "fraction of the training steps the lambda/sigma schedules span (0 < span <= 1; authors 0.85-0.9)"})
+    pct_start: float = field(default=0.3, metadata={"help": "one_cycle: fraction of the span spent rising (0 < pct_start < 1)"})
+    div_factor: float = field(default=25.0, metadata={"help": "one_cycle: start value = peak / div_factor (>= 1)"})
+    final_div_factor: float = field(default=1e4, metadata={"help": "one_cycle: end value = start / final_div_factor (>= 1)"})
+    noise: float = field(default=5e-5, metadata={"help": "peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)"})
+    interval: int = field(default=1000, metadata={"help": "measure death and remove dead neurons every k optimizer steps (paper: 1000)"})
+    death_samples: int = field(default=1024, metadata={"help": "training samples (no augmentation) on which death is measured (paper: 1024)"})
+    eps: float = field(default=0.0, metadata={"help": "a neuron is dead when max|activation| <= eps at every consumer (0: exact, lossless)"})
+    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
+    round_to: int = field(default=1, metadata={"help": "keep channel counts a multiple of this (keeps a few dead channels)"})
+    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+    prune: bool = field(default=True, metadata={"help": "false: measure and record deaths but never remove"})
+    final_only: bool = field(default=False, metadata={"help": "remove only once at the end (the dynamic-removal benchmark's baseline)"})
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` naming the bad option and its valid values."""
+
+        def check(ok: bool, name: str, want: str) -> None:
+            if not ok:
+                raise UsageError(f"demp.{name} = {getattr(self, name)!r} is invalid: expected {want}")
+
+        def finite(value: Any) -> bool:
+            return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+        def whole(value: Any, least: int) -> bool:
+            return isinstance(value, (int, float)) and int(value) == value and value >= least
+
+        check(self.regularizer in REGULARIZERS, "regularizer", " | ".join(REGULARIZERS))
+        check(self.target in TARGETS, "target", " | ".join(TARGETS))
+        check(self.schedule in SCHEDULES, "schedule", " | ".join(SCHEDULES))
+        for name in ("peak", "noise", "eps"):
+            check(finite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0")
+        check(finite(self.span) and 0 < self.span <= 1, "span", "a fraction 0 < span <= 1 of the training steps")
+        check(finite(self.pct_start) and 0 < self.pct_start < 1, "pct_start", "0 < pct_start < 1")
+        check(finite(self.div_factor) and self.div_factor >= 1, "div_factor", "a number >= 1")
+        check(finite(self.final_div_factor) and self.final_div_factor >= 1, "final_div_factor", "a number >= 1")
+        check(whole(self.interval, 1), "interval", "an integer >= 1 (optimizer steps between removals)")
+        check(whole(self.death_samples, 1), "death_samples", "an integer >= 1")
+        check(whole(self.min_channels, 1), "min_channels", "an integer >= 1")
+        check(whole(self.round_to, 1), "round_to", "an integer >= 1")
+        check(not isinstance(self.ignore, str) and all(isinstance(s, str) for s in self.ignore), "ignore",
+              "a list of layer names")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DemP(AnalyzerPruner):
+    """Penalty, live-only noise and dynamic dead-neuron removal for one model (see the module docstring)."""
+
+    name = "demp"
+
+    def __init__(self, model: nn.Module, config: DemPConfig, *, example_inputs: Tensor | Sequence[Tensor],
+                 death_loader: Iterable[Any], total_steps: int, seed: int = 0, samples: int | None = None) -> None:
+        if not isinstance(config, DemPConfig):
+            raise TypeError(f"config must be a DemPConfig, got {type(config).__name__}")
+        config.validate()
+        if int(total_steps) < 1:
+            raise UsageError(f"DemP needs total_steps >= 1 (got {total_steps})")
+        self.config = config
+        self.criterion = Dead(float(config.eps))
+        super().__init__(model, example_inputs=example_inputs, loader=death_loader,
+                         criterion=self.criterion.to_dict(), ignore=config.ignore, min_channels=config.min_channels,
+                         round_to=config.round_to, samples=samples)
+        self.total_steps = int(total_steps)
+        self.seed = int(seed)
+        self.span_steps = max(1, int(config.span * self.total_steps))
+        shape = dict(pct_start=config.pct_start, div_factor=config.div_factor,
+                     final_div_factor=config.final_div_factor)
+        self._lam = get_schedule(config.schedule, config.peak, self.span_steps, **shape)
+        self._sigma = get_schedule(config.schedule, config.noise, self.span_steps, **shape)
+        self.regularizer = Regularizer(self.model, config.regularizer, config.target)
+        self.noise = LiveNoise(self.seed)
+        self.measurements = 0
+        self.last_measure_step = -1  # steps completed at the last measurement (-1: never)
+        self.add_apply_listener(self._after_own_removal)
+        self._refresh_noise()
+
+    @classmethod
+    def build(cls, config: DemPConfig, ctx: MethodContext) -> "DemP":
+        return cls(ctx.model, config, example_inputs=ctx.example_inputs,
+                   death_loader=ctx.measurement_loader(config.death_samples), total_steps=ctx.total_steps,
+                   seed=ctx.seed, samples=ctx.measurement_samples(config.death_samples))
+
+    # ------------------------------------------------------------------ schedules
+    def lam(self, step: int) -> float:
+        """λ at ``step`` (0-based optimizer step index)."""
+        return self._lam(step) if self.config.regularizer != "none" else 0.0
+
+    def sigma(self, step: int) -> float:
+        """Noise σ at ``step``."""
+        return self._sigma(step)
+
+    # ------------------------------------------------------------------ the training hooks
+    def penalty(self, step: int) -> Tensor:
+        """``λ_step · R(params)`` — add it to the loss before ``backward()``."""
+        return self.regularizer(self.lam(step))
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
+        """Call right after ``optimizer.step()``: noise on live neurons; every ``interval`` steps measure/remove.
+
+        Returns a :class:`RemovalEvent` when death was measured at this step, else None.
+        """
+        sigma = self.sigma(step)
+        if sigma > 0.0:
+            self.noise.apply(sigma)
+        done = int(step) + 1
+        self.steps_done = max(self.steps_done, done)
+        if done % self.config.interval != 0:
+            return None
+        return self._measure(done, optimizer, remove=self.config.prune and not self.config.final_only, final=False)
+
+    def finalize(self, optimizer: torch.optim.Optimizer | None = None) -> RemovalEvent:
+        """The final measurement and removal at the end of training (measurement only with ``prune=False``)."""
+        done = self.steps_done if self.steps_done > 0 else self.total_steps
+        return self._measure(done, optimizer, remove=self.config.prune, final=True)
+
+    # ------------------------------------------------------------------ measurement and removal
+    def _measure(self, done: int, optimizer: torch.optim.Optimizer | None, *, remove: bool,
+                 final: bool) -> RemovalEvent:
+        t0 = time.perf_counter()
+        stats = self.collect(("max_abs",))
+        dead = self.measured_live(stats, self.criterion)
+        delta = self.analyzer.decide(stats, self.criterion) if remove else PruningPlan(criterion=self.criterion.to_dict())
+        event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0)
+        self._refresh_noise()
+        self.measurements += 1
+        self.last_measure_step = done
+        log.debug("DemP step %d: %d dead, %d removed, %d/%d present (%.2fs)", done, dead, event.removed,
+                  event.present, self.total_neurons, event.seconds)
+        return event
+
+    def _after_own_removal(self, result: ApplyResult) -> None:
+        self.regularizer.refresh()  # the regularized tensors are new parameter objects
+
+    def on_structural_removal(self, result: ApplyResult) -> None:
+        super().on_structural_removal(result)
+        self.regularizer.refresh()
+        self._refresh_noise()
+
+    def _refresh_noise(self) -> None:
+        """Rebuild the per-tensor live masks the noise uses (after a measurement or removal)."""
+        if self.config.noise == 0.0:
+            self.noise.set_targets([])
+            return
+        params = dict(self.model.named_parameters())
+        masks: dict[str, Tensor] = {}
+        for group in self.analyzer.neuron_groups:
+            live = self._live.get(group.root)
+            if live is None:
+                live = torch.ones(group.size, dtype=torch.bool)
+            for name, dim, idxs, root_idxs in self.analyzer.channel_params(group.root):
+                p = params.get(name)
+                if p is None or not p.requires_grad:
+                    continue
+                along = torch.zeros(p.shape[dim], dtype=torch.bool)
+                along[torch.as_tensor(idxs, dtype=torch.long)] = live[torch.as_tensor(root_idxs, dtype=torch.long)]
+                view = [1] * p.dim()
+                view[dim] = p.shape[dim]
+                full = along.view(view).expand(p.shape)
+                masks[name] = masks[name] | full if name in masks else full
+        targets = [NoiseTarget(p, None if bool(masks[name].all()) else masks[name].to(p.device))
+                   for name, p in params.items() if name in masks]  # named_parameters order: deterministic
+        self.noise.set_targets(targets)
+
+    # ------------------------------------------------------------------ metrics
+    @property
+    def dead_neurons(self) -> int:
+        """Channels present but dead at the last measurement (kept by min_channels / round_to / blocked groups)."""
+        return sum(self.present_neurons().values()) - sum(self.live_neurons().values())
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        """A flat record for logging at ``step``."""
+        present = sum(self.present_neurons().values())
+        return {"lambda": self.lam(step), "sigma": self.sigma(step), "neurons_total": self.total_neurons,
+                "neurons_present": present, "neurons_live": sum(self.live_neurons().values()),
+                "neuron_sparsity": 1 - present / self.total_neurons if self.total_neurons else 0.0,
+                "removals": self.removals, "noisy_elements": self.noise.noisy_elements}
+
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: plain values and tensors only (safe with ``weights_only``)."""
+        return {"version": STATE_VERSION, "config": self.config.to_dict(), "total_steps": self.total_steps,
+                "seed": self.seed, **self._base_state(), "noise": self.noise.state_dict(),
+                "measurements": int(self.measurements), "last_measure_step": int(self.last_measure_step)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`.
+
+        The model may be either already pruned to the saved plan (the trainer replays the plan before
+        loading weights) or still dense, in which case the saved plan is replayed on it here — then
+        build the optimizer (or load its state) *after* this call.
+        """
+        self.check_state_version(state, STATE_VERSION, "DemP")
+        saved_config = state.get("config", {})
+        if saved_config and saved_config != self.config.to_dict():
+            changed = sorted(k for k in set(saved_config) | set(self.config.to_dict())
+                             if saved_config.get(k) != self.config.to_dict().get(k))
+            warnings.warn(f"resuming DemP with changed options {', '.join(changed)}; the run will not "
+                          "reproduce an uninterrupted one", stacklevel=2)
+        if int(state.get("total_steps", self.total_steps)) != self.total_steps:
+            warnings.warn("resuming DemP with a different number of total steps; the λ/σ schedules change",
+                          stacklevel=2)
+        self._load_base_state(state)
+        self.measurements = int(state.get("measurements", 0))
+        self.last_measure_step = int(state.get("last_measure_step", -1))
+        self.regularizer.refresh()
+        self._refresh_noise()
+        self.noise.load_state_dict(state.get("noise", {}))
