@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch_pruning
 from torch import Tensor, nn
 
 from . import __version__
@@ -24,6 +23,7 @@ from .activity import ActivityStats, batch_input, collect_activity
 from .criteria import Criterion, parse_criterion
 from .errors import DataError, VerificationError
 from .graph import DependencyAnalyzer, execute_actions
+from .graph.tp_compat import version as torch_pruning_version
 from .measure import compare_outputs, run_model
 from .plan import PruningPlan
 
@@ -179,7 +179,7 @@ def _final_plan(dense: nn.Module, pruned: nn.Module, plan: PruningPlan, crit: Cr
         plan.model = spec.to_dict()
         pruned.demp_spec = spec
     plan.source = dict(source or {})
-    plan.versions = {"demp": __version__, "torch": torch.__version__, "torch_pruning": torch_pruning.__version__}
+    plan.versions = {"demp": __version__, "torch": torch.__version__, "torch_pruning": torch_pruning_version()}
     return plan
 
 

@@ -94,17 +94,9 @@ class ExportInfo:
 
 # ----------------------------------------------------------------------------------------- export
 def export_onnx(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    path: str | os.PathLike,
-    *,
-    opset: int = DEFAULT_OPSET,
-    dynamic_batch: bool = True,
-    metadata: Mapping[str, Any] | None = None,
-    exporter: str = "auto",
-    simplify: bool = False,
-    overwrite: bool = False,
-    external_data: bool | None = None,
+    model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True, metadata: Mapping[str, Any] | None = None, exporter: str = "auto",
+    simplify: bool = False, overwrite: bool = False, external_data: bool | None = None,
 ) -> ExportInfo:
     """Export ``model`` to ``path`` as a checked ONNX file and return how it was done.
 
@@ -138,10 +130,7 @@ def export_onnx(
             raw = Path(tmp) / "raw" / "model.onnx"
             raw.parent.mkdir()
             used, fallback_reason = _run_exporter(model, x, raw, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
-            meta = {f"{META_PREFIX}version": _tool_version(), f"{META_PREFIX}exporter": used,
-                    f"{META_PREFIX}opset": str(opset), f"{META_PREFIX}dynamic_batch": str(bool(dynamic_batch)).lower(),
-                    f"{META_PREFIX}example_batch": str(int(x.shape[0])),
-                    **{str(k): _meta_str(v) for k, v in (metadata or {}).items()}}
+            meta = _export_metadata(used, opset, dynamic_batch, int(x.shape[0]), metadata)
             proto = _finish_proto(onnx.load(str(raw), load_external_data=True), meta, used=used,
                                   dynamic_batch=dynamic_batch, simplify=simplify, infer=not big)
             staged = Path(tmp) / path.name
@@ -159,6 +148,14 @@ def export_onnx(
                       metadata=meta)
     log.debug("exported %s with the %s exporter (opset %d, %.1f MB) in %.1f s", path, used, opset, size / 1e6, info.seconds)
     return info
+
+
+def _export_metadata(used: str, opset: int, dynamic_batch: bool, example_batch: int,
+                     extra: Mapping[str, Any] | None) -> dict[str, str]:
+    """``metadata_props``: how the file was made, plus the caller's entries (plan hash, sparsity, ...)."""
+    return {f"{META_PREFIX}version": _tool_version(), f"{META_PREFIX}exporter": used,
+            f"{META_PREFIX}opset": str(opset), f"{META_PREFIX}dynamic_batch": str(bool(dynamic_batch)).lower(),
+            f"{META_PREFIX}example_batch": str(example_batch), **{str(k): _meta_str(v) for k, v in (extra or {}).items()}}
 
 
 def _check_export_args(example_input: torch.Tensor, path: Path, *, opset: int, exporter: str, overwrite: bool,

@@ -1,4 +1,4 @@
-"""DemP's λ/σ schedules: the optax cosine one-cycle check values of methods.md §2.2, constant, linear."""
+"""DemP's λ/σ schedules: the optax cosine one-cycle check values (docs/demp.md), constant, linear."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from compressor.training.mechanics.schedules import constant, get_schedule, line
 S = 85_000
 
 
-def test_one_cycle_methods_md_check_values() -> None:
+def test_one_cycle_check_values() -> None:
     assert one_cycle(0, 1.0, S) == pytest.approx(0.04, abs=1e-12)
     assert one_cycle(25_500, 1.0, S) == pytest.approx(1.0, abs=1e-12)
     assert one_cycle(50_000, 1.0, S) == pytest.approx(0.637, abs=5e-4)

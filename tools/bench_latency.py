@@ -179,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                "seconds": time.perf_counter() - started, "goal_efficiency": GOAL_EFFICIENCY, "results": results}
     from compressor.fileio import atomic_write_json, atomic_write_text
 
-    from compressor.fileio import jsonable as _jsonable
 
-    atomic_write_json(out / "bench_latency.json", _jsonable(payload))
+    atomic_write_json(out / "bench_latency.json", payload)
     atomic_write_text(out / "bench_latency.md", render_markdown(results, command))
     print(f"wrote {out / 'bench_latency.json'} and {out / 'bench_latency.md'} ({payload['seconds']:.0f} s)")
     return 0

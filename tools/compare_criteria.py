@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare DemP with other neuron-pruning criteria at matched neuron sparsity (methods.md §5).
+"""Compare DemP with other neuron-pruning criteria at matched neuron sparsity (docs/training.md, importance baselines).
 
     python tools/compare_criteria.py --data digits --model cnn --sparsity 0.5,0.7 --seeds 3 --out cmp/ \\
         [--epochs N] [--methods demp,stripping,dnr,dormant,baseline:magnitude-l1,...] [--quick]

@@ -34,7 +34,7 @@ from torch_pruning.dependency import index_mapping as _index_mapping
 
 from ..errors import DempError
 
-__all__ = ["VERIFIED_VERSIONS", "check_version", "IndexBudget", "IndexExplosion", "bounded_index_mappings",
+__all__ = ["VERIFIED_VERSIONS", "version", "check_version", "IndexBudget", "IndexExplosion", "bounded_index_mappings",
            "pruning_dim", "trace_failure", "MAX_MAPPED_INDICES", "MAX_GROUP_INDICES"]
 
 #: torch-pruning releases (major.minor) whose internals this module was checked against.
@@ -49,10 +49,15 @@ def _mapping_classes() -> list[type]:
     return [c for n, c in vars(_index_mapping).items() if isinstance(c, type) and n.endswith("IndexMapping")]
 
 
+def version() -> str:
+    """The installed torch-pruning version (recorded in every plan)."""
+    return str(getattr(tp, "__version__", "unknown"))
+
+
 def check_version() -> None:
     """Refuse a torch-pruning whose internals differ from what the patches here expect."""
-    version = str(getattr(tp, "__version__", "0"))
-    major_minor = ".".join(version.split(".")[:2])
+    installed = version()
+    major_minor = ".".join(installed.split(".")[:2])
     missing = [name for name, ok in (
         ("index_mapping.update_index_mapping", callable(getattr(_index_mapping, "update_index_mapping", None))),
         ("index_mapping.*IndexMapping classes", bool(_mapping_classes())),
@@ -60,7 +65,7 @@ def check_version() -> None:
     ) if not ok]
     if missing or major_minor not in VERIFIED_VERSIONS:
         raise DempError(
-            f"torch-pruning {version} is not supported (demp is verified with {', '.join(VERIFIED_VERSIONS)}"
+            f"torch-pruning {installed} is not supported (demp is verified with {', '.join(VERIFIED_VERSIONS)}"
             + (f"; missing internals: {', '.join(missing)}" if missing else "")
             + "); install a supported release: pip install 'torch-pruning>=1.6,<1.7'"
         )
