@@ -184,7 +184,7 @@ def _train_and_export(recipe: Any, out: Path, args: argparse.Namespace, *, ctx: 
     report = None
     if recipe.export.onnx and not args.no_export:
         report = export_compact(result)
-    print(format_summary(result, report))
+    print(training_summary(result, report))
     return 0
 
 
@@ -239,7 +239,7 @@ def _latency_lines(report: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def format_summary(result: Any, report: dict[str, Any] | None = None) -> str:
+def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     """A short human summary of a finished run."""
     s = result.summary
     lines = [f"trained {result.recipe.model.arch} on {result.recipe.data.spec} ({result.recipe.method}, "
@@ -255,7 +255,7 @@ def format_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     if s.get("params_before"):
         lines.append(f"  params:  {s['params_before']:,} -> {s['params_after']:,} "
                      f"({s['params_after'] / s['params_before']:.2f}x)")
-    if s.get("macs_before"):
+    if s.get("macs_before") and s.get("macs_after") is not None:
         lines.append(f"  MACs:    {s['macs_before']:,} -> {s['macs_after']:,} "
                      f"({s['macs_after'] / s['macs_before']:.2f}x)")
     lines += _latency_lines(report)
@@ -307,6 +307,6 @@ def _demo(recipe: Any, out: Path, *, progress: bool) -> int:
         return exc.exit_code
     print("exporting the compact model to ONNX and benchmarking dense vs compact...")
     report = export_compact(result)
-    print(format_summary(result, report))
+    print(training_summary(result, report))
     print(f"demo finished in {time.perf_counter() - started:.1f}s; report: {result.compact_dir}/report.md")
     return 0

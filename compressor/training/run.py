@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import load_weights, read_checkpoint
 from ..data import DataBundle, seed_worker
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, DempError
 from ..measure import count_macs, count_params
 from ..models import ModelSpec, build_model, make_spec
 from ..plan import PruningPlan
@@ -67,7 +67,7 @@ class Run:
     train_model: nn.Module | None = None  # what the forward pass runs: ``model`` or its DDP wrapper
     metrics: Any = field(default_factory=NullMetrics)  # MetricsLogger on rank 0
     history: list[dict[str, Any]] = field(default_factory=list)  # the ``epoch`` records
-    _macs: dict[str, int] = field(default_factory=dict)  # MACs per architecture state (plan hash)
+    _macs: dict[str, int | None] = field(default_factory=dict)  # MACs per architecture state (plan hash)
 
     @property
     def bundle(self) -> DataBundle:
@@ -101,12 +101,18 @@ class Run:
     def params(self) -> int:
         return count_params(self.model)
 
-    def macs(self) -> int:
-        """MACs per sample of the model now (one count per architecture state, the dense model's counter)."""
+    def macs(self) -> int | None:
+        """MACs per sample of the model now (one count per architecture state, with the counter that
+        counted the dense model); None, with a warning, when that counter cannot count it: a figure
+        in a record never stops a run."""
         key = self.plan().removal_hash()
         if key not in self._macs:
-            self._macs[key] = count_macs(self.model, self.input_shape, device=self.device,
-                                         counter=self.dense.get("mac_counter")).total_macs
+            try:
+                self._macs[key] = count_macs(self.model, self.input_shape, device=self.device,
+                                             counter=self.dense.get("mac_counter")).total_macs
+            except DempError as exc:
+                log.warning("MACs not recorded for this architecture: %s", exc)
+                self._macs[key] = None
         return self._macs[key]
 
     def wrap_model(self) -> None:

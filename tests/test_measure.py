@@ -1,4 +1,5 @@
-"""MAC counting: fvcore plus explicit handlers, cross-checked against torch's FlopCounterMode."""
+"""compressor.measure: MAC counting (fvcore plus explicit handlers, cross-checked against torch's
+FlopCounterMode, which is also the fallback), output extraction and output parity."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.measure import EXTRA_HANDLES, compare_macs, count_macs, count_params
+from dataclasses import dataclass
+
+from compressor.measure import (EXTRA_HANDLES, FLOP_COUNTER_MODE, FVCORE, compare_macs, compare_outputs, count_macs,
+                                count_params, output_tensor, output_tensors, primary_output_index, run_model)
 
 
 def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -116,3 +120,61 @@ def test_mode_is_restored() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout()).train()
     count_macs(model, (4,))
     assert model.training
+
+
+@dataclass
+class _Output:
+    """A model result torch.jit.trace refuses (neither tensor, tuple, list nor dict)."""
+
+    logits: torch.Tensor
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> _Output:
+        return _Output(self.fc(self.conv(x).mean((2, 3))))
+
+
+def test_a_model_fvcore_cannot_trace_is_counted_with_flop_counter_mode() -> None:
+    model = _Untraceable()
+    count = count_macs(model, (3, 8, 8))
+    assert count.counter == FLOP_COUNTER_MODE
+    assert count.total_macs == 8 * 8 * 8 * 3 * 9 + 8 * 5  # convolution and Linear, exactly
+    assert count.by_module["conv"] == 8 * 8 * 8 * 3 * 9 and count.by_module["fc"] == 40
+    assert "fvcore could not trace" in count.warnings[0] and "FlopCounterMode" in count.warnings[0]
+    assert count.to_dict()["counter"] == FLOP_COUNTER_MODE
+
+
+def test_dense_and_pruned_are_counted_with_the_same_counter() -> None:
+    """When one model needs the fallback, both are counted with it: the ratio compares like with like."""
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    cmp = compare_macs(dense, _Untraceable(), (3, 8, 8))
+    assert cmp.dense.counter == cmp.pruned.counter == FLOP_COUNTER_MODE
+    assert cmp.model_section()["mac_counter"] == FLOP_COUNTER_MODE
+    assert compare_macs(dense, dense, (3, 8, 8)).dense.counter == FVCORE
+
+
+def test_the_primary_output_is_logits_and_onnx_order_is_kept() -> None:
+    a, b, c = torch.zeros(1), torch.ones(2), torch.full((3,), 2.0)
+    assert output_tensor(a) is a and output_tensor((b, a)) is b
+    result = {"hidden": (a, b), "logits": c}
+    assert output_tensors(result) == [a, b, c] and primary_output_index(result) == 2 and output_tensor(result) is c
+    assert output_tensor({"out": b, "aux": a}) is b and output_tensor({"x": a, "y": b}) is a
+    assert output_tensor(_Output(c)) is c
+    with pytest.raises(Exception, match="cannot find an output tensor"):
+        output_tensor("text")
+
+
+def test_parity_figures_of_two_models() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    x = torch.randn(10, 4)
+    same = compare_outputs(run_model(model, x, batch_size=3), run_model(model, x))  # batching: float rounding only
+    assert same["max_abs_diff"] < 1e-6 and same["top1_agreement"] == 1.0 and same["samples"] == 10
+    shifted = compare_outputs(run_model(model, x), run_model(model, x) + 0.5)
+    assert shifted["max_abs_diff"] == pytest.approx(0.5)
+    assert shifted["rel_diff"] == pytest.approx(0.5 / shifted["output_scale"])
