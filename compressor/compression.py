@@ -29,7 +29,12 @@ from .plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compress", "CompressResult", "group_table"]
+__all__ = ["compress", "CompressResult", "group_table", "HELDOUT_SKIPPED"]
+
+#: The note a verification carries when no sample was left for the held-out check.
+HELDOUT_SKIPPED = ("no held-out samples were left: the outputs were checked on the calibration samples only, where "
+                   "removing channels dead on them is exact by construction; keep samples back (--calib-samples "
+                   "below the size of the data) to check inputs the decision did not see")
 
 
 @dataclass
@@ -153,12 +158,14 @@ def _verify(dense: nn.Module, pruned: nn.Module, crit: Criterion, dense_calib_ou
     criterion) and on held-out samples (a channel dead on the calibration set may fire there)."""
     verification: dict[str, Any] = {"criterion": crit.spec(), "lossless": crit.lossless, "tolerance": tolerance}
     verification["calibration"] = compare_outputs(dense_calib_out, run_model(pruned, calib_x))
-    if heldout_x is not None:
+    if heldout_x is not None and heldout_x.shape[0]:
         verification["heldout"] = compare_outputs(run_model(dense, heldout_x), run_model(pruned, heldout_x))
+    else:
+        verification["heldout_skipped"] = HELDOUT_SKIPPED
     checks = [v for v in verification.values() if isinstance(v, dict)]
     verification["max_rel_diff"] = max(v["rel_diff"] for v in checks)
     verification["passed"] = (verification["calibration"]["rel_diff"] <= tolerance) if crit.lossless else None
-    if crit.lossless and heldout_x is not None and verification["heldout"]["rel_diff"] > tolerance:
+    if crit.lossless and "heldout" in verification and verification["heldout"]["rel_diff"] > tolerance:
         log.warning("held-out outputs differ by %.3g of the output scale: some channels dead on the %d "
                     "calibration samples are active on held-out data; use more --calib-samples",
                     verification["heldout"]["rel_diff"], calib_x.shape[0])

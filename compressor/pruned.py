@@ -23,6 +23,14 @@ from .plan import PruningPlan
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "weights.safetensors"
+ONNX_FILE = "model.onnx"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOT_CHANNELS = "channels.png"
+PLOT_LATENCY = "latency.png"
+#: Everything demp writes into a compressed directory (``--overwrite`` replaces these and nothing else).
+OUTPUTS = (PLAN_FILE, WEIGHTS_FILE, ONNX_FILE, f"{ONNX_FILE}.data", REPORT_JSON, REPORT_MD, PLOT_CHANNELS,
+           PLOT_LATENCY)
 
 
 @dataclass
@@ -78,7 +86,7 @@ def save_pruned(result_or_model: Any, out_dir: str | Path, *, plan: PruningPlan 
             )
         plan = copy.copy(plan)
         plan.model = spec.to_dict()
-    out = prepare_output_dir(out_dir, overwrite=overwrite) if prepare else Path(out_dir)
+    out = prepare_output_dir(out_dir, overwrite=overwrite, outputs=OUTPUTS) if prepare else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_weights({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
     plan.save(out / PLAN_FILE)

@@ -27,9 +27,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from compressor.errors import OutputExistsError, UsageError
+from compressor.errors import DempError, OutputExistsError, UsageError
 from compressor.fileio import jsonable
-from compressor.measure import compare_macs, compare_outputs, run_model
+from compressor.measure import compare_macs, compare_outputs, count_params, run_model
+from compressor.pruned import ONNX_FILE, REPORT_JSON, REPORT_MD
 
 from .env import collect_environment
 from .latency import BenchConfig, Variant, benchmark
@@ -39,7 +40,6 @@ from .report import REPORT_SCHEMA, tool_section, validate_report, write_report
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 #: Samples of calibration / held-out data used for the ONNX parity check (enough to be meaningful,
 #: few enough that ``demp compress`` stays quick on large inputs).
 PARITY_SAMPLES = 256
@@ -67,7 +67,7 @@ def finalize(
     if not isinstance(calib_x, torch.Tensor) or calib_x.dim() < 2 or calib_x.shape[0] < 1:
         raise UsageError("finalize needs calib_x: a tensor of at least one real sample, shaped (N, *input_shape)")
     if not overwrite:
-        clash = [p for p in (out / ONNX_FILE, out / "report.json", out / "report.md") if p.exists()]
+        clash = [p for p in (out / ONNX_FILE, out / REPORT_JSON, out / REPORT_MD) if p.exists()]
         if clash:
             raise OutputExistsError(f"{', '.join(map(str, clash))} already exist(s) in {out}; pass --overwrite to replace")
     samples = calib_x.detach().cpu()
@@ -109,8 +109,18 @@ def _start(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _model_sections(rep: Mapping[str, Any], dense: nn.Module, pruned: nn.Module, example: torch.Tensor) -> dict[str, Any]:
-    """``model`` (parameters and MACs, dense versus pruned) and the per-module ``modules`` table."""
-    macs = compare_macs(dense, pruned, example)
+    """``model`` (parameters and MACs, dense versus pruned) and the per-module ``modules`` table.
+
+    A MAC count that no counter can make is reported as unavailable, with the reason: a report
+    figure never fails a compression.
+    """
+    try:
+        macs = compare_macs(dense, pruned, example)
+    except DempError as exc:
+        log.warning("MACs are not in the report: %s", exc)
+        model = {"params_before": count_params(dense), "params_after": count_params(pruned), "macs_before": None,
+                 "macs_after": None, "mac_ratio": None, "mac_unavailable": str(exc)}
+        return {"model": {**dict(rep.get("model") or {}), **model}, "modules": []}
     for warning in macs.dense.warnings + macs.pruned.warnings:
         log.warning("%s", warning)
     modules = [{"name": r.name, "macs_before": r.macs_before, "macs_after": r.macs_after,

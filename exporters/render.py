@@ -12,18 +12,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from compressor.plotting import pyplot, save_figure
+from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY
 
 __all__ = ["render_markdown", "plot_channels", "plot_latency", "format_summary", "PLOT_CHANNELS", "PLOT_LATENCY"]
 
-PLOT_CHANNELS = "channels.png"
-PLOT_LATENCY = "latency.png"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number that is neither a bool nor NaN."""
     return isinstance(value, Real) and not isinstance(value, bool) and value == value
 
 
@@ -45,7 +46,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _ratio(after: Any, before: Any) -> str:
-    if _is_number(after) and _is_number(before) and before:
+    if is_number(after) and is_number(before) and before:
         return f"{after / before:.3f}"
     return "–"
 
@@ -85,12 +86,14 @@ def _model_section(report: Mapping[str, Any]) -> list[str]:
         ["MACs / sample", model.get("macs_before"), model.get("macs_after"),
          _ratio(model.get("macs_after"), model.get("macs_before"))],
     ]
-    if _is_int(pruning.get("neurons_before")):
+    if is_int(pruning.get("neurons_before")):
         rows.append(["neurons (channels in groups)", pruning.get("neurons_before"), pruning.get("neurons_after"),
                      _ratio(pruning.get("neurons_after"), pruning.get("neurons_before"))])
     lines = ["## Model", ""] + _table(["", "dense", "pruned", "ratio"], rows)
     if model.get("mac_counter"):
         lines += ["", f"MACs counted with {model['mac_counter']}."]
+    if model.get("mac_unavailable"):
+        lines += ["", f"> MACs unavailable: {model['mac_unavailable']}"]
     for warning in model.get("mac_warnings", []) or []:
         lines += ["", f"> MAC count warning: {warning}"]
     return lines
@@ -250,7 +253,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
                  f"{_ratio(model.get('params_after'), model.get('params_before')):>7}")
     lines.append(f"{'MACs / sample':<22} {_fmt(model.get('macs_before')):>14} {_fmt(model.get('macs_after')):>14} "
                  f"{_ratio(model.get('macs_after'), model.get('macs_before')):>7}")
-    if _is_int(pruning.get("neurons_before")):
+    if is_int(pruning.get("neurons_before")):
         lines.append(f"{'neurons':<22} {_fmt(pruning.get('neurons_before')):>14} {_fmt(pruning.get('neurons_after')):>14} "
                      f"{_ratio(pruning.get('neurons_after'), pruning.get('neurons_before')):>7}")
     parity = report.get("parity", {})

@@ -11,6 +11,7 @@ compression or a training run, validated, and written with ``report.md`` and the
                 "methods": [{"method", "criterion", "lossless", "samples", ...}]   (training runs)
                 "groups": [{"root"*, "before"*, "after"*, "removed"}]}
     model*     {"params_before"*, "params_after"*, "macs_before"*, "macs_after"*, "mac_ratio", "mac_counter", ...}
+               (MACs are null, with ``mac_unavailable`` giving the reason, when no counter could count them)
     parity*    {"torch_max_abs_diff", "onnx_max_abs_diff", "onnx_rel_diff", "top1_agreement", "samples", ...}
     latency*   [{"runtime"*, "device"*, "variant"*, "batch"*, "p50_ms"*, "p90_ms"*, "p99_ms"*, "threads"*, ...}]
     latency_comparison  [{"runtime", "device", "batch", "latency_ratio", "mac_ratio", "speedup_efficiency", ...}]
@@ -33,14 +34,13 @@ from compressor.compression import CompressResult
 from compressor.errors import DempError, OutputExistsError
 from compressor.fileio import atomic_write_json, atomic_write_text
 from compressor.measure import count_params
+from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY, REPORT_JSON, REPORT_MD
 from compressor.training.finish import TrainResult
 
 from .env import package_versions
 from .render import (
-    PLOT_CHANNELS,
-    PLOT_LATENCY,
-    _is_int,
-    _is_number,
+    is_int,
+    is_number,
     plot_channels,
     plot_latency,
     render_markdown,
@@ -93,12 +93,14 @@ def _number_problems(report: Mapping[str, Any]) -> list[str]:
     if isinstance(model, Mapping):
         for key in MODEL_KEYS:
             value = model.get(key)
-            if not _is_int(value) or value < 0:
+            if value is None and key.startswith("macs") and model.get("mac_unavailable"):
+                continue  # a count no counter could make, with its reason
+            if not is_int(value) or value < 0:
                 problems.append(f"model.{key} must be a non-negative integer, found {value!r}")
     parity = report.get("parity")
     if isinstance(parity, Mapping):
         for key, value in parity.items():
-            if key.endswith(("_diff", "_agreement")) and value is not None and not _is_number(value):
+            if key.endswith(("_diff", "_agreement")) and value is not None and not is_number(value):
                 problems.append(f"parity.{key} must be a number or null, found {value!r}")
     return problems
 
@@ -114,9 +116,9 @@ def _group_problems(groups: Any) -> list[str]:
         if not isinstance(group.get("root"), str):
             problems.append(f"pruning.groups[{i}].root must be a string")
         for key in ("before", "after"):
-            if not _is_int(group.get(key)) or group.get(key) < 0:
+            if not is_int(group.get(key)) or group.get(key) < 0:
                 problems.append(f"pruning.groups[{i}].{key} must be a non-negative integer")
-        if _is_int(group.get("before")) and _is_int(group.get("after")) and group["after"] > group["before"]:
+        if is_int(group.get("before")) and is_int(group.get("after")) and group["after"] > group["before"]:
             problems.append(f"pruning.groups[{i}] has more channels after ({group['after']}) than before "
                             f"({group['before']})")
     return problems
@@ -125,7 +127,7 @@ def _group_problems(groups: Any) -> list[str]:
 def _latency_problems(latency: Any) -> list[str]:
     if not isinstance(latency, list):
         return []
-    checks = {"integer": _is_int, "number": _is_number, "string": lambda v: isinstance(v, str)}
+    checks = {"integer": is_int, "number": is_number, "string": lambda v: isinstance(v, str)}
     problems = []
     for i, entry in enumerate(latency):
         if not isinstance(entry, Mapping):
@@ -135,10 +137,10 @@ def _latency_problems(latency: Any) -> list[str]:
             if not checks[kind](entry.get(key)):
                 problems.append(f"latency[{i}].{key} must be {'an' if kind == 'integer' else 'a'} {kind}, "
                                 f"found {entry.get(key)!r}")
-        if _is_int(entry.get("batch")) and entry["batch"] < 1:
+        if is_int(entry.get("batch")) and entry["batch"] < 1:
             problems.append(f"latency[{i}].batch must be >= 1")
         p = [entry.get(k) for k in ("p50_ms", "p90_ms", "p99_ms")]
-        if all(_is_number(v) for v in p) and not (0 <= p[0] <= p[1] <= p[2]):
+        if all(is_number(v) for v in p) and not (0 <= p[0] <= p[1] <= p[2]):
             problems.append(f"latency[{i}] percentiles must satisfy 0 <= p50 <= p90 <= p99, found {p}")
     return problems
 
@@ -195,6 +197,7 @@ def compress_report(result: CompressResult) -> dict[str, Any]:
             "torch_max_abs_diff": max(x["max_abs_diff"] for x in checks), "torch_rel_diff": v["max_rel_diff"],
             "top1_agreement": min((x.get("top1_agreement", 1.0) for x in checks), default=1.0),
             "samples": calib + held, "torch": v,
+            **({"heldout_skipped": v["heldout_skipped"]} if "heldout_skipped" in v else {}),
         },
     }
 
@@ -237,7 +240,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike, *, plots
     validate_report(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    targets = {"json": out / "report.json", "md": out / "report.md"}
+    targets = {"json": out / REPORT_JSON, "md": out / REPORT_MD}
     if plots:
         targets.update({"channels_plot": out / PLOT_CHANNELS, "latency_plot": out / PLOT_LATENCY})
     if not overwrite:

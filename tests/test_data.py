@@ -89,24 +89,29 @@ def test_calibration_split_is_deterministic_and_disjoint(digits) -> None:
     assert calib.indices != other[0].indices
 
 
-def test_calibration_split_small_dataset_warns(digits, caplog: pytest.LogCaptureFixture) -> None:
+def test_calibration_is_honoured_first_and_the_held_out_check_gets_what_is_left(digits, caplog) -> None:
+    small = torch.utils.data.Subset(digits.train, list(range(60)))
     with caplog.at_level(logging.WARNING, logger="compressor.data"):
-        calib, held = calibration_split(digits.test, samples=1024, heldout=256)
-    n = len(digits.test)
-    assert len(calib) + len(held) == n and len(held) >= 1 and len(calib) > len(held)
-    assert "only" in caplog.text and str(n) in caplog.text
-    calib, held = calibration_split(digits.test, samples=10, heldout=0)
-    assert len(calib) == 10 and len(held) == 0
+        calib, held = calibration_split(small, samples=48, heldout=256)
+    assert (len(calib), len(held)) == (48, 12) and not set(calib.indices) & set(held.indices)
+    assert "using 48 + 12" in caplog.text and "only 48 calibration samples" in caplog.text
+    calib, held = calibration_split(small, samples=60, heldout=256)
+    assert (len(calib), len(held)) == (60, 0), "nothing left: no held-out check (the caller reports it)"
+    calib, held = calibration_split(torch.utils.data.Subset(digits.train, list(range(8))), samples=1024)
+    assert (len(calib), len(held)) == (8, 0), "a set smaller than a batch is legal"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="compressor.data"):
+        calib, held = calibration_split(digits.train, samples=300, heldout=100)
+    assert (len(calib), len(held)) == (300, 100) and caplog.text == ""
 
 
-def test_calibration_split_too_small_is_an_error(digits) -> None:
-    tiny = torch.utils.data.Subset(digits.train, [0])
-    with pytest.raises(DataError, match="too few"):
-        calibration_split(tiny, samples=8, heldout=8)
-    with pytest.raises(DataError, match="too few"):
+def test_an_empty_dataset_or_a_bad_request_is_an_error(digits) -> None:
+    with pytest.raises(DataError, match="empty"):
         calibration_split(torch.utils.data.Subset(digits.train, []), samples=8, heldout=0)
     with pytest.raises(UsageError):
         calibration_split(digits.train, samples=0, heldout=8)
+    with pytest.raises(UsageError):
+        calibration_split(digits.train, samples=8, heldout=-1)
 
 
 def test_make_loader_is_reproducible(digits) -> None:

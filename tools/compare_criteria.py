@@ -143,7 +143,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         targets, peaks, taus = targets[:1], peaks[-2:], taus[-2:]
         args.epochs = 1 if args.epochs is None else args.epochs
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    out = prepare_output_dir(args.out, overwrite=args.overwrite,
+                             outputs=("runs", "results.json", "results.md", "accuracy_vs_sparsity.png"))
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     runner = Runner(args, out, load_data(args.data))
     seeds = list(range(args.seeds))

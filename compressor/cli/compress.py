@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 
 log = logging.getLogger("demp")
 
@@ -40,11 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="digits | mnist:ROOT | fashion-mnist:ROOT | cifar10:ROOT | "
-                   "cifar100:ROOT | imagefolder:PATH | npz:PATH (default: digits)")
+    p.add_argument("--data", help="digits | mnist:ROOT | fashion-mnist:ROOT | cifar10:ROOT | "
+                   "cifar100:ROOT | imagefolder:PATH | npz:PATH (default: digits, scikit-learn's bundled 8x8 digits)")
     p.add_argument("--calib-samples", type=int, default=1024, help="samples used for decisions (default 1024)")
     p.add_argument("--heldout-samples", type=int, default=256,
-                   help="samples never used for decisions, for verification (default 256)")
+                   help="samples never used for decisions, for verification, taken from what calibration leaves "
+                   "(default 256; 0 skips the check)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed for sampling the calibration set")
     p.add_argument("--device", default="cpu", help="device for statistics and verification (cpu, cuda)")
@@ -96,52 +97,89 @@ def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
     return kwargs
 
 
-def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-    """Model, data bundle, calibration loader, held-out inputs and source info from CLI arguments."""
-    import torch
+DEFAULT_DATA = "digits"
 
-    from ..data import calibration_split, load_data, make_loader
-    from ..fileio import sha256_file
-    from ..loading import load_model
+
+def _check_args(args: argparse.Namespace) -> None:
     from ..plan import PruningPlan
-    from ..pruned import is_pruned_dir
+    from ..pruned import PLAN_FILE, is_pruned_dir
 
     if not args.arch and not args.model_file:
         if args.checkpoint and is_pruned_dir(args.checkpoint):  # a compressed directory knows its arch
-            args.arch = (PruningPlan.load(Path(args.checkpoint) / "plan.json").model or {}).get("arch")
+            args.arch = (PruningPlan.load(Path(args.checkpoint) / PLAN_FILE).model or {}).get("arch")
         if not args.arch:
             raise UsageError("--arch is required (or --model-file PATH.py:FUNCTION for your own model)")
     for name in ("calib_samples", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.heldout_samples < 1:
-        raise UsageError("--heldout-samples must be >= 1: verification needs samples never used for decisions")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    if args.heldout_samples < 0:
+        raise UsageError("--heldout-samples must be >= 0 (0 skips the held-out check)")
+    if args.device.startswith("cuda"):
+        import torch
 
-    data = load_data(args.data, input_size=args.input_size)
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+
+
+def _data_label(args: argparse.Namespace) -> str:
+    return f"--data {args.data}" if args.data else f"--data {DEFAULT_DATA} (the default; pass --data for your own)"
+
+
+def _load_calibration_data(args: argparse.Namespace) -> Any:
+    """The dataset; an ``--input-size`` that contradicts the size the data is stored at is an error."""
+    from ..data import load_data
+
+    data = load_data(args.data or DEFAULT_DATA, input_size=args.input_size)
+    native = data.native_shape
+    if args.input_size and native is not None and len(native) == 3 and native[1:] != (args.input_size,) * 2:
+        raise UsageError(
+            f"--input-size {args.input_size} but the images of {_data_label(args)} are {native[1]}x{native[2]}: "
+            "data resized for compression is not the data the model serves, so the removal would not be lossless "
+            f"there; drop --input-size (or pass {native[1]})")
+    return data
+
+
+def _load_model(args: argparse.Namespace, data: Any) -> Any:
+    """The model at the data's input shape; a model file's own ``INPUT_SHAPE`` must agree with the data."""
+    from ..loading import load_model
+    from ..models.user_file import declared_input_shape
+
+    declared = declared_input_shape(args.model_file) if args.model_file else None
+    if declared is not None and tuple(declared) != tuple(data.input_shape):
+        raise UsageError(f"{args.model_file} declares INPUT_SHAPE {tuple(declared)} but {_data_label(args)} gives "
+                         f"samples of shape {tuple(data.input_shape)}; pass the data the model was trained on")
+    try:
+        return load_model(args.arch, args.checkpoint, num_classes=args.num_classes,
+                          input_shape=tuple(data.input_shape), model_file=args.model_file,
+                          trust_pickle=args.trust_pickle, **_model_kwargs(args.model_arg))
+    except UsageError as exc:
+        if "input shape" in str(exc) and not args.data:
+            raise UsageError(f"{exc} (the input shape comes from {_data_label(args)})") from None
+        raise
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """Model, data bundle, calibration loader, held-out inputs (None when none are left) and source info."""
+    import torch
+
+    from ..data import calibration_split, make_loader
+    from ..fileio import sha256_file
+
+    _check_args(args)
+    data = _load_calibration_data(args)
     calib, heldout = calibration_split(data.train, samples=args.calib_samples, heldout=args.heldout_samples,
                                        seed=args.seed)
-    if len(calib) < args.batch_size:
-        raise DataError(
-            f"the calibration set has {len(calib)} samples, fewer than one batch ({args.batch_size}); "
-            f"use --calib-samples >= {args.batch_size} or a smaller --batch-size"
-        )
     torch.manual_seed(args.seed)
-    model = load_model(
-        args.arch, args.checkpoint, num_classes=args.num_classes, input_shape=tuple(data.input_shape),
-        model_file=args.model_file, trust_pickle=args.trust_pickle, **_model_kwargs(args.model_arg),
-    )
-    model.to(device).eval()
-    source: dict[str, Any] = {"arch": args.arch or args.model_file, "data": args.data}
+    model = _load_model(args, data)
+    model.to(torch.device(args.device)).eval()
+    source: dict[str, Any] = {"arch": args.arch or args.model_file, "data": args.data or DEFAULT_DATA}
     if not args.checkpoint:
         log.warning("no checkpoint given: using freshly initialized weights (seed %d)", args.seed)
     else:
         source["checkpoint"] = str(args.checkpoint)
         source["sha256"] = sha256_file(args.checkpoint)
-    calib_loader = make_loader(calib, batch_size=args.batch_size)
-    heldout_x = torch.stack([heldout[i][0] for i in range(len(heldout))])
+    calib_loader = make_loader(calib, batch_size=min(args.batch_size, len(calib)))  # a smaller set is legal
+    heldout_x = torch.stack([heldout[i][0] for i in range(len(heldout))]) if len(heldout) else None
     return model, data, calib_loader, heldout_x, source
 
 
@@ -152,31 +190,31 @@ def run_compress(args: argparse.Namespace) -> int:
     from exporters.report import compress_report
 
     from ..compression import compress
-    from ..fileio import prepare_output_dir
-    from ..pruned import save_pruned
+    from ..fileio import check_output_dir, staged_directory
+    from ..pruned import OUTPUTS, save_pruned
 
     batch_sizes = parse_batch_sizes(args.bench_batch_sizes)
-    out_name = args.out or (f"{Path(args.checkpoint).stem}-slim" if args.checkpoint else "demp-compressed")
-    out = Path(out_name)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"output directory {out} already exists and is not empty; pass --overwrite to replace "
-                         "it or choose another --out")
+    out = Path(args.out or (f"{Path(args.checkpoint).stem}-slim" if args.checkpoint else "demp-compressed"))
+    model_file = (args.model_file or "").rpartition(":")[0] or None
+    check_output_dir(out, overwrite=args.overwrite, outputs=OUTPUTS, inputs=(args.checkpoint, model_file))
     t_start = time.perf_counter()
     model, data, calib_loader, heldout_x, source = load_inputs(args)
     result = compress(model, calib_loader, criterion=args.criterion, heldout=heldout_x, ignore=args.ignore,
                       min_channels=args.min_channels, round_to=args.round_to, tolerance=args.tolerance,
                       source=source)
-    out = prepare_output_dir(out, overwrite=args.overwrite)
-    save_pruned(result, out, prepare=False)
-    report = finalize(out, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
-                      heldout_x=result.heldout_inputs, report=compress_report(result), export=not args.no_export,
-                      bench=not args.no_export, opset=args.opset, batch_sizes=batch_sizes,
-                      device=args.device, overwrite=True)
+    with staged_directory(out) as staging:  # the previous output survives until this one is complete
+        save_pruned(result, staging, prepare=False)
+        report = finalize(staging, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
+                          heldout_x=result.heldout_inputs, report=compress_report(result),
+                          export=not args.no_export, bench=not args.no_export, opset=args.opset,
+                          batch_sizes=batch_sizes, device=args.device, overwrite=True)
     pr = report["pruning"]
     print(f"removed {pr['removed']} of {pr['neurons_before']} neurons "
           f"({pr['neurons_before']} -> {pr['neurons_after']}); params {report['model']['params_before']:,} -> "
           f"{report['model']['params_after']:,}; max output diff {report['parity']['torch_max_abs_diff']:.3g} "
           f"(top-1 agreement {report['parity']['top1_agreement']:.4f})")
+    if "heldout_skipped" in result.verification:
+        print(f"note: {result.verification['heldout_skipped']}")
     odd = [g for g in pr["groups"] if g.get("removed") and g["after"] % 8]
     if odd and args.round_to == 1:
         print(f"tip: {len(odd)} pruned group(s) have widths that are not multiples of 8; --round-to 8 keeps a "

@@ -172,7 +172,7 @@ def _train_and_export(recipe: Any, out: Path, args: argparse.Namespace, *, ctx: 
 
     main = ctx is None or ctx.is_main
     trainer = Trainer(recipe, out, resume=bool(args.resume), overwrite=args.overwrite,
-                      progress=not args.no_progress and main)
+                      progress=not args.no_progress and main, inputs=(args.recipe,) if args.recipe else ())
     try:
         result = trainer.fit()
     except TrainingInterrupted as exc:
@@ -277,6 +277,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from ..fileio import prepare_output_dir
+    from ..training.finish import OUTPUTS
 
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs}: expected an integer >= 1")
@@ -284,7 +285,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
     recipe = demo_recipe(args.epochs)
     out = Path(args.out)
-    prepare_output_dir(out, overwrite=args.overwrite)
+    prepare_output_dir(out, overwrite=args.overwrite, outputs=OUTPUTS)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -33,6 +33,9 @@ class DataBundle:
     classes: list[str] | None = None
     spec: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    #: the shape the samples are stored at, before any ``input_size`` resizing; None where the source
+    #: resizes by design (image folders)
+    native_shape: tuple[int, ...] | None = None
 
 
 class TensorImageDataset(Dataset):

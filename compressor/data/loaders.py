@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 
 import numpy as np
@@ -17,14 +16,18 @@ log = logging.getLogger(__name__)
 __all__ = ["calibration_split", "make_loader", "seed_worker"]
 
 
+#: Below this many calibration samples a channel that happens to be zero on them may fire on other data.
+SMALL_CALIBRATION = 128
+
+
 def calibration_split(dataset: Dataset, samples: int = 1024, heldout: int = 256, seed: int = 0) -> tuple[Subset, Subset]:
     """Two disjoint random subsets: ``samples`` for measuring activity, ``heldout`` for checking.
 
-    Deterministic: the same ``seed`` gives the same (sorted) indices. When the dataset has fewer
-    than ``samples + heldout`` items, both are scaled down proportionally and a warning is logged;
-    a split that would leave no calibration sample, or no held-out sample although ``heldout > 0``
-    was asked for, raises :class:`DataError`. ``heldout=0`` returns an empty held-out subset.
-    Use a dataset without augmentation (``load_data(..., augment=False)``).
+    The calibration request is honoured first (all of a smaller dataset); the held-out check gets what
+    is left, up to ``heldout`` samples, and is empty when nothing is left (the caller says so in its
+    report). A calibration set below :data:`SMALL_CALIBRATION` samples is legal and logs a warning
+    saying what it risks. Deterministic: the same ``seed`` gives the same (sorted) indices. Use a
+    dataset without augmentation (``load_data(..., augment=False)``).
     """
     samples, heldout = int(samples), int(heldout)
     if samples < 1:
@@ -32,21 +35,18 @@ def calibration_split(dataset: Dataset, samples: int = 1024, heldout: int = 256,
     if heldout < 0:
         raise UsageError(f"held-out samples must be >= 0, got {heldout}")
     n = len(dataset)  # type: ignore[arg-type]
-    n_calib, n_held = samples, heldout
-    if n < samples + heldout:
-        n_calib = min(samples, int(math.floor(n * samples / (samples + heldout))))
-        n_held = min(heldout, n - n_calib)
-        if heldout > 0 and n_held < 1 and n_calib > 1:
-            n_calib, n_held = n_calib - 1, 1
-        if n_calib < 1 or (heldout > 0 and n_held < 1):
-            raise DataError(
-                f"dataset has {n} sample(s), too few for a calibration set and a held-out set "
-                f"(asked for {samples} + {heldout}); use a larger dataset"
-            )
-        log.warning(
-            "dataset has only %d samples (asked for %d calibration + %d held-out); using %d + %d",
-            n, samples, heldout, n_calib, n_held,
-        )
+    if n == 0:
+        raise DataError("the dataset is empty: no samples to calibrate on")
+    n_calib = min(samples, n)
+    n_held = min(heldout, n - n_calib)
+    if n_calib < samples or n_held < heldout:
+        log.warning("the dataset has %d samples (asked for %d calibration + %d held-out); using %d + %d%s", n,
+                    samples, heldout, n_calib, n_held,
+                    "; no held-out check: every sample calibrates" if heldout and not n_held else "")
+    if n_calib < SMALL_CALIBRATION:
+        log.warning("only %d calibration samples: a channel that is zero on all of them may still fire on other "
+                    "inputs, so the removal may not be lossless there; the held-out check measures it, and more "
+                    "samples (%d or more) make it less likely", n_calib, SMALL_CALIBRATION)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     calib = sorted(perm[:n_calib])
     held = sorted(perm[n_calib:n_calib + n_held])

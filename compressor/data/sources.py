@@ -67,7 +67,7 @@ def load_data(spec: str, *, input_size: int | None = None, augment: bool = False
         "npz": _load_npz,
     }
     if name not in loaders:
-        raise UsageError(f"unknown dataset spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")
+        raise UsageError(f"unknown dataset spec {spec!r}{_spec_hint(spec)}; valid forms: {', '.join(SPEC_FORMS)}")
     if name == "digits":
         if arg:
             raise UsageError(f"dataset 'digits' takes no argument (got {spec!r}); it is bundled with scikit-learn")
@@ -79,6 +79,16 @@ def load_data(spec: str, *, input_size: int | None = None, augment: bool = False
         bundle = loaders[name](name, Path(os.path.expanduser(arg)), input_size=input_size, augment=augment)
     bundle.spec = spec
     return bundle
+
+
+def _spec_hint(spec: str) -> str:
+    """A did-you-mean for a bare path given as a spec."""
+    path = Path(os.path.expanduser(spec.strip()))
+    if path.suffix == ".npz":
+        return f"; did you mean npz:{spec}?"
+    if path.is_dir():
+        return f"; did you mean imagefolder:{spec}?"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,6 +137,7 @@ def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
         mean=mean,
         std=std,
         classes=[str(i) for i in range(10)],
+        native_shape=(1, 8, 8),
     )
 
 
@@ -183,7 +194,7 @@ def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool)
         log.debug("%s: no augmentation is defined for grayscale digits; augment ignored", label)
     return DataBundle(
         name=label, train=wrap(train), test=wrap(test), input_shape=(1, side, side), num_classes=10,
-        mean=mean, std=std, classes=list(train.classes),
+        mean=mean, std=std, classes=list(train.classes), native_shape=(1, 28, 28),
     )
 
 
@@ -219,7 +230,7 @@ def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool)
 
     return DataBundle(
         name=name, train=wrap(train, True), test=wrap(test, False), input_shape=(3, side, side),
-        num_classes=len(train.classes), mean=mean, std=std, classes=list(train.classes),
+        num_classes=len(train.classes), mean=mean, std=std, classes=list(train.classes), native_shape=(3, 32, 32),
     )
 
 
@@ -354,7 +365,7 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -
         raise DataError(f"{path}: {exc}") from exc
     return DataBundle(
         name="npz", train=train, test=test, input_shape=shape, num_classes=num_classes, mean=mean, std=std,
-        info={"labeled": labeled},
+        info={"labeled": labeled}, native_shape=tuple(int(d) for d in x.shape[1:]),
     )
 
 

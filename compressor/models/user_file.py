@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import DempError, UsageError
 from .spec import ModelSpec
 
-__all__ = ["split_model_file", "import_model_file", "spec_from_file", "build_from_file"]
+__all__ = ["split_model_file", "import_model_file", "declared_input_shape", "spec_from_file", "build_from_file"]
 
 
 def split_model_file(model_file: str) -> tuple[str, str]:
@@ -36,6 +36,12 @@ def split_model_file(model_file: str) -> tuple[str, str]:
     if not resolved.is_file():
         raise UsageError(f"model file {path} does not exist; check the --model-file path")
     return str(resolved.resolve()), name
+
+
+def declared_input_shape(model_file: str) -> tuple[int, ...] | None:
+    """The ``INPUT_SHAPE`` a model file declares (one sample, no batch dimension), or None."""
+    declared = getattr(import_model_file(split_model_file(model_file)[0]), "INPUT_SHAPE", None)
+    return tuple(int(d) for d in declared) if declared is not None else None
 
 
 def spec_from_file(model_file: str, *, arch: str | None, num_classes: int | None, input_size: int | None,
@@ -108,7 +114,9 @@ def build_from_file(spec: ModelSpec) -> nn.Module:
     try:
         model = factory(**kwargs)
     except Exception as exc:  # user code
-        raise DempError(f"{path}:{name}({_fmt_kwargs(kwargs)}) failed: {type(exc).__name__}: {exc}") from exc
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+        where = f" at line {frames[-1].lineno} ({frames[-1].line})" if frames else ""
+        raise DempError(f"{path}:{name}({_fmt_kwargs(kwargs)}) failed{where}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"{path}:{name} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

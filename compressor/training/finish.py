@@ -28,19 +28,23 @@ from . import distributed as dist_util
 from .config import RecipeConfig
 from .evaluation import evaluate, sample_inputs
 from .methods import RemovalEvent
-from .metrics import read_metrics
+from .checkpointing import CHECKPOINT_DIR
+from .metrics import METRICS_FILE, TENSORBOARD_DIR, read_metrics
 from .plots import make_plots
 from .records import event_record, live_fields, method_fields
 from .run import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "finish_run", "RECIPE_FILE", "MODEL_DIR", "PLOTS_DIR", "SUMMARY_FILE", "SUMMARY_SCHEMA"]
+__all__ = ["TrainResult", "finish_run", "RECIPE_FILE", "MODEL_DIR", "PLOTS_DIR", "SUMMARY_FILE", "SUMMARY_SCHEMA",
+           "OUTPUTS"]
 
 RECIPE_FILE = "recipe.yaml"
 MODEL_DIR = "model"
 PLOTS_DIR = "plots"
 SUMMARY_FILE = "train_summary.json"
+#: Everything a run writes into its output folder (``--overwrite`` replaces these and nothing else).
+OUTPUTS = (RECIPE_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR, PLOTS_DIR, TENSORBOARD_DIR, MODEL_DIR)
 #: Version 2: MACs are counted by :func:`compressor.measure.count_macs` (fvcore, as in ``report.json``;
 #: version 1, unlabeled, counted Conv/Linear layers only) and the methods describe themselves.
 SUMMARY_SCHEMA = "demp.train-summary/2"

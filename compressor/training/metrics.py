@@ -27,6 +27,7 @@ from ..fileio import jsonable
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 class NullMetrics:
@@ -68,7 +69,7 @@ class MetricsLogger:
             except ImportError:
                 log.debug("tensorboard not installed; metrics go to %s only", self.path)
             else:
-                self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+                self._tb = SummaryWriter(log_dir=str(Path(out_dir) / TENSORBOARD_DIR))
 
     def truncate(self, offset: int) -> None:
         if self.path.exists():

@@ -46,7 +46,7 @@ from . import checkpointing as ckpt
 from . import distributed as dist_util
 from .config import RESUME_TOLERANT_KEYS, RecipeConfig, load_recipe, recipe_diff
 from .evaluation import autocast, evaluate, split_batch
-from .finish import RECIPE_FILE, TrainResult, finish_run
+from .finish import OUTPUTS, RECIPE_FILE, TrainResult, finish_run
 from .methods import RemovalEvent
 from .records import LossMeter, epoch_record, event_record, interval_record
 from .run import Run, build_run, open_metrics
@@ -112,12 +112,14 @@ class Trainer:
     ``resume=True`` continues the run in ``out_dir`` from its latest checkpoint; the recipe must equal
     the one the run was started with (apart from :data:`~compressor.training.config.RESUME_TOLERANT_KEYS`).
     ``data`` may pass an already-loaded :class:`~compressor.data.DataBundle` (tests, benchmarks).
+    ``inputs`` names files the run reads (the recipe file): ``overwrite`` refuses an output folder that
+    holds one of them, or the recipe's checkpoint or model file, or anything demp did not write.
     """
 
     def __init__(self, recipe: RecipeConfig, out_dir: str | os.PathLike, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, data: DataBundle | None = None,
                  handle_signals: bool = True, save_model: bool = True, plots: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, inputs: tuple[str | os.PathLike, ...] = ()):
         self.recipe = recipe
         self.out_dir = Path(out_dir)
         self.resume = resume
@@ -128,6 +130,8 @@ class Trainer:
         self.save_model = save_model
         self.plots = plots
         self.tensorboard = tensorboard
+        model_file = (recipe.model.model_file or "").rpartition(":")[0] or None
+        self.inputs = (*inputs, recipe.model.checkpoint, model_file)
         self.started = 0.0  # perf_counter at which the run (including the time before a resume) started
 
     # ------------------------------------------------------------------ the four steps
@@ -168,7 +172,7 @@ class Trainer:
         error = None
         if ctx.is_main:
             try:
-                prepare_output_dir(self.out_dir, overwrite=self.overwrite)
+                prepare_output_dir(self.out_dir, overwrite=self.overwrite, outputs=OUTPUTS, inputs=self.inputs)
                 self.recipe.save(self.out_dir / RECIPE_FILE)
             except DempError as exc:
                 if not ctx.enabled:
@@ -387,6 +391,8 @@ def train(recipe: RecipeConfig | str | os.PathLike | dict, out_dir: str | os.Pat
 
     Keyword arguments go to :class:`Trainer` (``overwrite``, ``progress``, ``data``, ...).
     """
+    if isinstance(recipe, (str, os.PathLike)):
+        kwargs["inputs"] = (*kwargs.get("inputs", ()), recipe)
     if isinstance(recipe, RecipeConfig):
         if overrides:
             recipe = load_recipe(recipe.to_dict(), overrides)
