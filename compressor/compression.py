@@ -29,7 +29,7 @@ from .plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compress", "CompressResult", "group_table", "HELDOUT_SKIPPED"]
+__all__ = ["compress", "rewidth", "CompressResult", "group_table", "HELDOUT_SKIPPED"]
 
 #: The note a verification carries when no sample was left for the held-out check.
 HELDOUT_SKIPPED = ("no held-out samples were left: the outputs were checked on the calibration samples only, where "
@@ -70,6 +70,11 @@ class CompressResult:
     @property
     def neurons_after(self) -> int:
         return sum(g["after"] for g in self.groups if g.get("neurons"))
+
+    @property
+    def removed(self) -> int:
+        """Channels this compression removed (the plan may also hold an earlier compression's)."""
+        return sum(len(g["removed"]) for g in self.groups)
 
     @property
     def prunable_neurons(self) -> int:
@@ -116,11 +121,9 @@ def compress(
     dense.eval()
     calib_x = _stack_inputs(calib_loader)
     pruned = copy.deepcopy(dense)
-    device = next(dense.parameters()).device
-
     t0 = time.perf_counter()
-    analyzer = DependencyAnalyzer(pruned, calib_x[:1].to(device), ignore=ignore, min_channels=min_channels,
-                                  round_to=round_to)
+    analyzer = DependencyAnalyzer(pruned, calib_x[:1].to(next(dense.parameters()).device), ignore=ignore,
+                                  min_channels=min_channels, round_to=round_to)
     timings["graph_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     batch_size = max(1, getattr(calib_loader, "batch_size", None) or 64)
@@ -128,7 +131,34 @@ def compress(
                              layers=analyzer.consumer_names or None, progress=progress, desc="calibration",
                              record_outputs=True, fields=crit.fields)
     timings["stats_s"] = time.perf_counter() - t0
+    heldout_x = None if heldout is None else heldout if isinstance(heldout, Tensor) else _stack_inputs(heldout)
+    try:
+        return _decide(dense, pruned, analyzer, stats, crit, calib_x, heldout_x, timings=timings, tolerance=tolerance,
+                       options={"ignore": list(ignore), "min_channels": min_channels, "round_to": round_to,
+                                "tolerance": tolerance}, source=source)
+    finally:
+        dense.train(was_training)
 
+
+def rewidth(result: CompressResult, round_to: int) -> CompressResult:
+    """The same decision with another width rounding, from the statistics ``result`` already measured
+    (no new pass over the data): a fresh copy of the dense model keeps extra dead channels so that every
+    width is a multiple of ``round_to`` (a ``round_to`` above every width keeps them all: no removal)."""
+    pruned = copy.deepcopy(result.dense)
+    t0 = time.perf_counter()
+    opts = {**result.options, "round_to": int(round_to)}
+    analyzer = DependencyAnalyzer(pruned, result.calib_inputs[:1].to(next(pruned.parameters()).device),
+                                  ignore=opts["ignore"], min_channels=opts["min_channels"], round_to=opts["round_to"])
+    timings = {"graph_s": time.perf_counter() - t0, "stats_s": 0.0}
+    return _decide(result.dense, pruned, analyzer, result.stats, result.criterion, result.calib_inputs,
+                   result.heldout_inputs, timings=timings, tolerance=opts["tolerance"], options=opts,
+                   source=result.source)
+
+
+def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, stats: ActivityStats, crit: Criterion,
+            calib_x: Tensor, heldout_x: Tensor | None, *, timings: dict[str, float], tolerance: float,
+            options: dict[str, Any], source: dict[str, Any] | None) -> CompressResult:
+    """Decide on ``stats``, remove from ``pruned`` (a copy of ``dense``), verify, and package the result."""
     t0 = time.perf_counter()
     plan = analyzer.decide(stats, crit)
     groups = group_table(analyzer, plan)
@@ -136,19 +166,14 @@ def compress(
     analyzer.apply(plan, track_indices=False)
     timings["decide_apply_s"] = time.perf_counter() - t0
     timings["analyzer_s"] = timings["graph_s"] + timings["decide_apply_s"]
-
-    heldout_x = None if heldout is None else heldout if isinstance(heldout, Tensor) else _stack_inputs(heldout)
     verification = _verify(dense, pruned, crit, torch.cat(stats.outputs), calib_x, heldout_x, tolerance)
     if crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
         _raise_culprits(dense, plan, actions, calib_x, tolerance, verification["calibration"]["rel_diff"])
-    dense.train(was_training)
     plan = _final_plan(dense, pruned, plan, crit, calib_x, source)
     return CompressResult(
         model=pruned, dense=dense, plan=plan, stats=stats, criterion=crit, verification=verification,
-        groups=groups, options={"ignore": list(ignore), "min_channels": min_channels, "round_to": round_to,
-                                "tolerance": tolerance},
-        source=dict(source or {}), analyzer_summary=analyzer.summary(), example_inputs=calib_x[:1],
-        calib_inputs=calib_x, heldout_inputs=heldout_x, timings=timings,
+        groups=groups, options=options, source=dict(source or {}), analyzer_summary=analyzer.summary(),
+        example_inputs=calib_x[:1], calib_inputs=calib_x, heldout_inputs=heldout_x, timings=timings,
     )
 
 

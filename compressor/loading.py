@@ -51,7 +51,7 @@ def load_model(
     ``kwargs`` are builder options (e.g. ``widths=[512, 512]`` for ``mlp``).
     """
     if checkpoint is not None and is_pruned_dir(checkpoint):
-        return load_pruned(checkpoint).model
+        return load_pruned(checkpoint)
 
     state_dict = read_checkpoint(checkpoint, trust_pickle=trust_pickle) if checkpoint is not None else None
     arch_name = canonical_arch(arch) if (arch and model_file is None) else arch

@@ -73,11 +73,12 @@ class PruningPlan:
         return sum(len(g.removed) for g in self.groups)
 
     @property
-    def neurons_before(self) -> int:
+    def channels_before(self) -> int:
+        """Channels of the groups this plan touches, before removal (neuron counts are the analyzer's)."""
         return sum(g.size for g in self.groups)
 
     @property
-    def neurons_after(self) -> int:
+    def channels_after(self) -> int:
         return sum(g.after for g in self.groups)
 
     def group(self, root: str) -> GroupRemoval | None:
@@ -170,5 +171,5 @@ class PruningPlan:
         lines = [f"{'group root':<40} {'before':>7} {'after':>7}"]
         for g in self.groups:
             lines.append(f"{g.root:<40} {g.size:>7} {g.after:>7}")
-        lines.append(f"{'total':<40} {self.neurons_before:>7} {self.neurons_after:>7}")
+        lines.append(f"{'total':<40} {self.channels_before:>7} {self.channels_after:>7}")
         return "\n".join(lines)

@@ -18,15 +18,28 @@ from typing import Any
 
 from compressor.errors import OutputExistsError, UsageError
 
-from .latency import RUNTIMES
+from .latency import DEFAULT_THREADS, RUNTIMES
 
 log = logging.getLogger("demp")
+
+
+EXPORT_EXAMPLES = """examples:
+  demp export resnet18-slim/ --overwrite
+  demp export resnet18-slim/ --static-batch --batch-size 8 --out r18-b8.onnx --data cifar10:/data/cifar
+"""
+
+BENCH_EXAMPLES = """examples:
+  demp bench resnet18-slim/                                 (dense vs compact, PyTorch and ONNX Runtime)
+  demp bench resnet18-slim/ --batch-sizes 1,8,32 --threads 4 --json bench.json
+  demp bench model.onnx --input-shape 3,224,224
+  demp bench --arch resnet50 --input-size 224 --device cuda
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add ``export`` and ``bench`` to the ``demp`` command."""
     e = subparsers.add_parser(
-        "export", help="export a compressed directory to ONNX (with an onnxruntime parity check)",
+        "export", epilog=EXPORT_EXAMPLES, help="export a compressed directory to ONNX (with an onnxruntime parity check)",
         description="Re-export a compressed model directory (made by `demp compress` or `demp train`) to ONNX, "
         "check it with onnxruntime against PyTorch, and record metadata (tool version, plan hash, sparsity).",
     )
@@ -49,7 +62,7 @@ def register(subparsers: Any) -> None:
     e.set_defaults(handler=run_export)
 
     b = subparsers.add_parser(
-        "bench", help="latency: dense vs compact, PyTorch vs ONNX Runtime, percentiles",
+        "bench", epilog=BENCH_EXAMPLES, help="latency: dense vs compact, PyTorch vs ONNX Runtime, percentiles",
         description="Time a compressed directory (dense vs compact), an .onnx file, or a dense model "
         "(--arch NAME --input-size S). Variants are interleaved round-robin so machine noise hits both.",
     )
@@ -62,13 +75,15 @@ def register(subparsers: Any) -> None:
     b.add_argument("--runtimes", default=None,
                    help=f"comma-separated from {','.join(RUNTIMES)} (default torch,onnxruntime; "
                    "onnxruntime for an .onnx file)")
-    b.add_argument("--threads", type=int, help="intra-op threads for PyTorch and onnxruntime (default: PyTorch's)")
+    b.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="intra-op threads of PyTorch and onnxruntime while timing (one by default, like every timing "
+                   "demp makes: on a shared machine more threads mostly add noise)")
     b.add_argument("--min-iters", type=int, default=20, help="at least this many timed iterations (default 20)")
     b.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds (default 1.0)")
     b.add_argument("--warmup", type=int, default=5, help="untimed warm-up iterations (default 5)")
     b.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="exporter for ONNX files made for timing")
-    b.add_argument("--opset", type=int, default=18)
+    b.add_argument("--opset", type=int, default=18, help="ONNX opset of the files made for timing")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     b.set_defaults(handler=run_bench)
@@ -79,7 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
     import torch
 
     from compressor.measure import count_params
-    from compressor.pruned import load_pruned
+    from compressor.pruned import dense_model, input_shape, load_pruned, neuron_counts
 
     from .onnx import export_onnx
     from .ort import check_parity
@@ -94,23 +109,24 @@ def run_export(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.parity_samples < 1:
         raise UsageError("--batch-size and --parity-samples must be >= 1")
     pruned = load_pruned(directory)
-    shape = tuple(pruned.input_shape)
+    shape = input_shape(pruned)
     samples = _parity_inputs(args.data, shape, args.parity_samples)
-    plan = pruned.plan
-    dense_params = count_params(pruned.build_dense())
-    params = count_params(pruned.model)
+    plan = pruned.demp_plan
+    dense_params = count_params(dense_model(pruned))
+    params = count_params(pruned)
     meta = {"demp.plan_hash": plan.removal_hash(), "demp.weight_sparsity": f"{1 - params / dense_params:.6f}"}
-    if plan.neurons_before:
-        meta["demp.neuron_sparsity"] = f"{1 - plan.neurons_after / plan.neurons_before:.6f}"
+    neurons_before, neurons_after = neuron_counts(pruned)
+    if neurons_before:
+        meta["demp.neuron_sparsity"] = f"{1 - neurons_after / neurons_before:.6f}"
     if (plan.source or {}).get("sha256"):
         meta["demp.source_sha256"] = str(plan.source["sha256"])
-    meta["demp.arch"] = str(pruned.spec.arch)
+    meta["demp.arch"] = str(pruned.demp_spec.arch)
     example = samples[: (2 if args.dynamic_batch else args.batch_size)]
     if example.shape[0] < (1 if args.dynamic_batch else args.batch_size):
         example = torch.cat([example] * args.batch_size)[: args.batch_size]
-    info = export_onnx(pruned.model, example, out, opset=args.opset, dynamic_batch=args.dynamic_batch, metadata=meta,
+    info = export_onnx(pruned, example, out, opset=args.opset, dynamic_batch=args.dynamic_batch, metadata=meta,
                        exporter=args.exporter, simplify=args.simplify, overwrite=args.overwrite)
-    parity = check_parity(out, pruned.model, samples)
+    parity = check_parity(out, pruned, samples)
     kind = "real" if args.data else "random"
     print(f"wrote {out} ({info.bytes / 1e6:.1f} MB, {info.exporter} exporter, opset {info.opset}, "
           f"{'dynamic' if info.dynamic_batch else 'static'} batch) in {info.seconds:.1f} s")
@@ -247,7 +263,7 @@ def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, ne
                         needs_torch: bool) -> tuple[list[Any], tuple[int, ...]]:
     """Dense versus compact of a compressed directory (its own model.onnx when it matches the plan)."""
     from compressor.measure import compare_macs
-    from compressor.pruned import is_pruned_dir, load_pruned
+    from compressor.pruned import dense_model, input_shape, is_pruned_dir, load_pruned
 
     from .latency import Variant
     from .ort import read_onnx_metadata
@@ -255,14 +271,14 @@ def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, ne
     if not is_pruned_dir(target):
         raise UsageError(f"{target} is not a compressed model directory (no plan.json); give a directory made by "
                          "`demp compress`/`demp train`, an .onnx file, or --arch NAME")
-    pm = load_pruned(target)
-    shape = tuple(pm.input_shape)
-    dense, pruned = pm.build_dense().eval(), pm.model.eval()
+    pruned = load_pruned(target)
+    shape = input_shape(pruned)
+    dense = dense_model(pruned)
     dense_onnx = pruned_onnx = None
     if needs_onnx:
         existing = target / "model.onnx"
         meta = read_onnx_metadata(existing) if existing.is_file() else {}
-        if meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == pm.plan.removal_hash():
+        if meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == pruned.demp_plan.removal_hash():
             pruned_onnx = str(existing)
             args.exporter = meta.get("demp.exporter", args.exporter)  # same exporter for the dense file
         else:

@@ -19,44 +19,55 @@ thread count, and — when MACs are known — the latency ratio next to the MAC 
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import dataclasses
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from compressor.errors import DempError, UsageError
+from compressor.errors import UsageError
 
 from .env import collect_environment
-from .ort import available_providers, load_onnx_session
+from .ort import available_providers
+from .timing import (
+    ORT_RUNTIMES,
+    measure_interleaved,
+    prepare,
+    thread_count,
+)
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "torch-compile", "onnxruntime", "onnxruntime-trt")
 DEVICES = ("cpu", "cuda")
 SCHEDULE_KEEP = 24  # turns of the round-robin order kept in results (the pattern repeats)
-ORT_RUNTIMES = ("onnxruntime", "onnxruntime-trt")
-TORCH_RUNTIMES = ("torch", "torch-compile")
+#: The thread policy of every timing demp makes (demo, compress, train, bench): one intra-op thread
+#: unless ``--threads`` says otherwise. On a shared machine a second thread mostly adds noise, and one
+#: thread compares the arithmetic of the two models; pass ``--threads N`` to measure N.
+DEFAULT_THREADS = 1
+#: A measurement is unreliable when p90 exceeds p50 by this factor (the machine was busy) ...
+SPREAD_LIMIT = 1.5
+#: ... when latency fell this much more than the arithmetic (speedup efficiency above it) ...
+EFFICIENCY_LIMIT = 1.25
+#: ... or when a larger batch ran faster than a smaller one by more than this share.
+BATCH_SCALING_SLACK = 0.05
 
 
 @dataclass
 class BenchConfig:
     """What to measure and for how long.
 
-    ``threads=None`` keeps PyTorch's current intra-op thread count and gives onnxruntime the same
-    number, so both runtimes are compared on equal terms; the count is recorded either way.
+    ``threads`` is the intra-op thread count of both runtimes (:data:`DEFAULT_THREADS` by default);
+    ``None`` keeps PyTorch's current count and gives onnxruntime the same. It is recorded either way.
     """
 
     batch_sizes: tuple[int, ...] = (1, 8)
     runtimes: tuple[str, ...] = ("torch", "onnxruntime")
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = DEFAULT_THREADS
     warmup: int = 5
     min_iters: int = 20
     min_time_s: float = 1.0
@@ -151,6 +162,8 @@ class Comparison:
     mac_ratio: float | None  # variant MACs / baseline MACs
     speedup: float  # baseline p50 / variant p50
     speedup_efficiency: float | None  # mac_ratio / latency_ratio (1.0 = latency fell as much as MACs)
+    reliable: bool = True  # False: the measurement failed a check even when repeated (see ``notes``)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,72 +188,6 @@ class BenchResult:
 
 
 # ----------------------------------------------------------------------------------------- runners
-class _Runner:
-    """Runs one variant at one batch size; ``run(n)`` returns n per-iteration times in ms."""
-
-    provider: str | None = None
-
-    def run(self, n: int) -> list[float]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _TorchRunner(_Runner):
-    def __init__(self, model: nn.Module, x: torch.Tensor, device: str) -> None:
-        self.model, self.x, self.cuda = model, x, device == "cuda"
-
-    def run(self, n: int) -> list[float]:
-        times = []
-        with torch.inference_mode():
-            if self.cuda:
-                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-                for start, end in events:
-                    start.record()
-                    self.model(self.x)
-                    end.record()
-                torch.cuda.synchronize()
-                times = [start.elapsed_time(end) for start, end in events]
-            else:
-                for _ in range(n):
-                    t0 = time.perf_counter()
-                    self.model(self.x)
-                    times.append((time.perf_counter() - t0) * 1e3)
-        return times
-
-
-class _OrtRunner(_Runner):
-    def __init__(self, session: Any, x: np.ndarray, device: str) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.provider = session.get_providers()[0]
-        self.binding = None
-        self.feed = {self.input_name: x}
-        if device == "cuda":
-            import onnxruntime as ort
-
-            self.binding = session.io_binding()
-            value = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-            self.binding.bind_ortvalue_input(self.input_name, value)
-            for name in self.output_names:
-                self.binding.bind_output(name, "cuda", 0)
-            self._keep = value
-
-    def run(self, n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            if self.binding is not None:
-                self.session.run_with_iobinding(self.binding)
-                self.binding.synchronize_outputs()
-            else:
-                self.session.run(self.output_names, self.feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
-
-
 # ----------------------------------------------------------------------------------------- benchmark
 def benchmark(variants: Sequence[Variant], input_shape: Sequence[int], config: BenchConfig | None = None,
               *, progress: Callable[[str], None] | None = None) -> BenchResult:
@@ -263,7 +210,7 @@ def benchmark(variants: Sequence[Variant], input_shape: Sequence[int], config: B
 
     results: list[LatencyResult] = []
     schedule: list[dict[str, Any]] = []
-    with _thread_count(config.threads) as threads:
+    with thread_count(config.threads) as threads:
         environment = collect_environment(threads=threads)
         for runtime in config.runtimes:
             usable = [v for v in variants if _supports(v, runtime)]
@@ -276,26 +223,68 @@ def benchmark(variants: Sequence[Variant], input_shape: Sequence[int], config: B
                     f"runtime {runtime} has nothing to run: "
                     + ("give a model with an ONNX file" if runtime in ORT_RUNTIMES else "an .onnx file can only be timed with --runtimes onnxruntime")
                 )
-            prepared = _prepare(usable, runtime, config.device, threads)
+            prepared = prepare(usable, runtime, config.device, threads)
             try:
-                for batch in config.batch_sizes:
-                    if progress:
-                        progress(f"{runtime} {config.device} batch {batch}: {', '.join(v.name for v in usable)}")
-                    measured, order = _measure_interleaved(usable, prepared, runtime, config, int(batch), shape)
-                    schedule.append({"runtime": runtime, "batch": int(batch), "turns": len(order),
-                                     "order": order[:SCHEDULE_KEEP]})
-                    for v in usable:
-                        results.append(_summarize(measured[v.name], v, runtime, config.device, int(batch), threads,
-                                                  prepared[v.name]["provider"]))
+                results += _measure_runtime(usable, prepared, runtime, config, shape, threads, schedule, progress)
             finally:
                 prepared.clear()
     comparisons = compare(results, variants, baseline=config.baseline)
+    for c in comparisons:
+        c.notes = unreliable_reasons(results, c)
+        c.reliable = not c.notes
     cfg = asdict(config)
     cfg["batch_sizes"] = [int(b) for b in config.batch_sizes]
     cfg["runtimes"] = list(config.runtimes)
     cfg["threads"] = threads
     return BenchResult(results=results, comparisons=comparisons, environment=environment, config=cfg,
                        schedule=schedule)
+
+
+def _measure_runtime(variants: Sequence[Variant], prepared: dict[str, dict[str, Any]], runtime: str,
+                     config: BenchConfig, shape: tuple[int, ...], threads: int, schedule: list[dict[str, Any]],
+                     progress: Callable[[str], None] | None) -> list[LatencyResult]:
+    """Every batch size of one runtime; a batch whose measurement fails a check is measured once more,
+    for twice as long (a busy moment of the machine usually passes)."""
+    by_batch: dict[int, list[LatencyResult]] = {}
+
+    def measure(batch: int, scale: float) -> None:
+        if progress:
+            progress(f"{runtime} {config.device} batch {batch}: {', '.join(v.name for v in variants)}"
+                     + (" (again: the first measurement was unstable)" if scale > 1 else ""))
+        cfg = dataclasses.replace(config, min_time_s=config.min_time_s * scale, min_iters=int(config.min_iters * scale))
+        measured, order = measure_interleaved(variants, prepared, runtime, cfg, batch, shape)
+        schedule.append({"runtime": runtime, "batch": batch, "turns": len(order), "order": order[:SCHEDULE_KEEP]})
+        by_batch[batch] = [_summarize(measured[v.name], v, runtime, config.device, batch, threads,
+                                      prepared[v.name]["provider"]) for v in variants]
+
+    for batch in config.batch_sizes:
+        measure(int(batch), 1.0)
+    flat = [r for rs in by_batch.values() for r in rs]
+    again = sorted({c.batch for c in compare(flat, variants, baseline=config.baseline) if unreliable_reasons(flat, c)})
+    for batch in again:
+        measure(batch, 2.0)
+    return [r for batch in config.batch_sizes for r in by_batch[int(batch)]]
+
+
+def unreliable_reasons(results: Sequence[LatencyResult], comparison: Comparison) -> list[str]:
+    """Why a comparison cannot be trusted (empty when it can): a busy machine (p90 far above p50), a
+    latency that fell more than the arithmetic, or a larger batch that ran faster than a smaller one."""
+    out = []
+    same = [r for r in results if (r.runtime, r.device) == (comparison.runtime, comparison.device)]
+    for r in same:
+        if r.batch == comparison.batch and r.variant in (comparison.variant, comparison.baseline) and r.p50_ms > 0:
+            if r.p90_ms / r.p50_ms > SPREAD_LIMIT:
+                out.append(f"{r.variant}: p90 is {r.p90_ms / r.p50_ms:.1f}x p50 (the machine was busy)")
+    eff = comparison.speedup_efficiency
+    if eff is not None and eff > EFFICIENCY_LIMIT:
+        out.append(f"latency fell {eff:.2f}x more than the MACs did, which the arithmetic cannot explain")
+    for name in (comparison.variant, comparison.baseline):
+        this = next((r for r in same if r.variant == name and r.batch == comparison.batch), None)
+        for other in same:
+            if this is not None and other.variant == name and other.batch < this.batch and \
+                    this.p50_ms < other.p50_ms * (1 - BATCH_SCALING_SLACK):
+                out.append(f"{name}: batch {this.batch} ran faster than batch {other.batch}")
+    return out
 
 
 def compare(results: Sequence[LatencyResult], variants: Sequence[Variant], *, baseline: str = "dense") -> list[Comparison]:
@@ -327,93 +316,6 @@ def _supports(variant: Variant, runtime: str) -> bool:
     return variant.onnx_path is not None if runtime in ORT_RUNTIMES else variant.model is not None
 
 
-def _prepare(variants: Sequence[Variant], runtime: str, device: str, threads: int) -> dict[str, dict[str, Any]]:
-    """Per variant: the callable object to time (a model on the device, or an ORT session)."""
-    prepared: dict[str, dict[str, Any]] = {}
-    for v in variants:
-        if runtime in TORCH_RUNTIMES:
-            model = v.model
-            assert model is not None
-            if device == "cuda" or model.training or runtime == "torch-compile":
-                model = copy.deepcopy(model)  # never move or switch the caller's module
-            model = model.to(device).eval()
-            if runtime == "torch-compile":
-                model = torch.compile(model, dynamic=False)
-            prepared[v.name] = {"model": model, "provider": None}
-        else:
-
-            providers = _providers_for(runtime, device)
-            session = load_onnx_session(v.onnx_path, providers=providers, threads=threads)
-            if session.get_providers()[0] != providers[0]:
-                raise DempError(
-                    f"onnxruntime could not start {providers[0]} for {v.onnx_path} (it fell back to "
-                    f"{session.get_providers()[0]}); check the GPU libraries or use --device cpu"
-                )
-            prepared[v.name] = {"session": session, "provider": providers[0]}
-    return prepared
-
-
-def _providers_for(runtime: str, device: str) -> list[str]:
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if runtime == "onnxruntime-trt":
-        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def _input(batch: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *shape), generator=gen)
-
-
-def _make_runner(entry: dict[str, Any], runtime: str, device: str, x: torch.Tensor) -> _Runner:
-    if runtime in TORCH_RUNTIMES:
-        return _TorchRunner(entry["model"], x.to(device), device)
-    session = entry["session"]
-    shape = session.get_inputs()[0].shape
-    if shape and isinstance(shape[0], int) and shape[0] != x.shape[0]:
-        raise UsageError(
-            f"the ONNX model has a static batch size of {shape[0]} and cannot run batch {x.shape[0]}; "
-            f"use --batch-sizes {shape[0]} or re-export with --dynamic-batch"
-        )
-    return _OrtRunner(session, x.numpy().astype(np.float32), device)
-
-
-def _measure_interleaved(variants: Sequence[Variant], prepared: dict[str, dict[str, Any]], runtime: str,
-                         config: BenchConfig, batch: int, shape: tuple[int, ...]) -> tuple[dict[str, list[float]], list[str]]:
-    """Warm up each variant, then run them round-robin in chunks until every one has at least
-    ``min_iters`` iterations and ``min_time_s`` seconds of measured time. Returns the per-iteration
-    times (ms) of each variant and the order of turns."""
-    x = _input(batch, shape, config.seed)
-    runners = {v.name: _make_runner(prepared[v.name], runtime, config.device, x) for v in variants}
-    order: list[str] = []
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    turn: dict[str, int] = {}
-    try:
-        for v in variants:
-            try:
-                warm = runners[v.name].run(max(config.warmup, 1))
-            except Exception as exc:  # compile / runtime failures of user models come in many types
-                raise DempError(
-                    f"{runtime} failed to run {v.name} at batch {batch} ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); drop {runtime} from --runtimes"
-                ) from None
-            per_iter_s = max(float(np.median(warm[-3:])) / 1e3, 1e-6)
-            turn[v.name] = int(min(1000, max(config.chunk, math.ceil(config.chunk_s / per_iter_s))))
-
-        def done(name: str) -> bool:
-            return len(times[name]) >= config.min_iters and sum(times[name]) / 1e3 >= config.min_time_s
-
-        while not all(done(v.name) for v in variants):
-            for v in variants:
-                times[v.name].extend(runners[v.name].run(turn[v.name]))
-                order.append(v.name)
-    finally:
-        for runner in runners.values():
-            runner.close()
-    return times, order
-
-
 def _summarize(times_ms: list[float], variant: Variant, runtime: str, device: str, batch: int, threads: int,
                provider: str | None) -> LatencyResult:
     arr = np.asarray(times_ms, dtype=np.float64)
@@ -424,19 +326,6 @@ def _summarize(times_ms: list[float], variant: Variant, runtime: str, device: st
         std_ms=float(arr.std(ddof=1)) if arr.size > 1 else 0.0, min_ms=float(arr.min()), max_ms=float(arr.max()),
         throughput=batch / (p50 / 1e3) if p50 > 0 else float("inf"), macs=variant.macs, provider=provider,
     )
-
-
-@contextlib.contextmanager
-def _thread_count(threads: int | None) -> Iterator[int]:
-    """Set PyTorch's intra-op threads for the benchmark (restored afterwards); yield the count used."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -485,6 +374,8 @@ def format_table(result: BenchResult | dict[str, Any]) -> str:
             mac = "-" if c.get("mac_ratio") is None else f"{c['mac_ratio']:.3f}"
             eff = "-" if c.get("speedup_efficiency") is None else f"{c['speedup_efficiency']:.2f}"
             lines.append(f"{c['runtime']:<16} {c['device']:<4} {c['batch']:>5} {c['latency_ratio']:>13.3f} {mac:>9} "
-                         f"{c['speedup']:>6.2f}x {eff:>10}")
+                         f"{c['speedup']:>6.2f}x {eff:>10}" + ("" if c.get("reliable", True) else "  UNRELIABLE"))
+            for note in c.get("notes") or []:
+                lines.append(f"    unreliable: {note}")
     return "\n".join(lines)
 

@@ -33,7 +33,7 @@ from compressor.measure import compare_macs, compare_outputs, count_params, run_
 from compressor.pruned import ONNX_FILE, REPORT_JSON, REPORT_MD
 
 from .env import collect_environment
-from .latency import BenchConfig, Variant, benchmark
+from .latency import DEFAULT_THREADS, BenchConfig, Variant, benchmark
 from .onnx import DEFAULT_OPSET, export_onnx
 from .ort import available_providers, check_parity
 from .report import REPORT_SCHEMA, tool_section, validate_report, write_report
@@ -51,7 +51,7 @@ def finalize(
     heldout_x: torch.Tensor | None, report: Mapping[str, Any], export: bool = True, bench: bool = True,
     opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, exporter: str = "auto",
     batch_sizes: Sequence[int] = (1, 8), device: str = "cpu", runtimes: Sequence[str] = ("torch", "onnxruntime"),
-    threads: int | None = None, min_time_s: float = 0.5, min_iters: int = 5, warmup: int = 2,
+    threads: int | None = DEFAULT_THREADS, min_time_s: float = 0.5, min_iters: int = 5, warmup: int = 2,
     atol_rel: float = 1e-4, plots: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Complete ``report`` for the models in ``out_dir``, write the artefacts, return the report.

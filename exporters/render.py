@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from compressor.plotting import pyplot, save_figure
 from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY
 
-__all__ = ["render_markdown", "plot_channels", "plot_latency", "format_summary", "PLOT_CHANNELS", "PLOT_LATENCY"]
+__all__ = ["render_markdown", "plot_channels", "plot_latency", "format_summary", "speed_verdicts", "is_int", "is_number"]
 
 
 
@@ -58,6 +58,26 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
+def speed_verdicts(report: Mapping[str, Any]) -> list[str]:
+    """One line per measured (runtime, device, batch): how much faster — or slower — the compact model
+    is than the dense one at the median. The console, ``report.md`` and the terminal summary print these."""
+    lines = []
+    for c in report.get("latency_comparison") or []:
+        ratio = c.get("latency_ratio")
+        if not is_number(ratio) or ratio <= 0:
+            continue
+        if ratio <= 1.0:
+            verdict = f"compact is {1 / ratio:.2f}x faster than dense"
+        else:
+            verdict = f"WARNING: compact is {ratio:.2f}x SLOWER than dense"
+        line = (f"{verdict} on {c['runtime']} {c['device']} at batch {c['batch']} (p50 {c['baseline_p50_ms']:.3f} -> "
+                f"{c['variant_p50_ms']:.3f} ms, {report.get('environment', {}).get('threads', '?')} thread(s))")
+        if not c.get("reliable", True):
+            line += f" -- UNRELIABLE: {'; '.join(c.get('notes') or [])}"
+        lines.append(line)
+    return lines
+
+
 def _header(report: Mapping[str, Any]) -> list[str]:
     source, pruning, tool = report.get("source", {}), report.get("pruning", {}), report.get("tool", {})
     desc = []
@@ -72,7 +92,8 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     if pruning.get("criterion") is not None:
         crit = pruning["criterion"]
         desc.append(f"criterion `{crit.get('name', crit) if isinstance(crit, Mapping) else crit}`")
-    return ["# demp compression report", "", (", ".join(desc) + ". ") if desc else "",
+    verdicts = [f"**{v}**" for v in speed_verdicts(report)]
+    return ["# demp compression report", "", *verdicts, *([""] if verdicts else []), (", ".join(desc) + ". ") if desc else "",
             f"demp {tool.get('version', '?')}, torch {tool.get('torch', '?')}, onnx {tool.get('onnx', '?')}, "
             f"onnxruntime {tool.get('onnxruntime', '?')}. MACs are multiply-accumulates per sample "
             "(FLOPs = 2 x MACs)."]
@@ -113,6 +134,28 @@ def _groups_section(report: Mapping[str, Any], images: Sequence[str]) -> list[st
     return lines
 
 
+def _width_section(report: Mapping[str, Any]) -> list[str]:
+    policy = report.get("width_policy")
+    if not policy:
+        return []
+    lines = ["## Width policy", ""]
+    if policy.get("note"):
+        lines += [f"Chosen: `{policy['chosen']}` — {policy['note']}.", ""]
+    else:
+        lines += [f"Chosen: `{policy['chosen']}`, the candidate whose slowest batch ran fastest against the dense "
+                  f"model on {policy['runtime']} {policy['device']} ({policy['threads']} thread(s)); dense counts "
+                  "as 1.0, so a compact candidate is kept only when it measured faster at every batch.", ""]
+        batches = [str(b) for b in policy.get("batch_sizes", [])]
+        lines += _table(["candidate", "round to", "removed", "MACs", *[f"ratio @ batch {b}" for b in batches], "chosen"],
+                        [[f"`{c['label']}`", c["round_to"], c["removed"], c["macs"],
+                          *[(c.get("latency_ratio") or {}).get(b) for b in batches], "yes" if c["chosen"] else ""]
+                         for c in policy.get("candidates", [])])
+        lines.append("")
+    lines += _table(["group root", "before", "exact", "chosen"],
+                    [[f"`{g['root']}`", g["before"], g["exact"], g["chosen"]] for g in policy.get("groups", [])])
+    return lines
+
+
 def _parity_section(report: Mapping[str, Any]) -> list[str]:
     parity = report.get("parity", {})
     if not parity:
@@ -144,9 +187,11 @@ def _latency_section(report: Mapping[str, Any], images: Sequence[str]) -> list[s
     if comps:
         lines += ["", "Dense versus pruned (p50; speedup efficiency = MAC ratio / latency ratio, 1.0 means "
                       "latency fell as much as the arithmetic):", ""]
-        lines += _table(["runtime", "device", "batch", "latency ratio", "MAC ratio", "speedup", "efficiency"],
+        lines += _table(["runtime", "device", "batch", "latency ratio", "MAC ratio", "speedup", "efficiency", "reliable"],
                         [[c.get("runtime"), c.get("device"), c.get("batch"), c.get("latency_ratio"),
-                          c.get("mac_ratio"), c.get("speedup"), c.get("speedup_efficiency")] for c in comps])
+                          c.get("mac_ratio"), c.get("speedup"), c.get("speedup_efficiency"),
+                          "yes" if c.get("reliable", True) else "NO: " + "; ".join(c.get("notes") or [])]
+                         for c in comps])
     if PLOT_LATENCY in images:
         lines += ["", f"![latency versus batch size]({PLOT_LATENCY})"]
     return lines
@@ -178,7 +223,8 @@ def _environment_section(report: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(report: Mapping[str, Any], *, images: Sequence[str] = ()) -> str:
     """``report.md``: model summary, channels per group, parity, export, latency, environment."""
-    sections = [_header(report), _model_section(report), _groups_section(report, images), _parity_section(report),
+    sections = [_header(report), _model_section(report), _groups_section(report, images), _width_section(report),
+                _parity_section(report),
                 _export_section(report), _latency_section(report, images), _modules_section(report),
                 _environment_section(report)]
     lines: list[str] = []
@@ -245,10 +291,12 @@ def plot_latency(report: Mapping[str, Any], path: str | os.PathLike) -> Path | N
 
 # ----------------------------------------------------------------------------------------- terminal
 def format_summary(report: Mapping[str, Any]) -> str:
-    """A compact terminal table: size, MACs, parity, and p50 latency dense versus pruned."""
+    """A compact terminal summary: the speed verdicts first, then size, MACs, parity and p50 latency."""
     model = report.get("model", {})
     pruning = report.get("pruning", {})
-    lines = [f"{'':<22} {'dense':>14} {'pruned':>14} {'ratio':>7}"]
+    lines = speed_verdicts(report)
+    lines += [""] if lines else []
+    lines += [f"{'':<22} {'dense':>14} {'pruned':>14} {'ratio':>7}"]
     lines.append(f"{'parameters':<22} {_fmt(model.get('params_before')):>14} {_fmt(model.get('params_after')):>14} "
                  f"{_ratio(model.get('params_after'), model.get('params_before')):>7}")
     lines.append(f"{'MACs / sample':<22} {_fmt(model.get('macs_before')):>14} {_fmt(model.get('macs_after')):>14} "
@@ -281,7 +329,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
         for c in comps:
             lines.append(f"{c['runtime']:<14} {c['device']:<4} {c['batch']:>5} {c['baseline_p50_ms']:>8.3f}ms "
                          f"{c['variant_p50_ms']:>9.3f}ms {c['latency_ratio']:>9.3f} {_fmt(c.get('mac_ratio')):>9} "
-                         f"{_fmt(c.get('speedup_efficiency'), 2):>5}")
+                         f"{_fmt(c.get('speedup_efficiency'), 2):>5}" + ("" if c.get("reliable", True) else " UNRELIABLE"))
     elif report.get("latency"):
         lines.append("")
         for e in report["latency"]:

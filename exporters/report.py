@@ -187,7 +187,7 @@ def compress_report(result: CompressResult) -> dict[str, Any]:
         "pruning": {
             **crit.to_dict(), "criterion": crit.spec(), "method": "compress", "calib_samples": calib,
             "heldout_samples": held, "neurons_before": result.neurons_before, "neurons_after": result.neurons_after,
-            "prunable_neurons": result.prunable_neurons, "removed": sum(len(g["removed"]) for g in result.groups),
+            "prunable_neurons": result.prunable_neurons, "removed": result.removed,
             "ignore": list(result.options["ignore"]), "min_channels": result.options["min_channels"],
             "round_to": result.options["round_to"], "groups": result.groups,
             "timings": {k: round(t, 4) for k, t in result.timings.items()},

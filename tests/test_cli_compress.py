@@ -41,12 +41,23 @@ def test_compress_writes_a_complete_directory(planted_ckpt, tmp_path, capsys) ->
     assert {"plan.json", "weights.safetensors", "model.onnx", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "demp.report/1"
-    assert report["pruning"]["removed"] == sum(len(c) for c in planted.values())
+    candidates = {c["label"]: c for c in report["width_policy"]["candidates"]}
+    assert candidates["exact"]["removed"] == sum(len(c) for c in planted.values())
+    assert report["pruning"]["removed"] == candidates[report["width_policy"]["chosen"]]["removed"]
     assert report["source"]["sha256"] and report["source"]["checkpoint"].endswith("cnn.pt")
     assert report["parity"]["torch_rel_diff"] <= 1e-4 and report["parity"]["onnx_max_abs_diff"] < 1e-3
     assert "removed" in stdout
+    # --round-to auto (the default) timed the width candidates and shipped the chosen one
+    policy = report["width_policy"]
+    assert policy["chosen"] in [c["label"] for c in policy["candidates"]] and policy["runtime"] == "onnxruntime"
+    chosen = {g["root"]: g["chosen"] for g in policy["groups"]}
+    assert all(g["after"] == chosen[g["root"]] for g in report["pruning"]["groups"] if g["root"] in chosen)
+    # the speed verdict comes first, in the report and on the console
+    md = (out / "report.md").read_text().splitlines()
+    assert md[2].startswith(("**compact is", "**WARNING: compact is")) and "at batch 1" in md[2]
+    assert any(line.startswith(("compact is", "WARNING: compact is")) for line in stdout.splitlines()[:4])
     again = compressor.load_pruned(out)
-    assert again.plan.removed_channels == report["pruning"]["removed"]
+    assert again.demp_plan.removed_channels == report["pruning"]["removed"]
     # an existing output directory is refused (usage error, nothing lost) unless --overwrite
     before = (out / "plan.json").read_text()
     code, _, err = run(["compress", ckpt, "--arch", "cnn", "--out", out, "--no-export"], capsys)
@@ -127,3 +138,22 @@ def test_entry_points_work_as_subprocesses(tmp_path) -> None:
     proc = subprocess.run(["demp", "compress", "--arch", "cnn", "--criterion", "bogus", "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "unknown criterion" in proc.stderr
+
+
+def test_every_command_documents_every_option_with_examples_and_defaults(capsys) -> None:
+    from compressor.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    assert set(commands) == {"compress", "inspect", "train", "demo", "export", "bench"}
+    for name, command in commands.items():
+        undocumented = [a.dest for a in command._actions if not a.help]
+        assert undocumented == [], f"demp {name}: options without help {undocumented}"
+        assert command.epilog and command.epilog.startswith("examples:") and f"demp {name}" in command.epilog
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--tolerance TOLERANCE max output difference, relative to the output scale, for lossless criteria "
+                  "(default: 0.0001)", "(default: cpu)", "(default: 0)", "--batch-size BATCH_SIZE samples per forward",
+                  "--opset OPSET ONNX opset of model.onnx (default: 18)", "--no-progress"):
+        assert shown in text, shown

@@ -54,13 +54,17 @@ def test_compress_removes_planted_channels_and_keeps_outputs(digits, tmp_path) -
     out = compressor.save_pruned(result, tmp_path / "slim")
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "weights.safetensors"]
     again = compressor.load_pruned(out)
+    assert isinstance(again, torch.nn.Module) and not again.training, "an ordinary model, in eval mode"
+    assert again.demp_plan.removal_hash() == result.plan.removal_hash() and again.demp_dir == out
     with torch.no_grad():
-        assert torch.equal(again.model(heldout_x), result.model.eval()(heldout_x))
+        assert torch.equal(again(heldout_x), result.model.eval()(heldout_x))
     # a compressed directory is also a checkpoint for load_model
     reloaded = compressor.load_model("cnn", checkpoint=out)
     with torch.no_grad():
-        assert torch.equal(reloaded(heldout_x), again.model(heldout_x))
-    dense = again.build_dense()
+        assert torch.equal(reloaded(heldout_x), again(heldout_x))
+    from compressor.pruned import dense_model
+
+    dense = dense_model(again)
     assert sum(p.numel() for p in dense.parameters()) == report["model"]["params_before"]
 
     with pytest.raises(OutputExistsError, match="overwrite"):
@@ -118,7 +122,7 @@ def test_compressing_a_compressed_model_composes_the_plans(digits, tmp_path) -> 
     model, planted = _planted_cnn(data, fraction=0.25)
     first = compressor.compress(model, loader, heldout=heldout_x, progress=False)
     compressor.save_pruned(first, tmp_path / "once")
-    once = compressor.load_pruned(tmp_path / "once").model
+    once = compressor.load_pruned(tmp_path / "once")
     # kill more channels in the compressed model, then compress it again
     analyzer = DependencyAnalyzer(once, torch.zeros(1, *data.input_shape))
     plant_dead_channels(once, analyzer, channels=(1,))
@@ -128,4 +132,4 @@ def test_compressing_a_compressed_model_composes_the_plans(digits, tmp_path) -> 
     compressor.save_pruned(second, tmp_path / "twice")
     twice = compressor.load_pruned(tmp_path / "twice")
     with torch.no_grad():
-        assert torch.equal(twice.model(heldout_x), second.model.eval()(heldout_x))
+        assert torch.equal(twice(heldout_x), second.model.eval()(heldout_x))

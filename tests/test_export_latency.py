@@ -60,11 +60,12 @@ def test_benchmark_structure_and_percentiles(variants) -> None:
 def test_variants_are_interleaved_round_robin(variants) -> None:
     config = BenchConfig(batch_sizes=(2,), runtimes=("torch",), **FAST)
     result = benchmark(variants, (32,), config)
-    (entry,) = result.schedule
-    order = entry["order"]
-    assert entry["turns"] >= 4 and len(order) >= 4
-    assert order[0::2] == ["dense"] * len(order[0::2])
-    assert order[1::2] == ["pruned"] * len(order[1::2])
+    assert 1 <= len(result.schedule) <= 2, "one measurement, or two when the first was unstable"
+    for entry in result.schedule:
+        order = entry["order"]
+        assert entry["turns"] >= 4 and len(order) >= 4
+        assert order[0::2] == ["dense"] * len(order[0::2])
+        assert order[1::2] == ["pruned"] * len(order[1::2])
 
 
 def test_comparison_ratios(variants) -> None:

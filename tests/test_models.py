@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -273,7 +272,7 @@ def test_plan_directory_is_delegated_to_load_pruned(tmp_path: Path, monkeypatch:
 
     def fake_load_pruned(path):
         calls.append(Path(path))
-        return types.SimpleNamespace(model=sentinel)
+        return sentinel
 
     import compressor.loading
 

@@ -111,7 +111,7 @@ def test_outputs_honour_the_umask(checkpoint, tmp_path, capsys) -> None:
     old = os.umask(0o022)
     try:
         out = tmp_path / "slim"
-        assert main(compress(checkpoint, out)[:-1] + ["--bench-batch-sizes", "1"]) == 0  # with the ONNX export
+        assert main(compress(checkpoint, out)[:-1] + ["--round-to", "1", "--no-bench"]) == 0  # with the ONNX export
         run = tmp_path / "run"
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(yaml.safe_dump({"method": "none", "model": {"arch": "mlp"}, "train": {"epochs": 1}}))

@@ -128,7 +128,7 @@ def test_plain_training_learns_and_writes_everything(tmp_path: Path, digits):
     loaded = load_pruned(out / "model")
     x = torch.stack([digits.test[i][0] for i in range(32)])
     with torch.no_grad():
-        assert torch.equal(loaded.model(x), result.model.eval()(x))
+        assert torch.equal(loaded(x), result.model.eval()(x))
 
 
 def test_demp_training_removes_dead_neurons_losslessly(tmp_path: Path, digits):
@@ -161,8 +161,8 @@ def test_demp_training_removes_dead_neurons_losslessly(tmp_path: Path, digits):
     loaded = load_pruned(tmp_path / "run" / "model")
     x = torch.stack([digits.test[i][0] for i in range(64)])
     with torch.no_grad():
-        assert torch.equal(loaded.model(x), result.model(x))
-    assert sum(p.numel() for p in loaded.model.parameters()) == s["params_after"]
+        assert torch.equal(loaded(x), result.model(x))
+    assert sum(p.numel() for p in loaded.parameters()) == s["params_after"]
 
 
 def test_output_directory_is_not_overwritten(tmp_path: Path, digits):

@@ -103,6 +103,22 @@ def test_summary_report_and_console_give_one_mac_count(tmp_path: Path, capsys) -
         assert report["model"][key] == summary[key], key
         assert f"{summary[key]:,}" in console, key
     assert report["model"]["mac_counter"] == summary["mac_counter"] == "fvcore"
+    for key in ("neurons_before", "neurons_after"):
+        assert report["pruning"][key] == summary[key], key
+    assert f"neurons: {summary['neurons_before']} -> {summary['neurons_after']}" in console
     assert report["pruning"]["method"] == "baseline" and report["pruning"]["criterion"] == "importance:bn-scale"
     assert report["model"]["macs_before"] > _conv_and_linear_macs(recipe), "pooling is counted, as in report.json"
     assert report["source"]["method"] == "baseline"
+
+
+def test_neuron_sparsity_is_the_removed_ratio_when_dead_neurons_are_kept(tmp_path: Path, digits) -> None:
+    """With round_to 8 some dead neurons stay in the model: they count as present, not as removed."""
+    recipe = load_recipe({
+        "method": "demp", "model": {"arch": "mlp", "kwargs": {"widths": [64, 64]}},
+        "data": {"spec": "digits", "batch_size": 32}, "train": {"epochs": 2, "lr": 3e-2},
+        "demp": {"target": "weights", "peak": 3e-2, "interval": 20, "death_samples": 200, "round_to": 8}})
+    s = train(recipe, tmp_path / "run", progress=False, data=digits, plots=False, tensorboard=False).summary
+    assert s["removed_channels"] > 0
+    assert s["neurons_after"] == s["neurons_before"] - s["removed_channels"]
+    assert s["neuron_sparsity"] == pytest.approx(s["removed_channels"] / s["neurons_before"])
+    assert s["live_after"] <= s["neurons_after"] and all(g["after"] % 8 == 0 for g in s["groups"])

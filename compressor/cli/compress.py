@@ -20,7 +20,8 @@ log = logging.getLogger("demp")
 
 MODEL_FILE_HELP = (
     "build the model with a factory from your own file, PATH.py:FUNCTION (called with num_classes= when it "
-    "accepts it). This imports and runs that file's code, by design: only use files you trust"
+    "accepts it). This imports and runs that file's code, by design: only use files you trust. The file is "
+    "copied into the output folder (code/, its sha256 in plan.json), and loading the output runs it again"
 )
 
 
@@ -33,8 +34,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-file", metavar="PATH.py:FUNCTION", help=MODEL_FILE_HELP)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for the model builder, value parsed as YAML (e.g. widths=[256,256])")
-    p.add_argument("--num-classes", type=int, help="classifier outputs (default: inferred from the checkpoint)")
-    p.add_argument("--input-size", type=int, help="image side length where the data does not fix it")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: read from the checkpoint)")
+    p.add_argument("--input-size", type=int, help="image side length, where the data does not fix it (image "
+                   "folders); data stored at another size is an error")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a checkpoint that is a whole pickled module (executes code from the file)")
 
@@ -42,45 +44,85 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="digits | mnist:ROOT | fashion-mnist:ROOT | cifar10:ROOT | "
                    "cifar100:ROOT | imagefolder:PATH | npz:PATH (default: digits, scikit-learn's bundled 8x8 digits)")
-    p.add_argument("--calib-samples", type=int, default=1024, help="samples used for decisions (default 1024)")
+    p.add_argument("--calib-samples", type=int, default=1024,
+                   help="samples the decision is measured on (all of a smaller dataset)")
     p.add_argument("--heldout-samples", type=int, default=256,
-                   help="samples never used for decisions, for verification, taken from what calibration leaves "
-                   "(default 256; 0 skips the check)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling the calibration set")
-    p.add_argument("--device", default="cpu", help="device for statistics and verification (cpu, cuda)")
+                   help="samples never used for decisions, to verify on, from what calibration leaves (0: no check)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="samples per forward pass while measuring (clipped to the calibration set)")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing the calibration and held-out samples")
+    p.add_argument("--device", default="cpu", help="device for statistics, verification and timing: cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_decision_args(p: argparse.ArgumentParser) -> None:
+def add_decision_args(p: argparse.ArgumentParser, *, auto: bool) -> None:
     p.add_argument("--criterion", default="dead", help="dead[:EPS] (lossless at 0) | saturated[:EPS] | "
-                   "dormant:TAU (default dead)")
+                   "dormant:TAU (lossy; the error is reported)")
     p.add_argument("--ignore", action="append", default=[], metavar="NAME",
                    help="never prune groups touching this layer (repeatable; NAME or a prefix NAME.*)")
-    p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps (default 1)")
-    p.add_argument("--round-to", type=int, default=1,
-                   help="keep extra dead channels so widths are multiples of N (never removes a live one)")
+    p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps")
+    if auto:
+        p.add_argument("--round-to", type=_round_to, default="auto", metavar="auto|N",
+                       help="widths after removal: auto times the exact widths, multiples of 8, 16 and 32 and the dense "
+                       "model on the runtime and keeps the fastest (never slower than dense); N keeps widths "
+                       "multiples of N (1: exact); extra channels kept are always dead ones")
+    else:
+        p.add_argument("--round-to", type=int, default=1, metavar="N",
+                       help="count removable channels as if widths were kept multiples of N")
+
+
+def _round_to(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {value}")
+    return value
+
+
+COMPRESS_EXAMPLES = """examples:
+  demp compress resnet18.pt --arch resnet18 --data cifar10:/data/cifar --out resnet18-slim/
+  demp compress net.pt --model-file net.py:build --data npz:calib.npz --calib-samples 512
+  demp compress r50.pt --arch resnet50 --data imagefolder:/data/val --round-to 8 --no-bench
+  demp compress slim/ --criterion saturated:0.01 --out slimmer/       (compress a compressed folder again)
+"""
+
+INSPECT_EXAMPLES = """examples:
+  demp inspect resnet18.pt --arch resnet18 --data cifar10:/data/cifar
+  demp inspect net.pt --model-file net.py:build --data npz:calib.npz --groups --json stats.json
+"""
 
 
 def register(subparsers: Any) -> None:
-    c = subparsers.add_parser("compress", help="remove dead neurons from a trained checkpoint",
+    c = subparsers.add_parser("compress", help="remove dead neurons from a trained checkpoint", epilog=COMPRESS_EXAMPLES,
                               description="Find channels that are dead at every layer reading them, remove "
                               "them with everything coupled to them, verify, export ONNX and a report.")
     add_model_args(c)
     add_data_args(c)
-    add_decision_args(c)
-    c.add_argument("--out", help="output directory (default: CHECKPOINT-slim)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    add_decision_args(c, auto=True)
+    c.add_argument("--out", help="output folder (default: CHECKPOINT-slim)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace demp's own outputs in --out (a folder holding the input or other files is refused)")
     c.add_argument("--tolerance", type=float, default=1e-4,
-                   help="max output difference relative to the output scale for lossless criteria")
-    c.add_argument("--no-export", action="store_true", help="skip ONNX export and latency measurement")
-    c.add_argument("--opset", type=int, default=18)
-    c.add_argument("--bench-batch-sizes", default="1,8", help="batch sizes for the latency report (default 1,8)")
+                   help="max output difference, relative to the output scale, for lossless criteria")
+    c.add_argument("--no-export", action="store_true", help="skip the ONNX export (plan and weights only)")
+    c.add_argument("--bench", action=argparse.BooleanOptionalAction, default=None,
+                   help="time dense versus compact for the report (default: when something was removed)")
+    c.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads while timing (one: demp's timing policy, docs/exporters.md)")
+    c.add_argument("--opset", type=int, default=18, help="ONNX opset of model.onnx")
+    c.add_argument("--bench-batch-sizes", default="1,8", help="batch sizes to time (and to choose widths at)")
     c.set_defaults(handler=run_compress)
 
-    i = subparsers.add_parser("inspect", help="per-layer dead-neuron counts, no pruning")
+    i = subparsers.add_parser("inspect", help="per-layer dead-neuron counts, no pruning", epilog=INSPECT_EXAMPLES,
+                              description="Count dead / saturated / dormant input channels per layer and removable "
+                              "channels per coupling group, without changing anything.")
     add_model_args(i)
     add_data_args(i)
-    add_decision_args(i)
+    add_decision_args(i, auto=False)
     i.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
     i.add_argument("--groups", action="store_true", help="print every coupling group with its members")
     i.set_defaults(handler=run_inspect)
@@ -184,6 +226,14 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
 
 
 # ---------------------------------------------------------------------- compress
+NOTHING_REMOVED = (
+    "nothing to remove: no channel of a prunable group is {criterion} at every layer that reads it, on {n} "
+    "calibration samples. What can help: a lossy criterion (--criterion saturated:EPS or dormant:TAU; the error is "
+    "reported), or more dead neurons through DemP fine-tuning (demp train --recipe samples/recipes/demp-*.yaml "
+    "--set model.checkpoint={checkpoint}). The output is written without timing (pass --bench to time it anyway)"
+)
+
+
 def run_compress(args: argparse.Namespace) -> int:
     from exporters.latency import parse_batch_sizes
     from exporters.pipeline import finalize
@@ -194,33 +244,85 @@ def run_compress(args: argparse.Namespace) -> int:
     from ..pruned import OUTPUTS, save_pruned
 
     batch_sizes = parse_batch_sizes(args.bench_batch_sizes)
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
     out = Path(args.out or (f"{Path(args.checkpoint).stem}-slim" if args.checkpoint else "demp-compressed"))
     model_file = (args.model_file or "").rpartition(":")[0] or None
     check_output_dir(out, overwrite=args.overwrite, outputs=OUTPUTS, inputs=(args.checkpoint, model_file))
     t_start = time.perf_counter()
     model, data, calib_loader, heldout_x, source = load_inputs(args)
     result = compress(model, calib_loader, criterion=args.criterion, heldout=heldout_x, ignore=args.ignore,
-                      min_channels=args.min_channels, round_to=args.round_to, tolerance=args.tolerance,
-                      source=source)
+                      min_channels=args.min_channels, round_to=1 if args.round_to == "auto" else args.round_to,
+                      tolerance=args.tolerance, source=source, progress=not args.no_progress)
+    if result.removed == 0:
+        print(NOTHING_REMOVED.format(criterion=result.criterion.spec(), n=result.calib_inputs.shape[0],
+                                     checkpoint=args.checkpoint or "CKPT"))
+    bench = args.bench if args.bench is not None else (result.removed > 0 and not args.no_export)
+    policy = None
+    if args.round_to == "auto" and result.removed:
+        result, policy = _choose_widths(result, args, batch_sizes)
     with staged_directory(out) as staging:  # the previous output survives until this one is complete
         save_pruned(result, staging, prepare=False)
+        report = compress_report(result)
+        if policy is not None:
+            report["width_policy"] = policy
         report = finalize(staging, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
-                          heldout_x=result.heldout_inputs, report=compress_report(result),
-                          export=not args.no_export, bench=not args.no_export, opset=args.opset,
-                          batch_sizes=batch_sizes, device=args.device, overwrite=True)
-    pr = report["pruning"]
-    print(f"removed {pr['removed']} of {pr['neurons_before']} neurons "
-          f"({pr['neurons_before']} -> {pr['neurons_after']}); params {report['model']['params_before']:,} -> "
-          f"{report['model']['params_after']:,}; max output diff {report['parity']['torch_max_abs_diff']:.3g} "
-          f"(top-1 agreement {report['parity']['top1_agreement']:.4f})")
+                          heldout_x=result.heldout_inputs, report=report, export=not args.no_export, bench=bench,
+                          runtimes=("torch",) if args.no_export else ("torch", "onnxruntime"), opset=args.opset,
+                          batch_sizes=batch_sizes, device=args.device, threads=args.threads, overwrite=True)
+    _print_summary(report, result, out, time.perf_counter() - t_start)
+    return 0
+
+
+def _choose_widths(result: Any, args: argparse.Namespace, batch_sizes: tuple[int, ...]) -> tuple[Any, dict[str, Any]]:
+    """``--round-to auto``: time the width candidates on the runtime the report measures, keep the fastest.
+
+    Without an export there is no ONNX Runtime to time: widths are kept multiples of 8, which the CPU and
+    GPU kernels of both runtimes handle at full speed, and the report says the choice was not measured.
+    """
+    from functools import partial
+
+    from exporters.widths import UNTIMED_MULTIPLE, choose_widths, untimed_policy
+
+    from ..compression import rewidth
+
+    if args.no_export:
+        chosen = rewidth(result, UNTIMED_MULTIPLE)
+        return chosen, untimed_policy(result, chosen)
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    runtime = "onnxruntime"
+    if device == "cuda":
+        from exporters.ort import available_providers
+
+        runtime = runtime if "CUDAExecutionProvider" in available_providers() else "torch"
+    print(f"choosing widths: timing the exact, x8, x16, x32 and dense widths on {runtime} {device} "
+          f"(batch {', '.join(map(str, batch_sizes))}, {args.threads} thread(s))...")
+    return choose_widths(result, partial(rewidth, result), batch_sizes=batch_sizes, threads=args.threads,
+                         runtime=runtime, device=device, opset=args.opset,
+                         progress=lambda msg: log.info("timing %s", msg))
+
+
+def _print_summary(report: dict[str, Any], result: Any, out: Path, seconds: float) -> None:
+    """The speed verdicts first (a slower compact model is a warning), then what was removed and written."""
+    from exporters.render import speed_verdicts
+
+    for line in speed_verdicts(report):
+        print(line)
+    pr, model, parity = report["pruning"], report["model"], report["parity"]
+    print(f"removed {pr['removed']} of {pr['neurons_before']} neurons ({pr['neurons_before']} -> "
+          f"{pr['neurons_after']}); params {model['params_before']:,} -> {model['params_after']:,}; MACs "
+          + (f"{model['macs_before']:,} -> {model['macs_after']:,}" if model.get("macs_before") is not None
+             else "unavailable") + f"; max output diff {parity['torch_max_abs_diff']:.3g}"
+          + (f" (top-1 agreement {parity['top1_agreement']:.4f})" if parity.get("top1_agreement") is not None else ""))
+    policy = report.get("width_policy")
+    if policy and policy.get("note"):
+        print(f"widths: {policy['chosen']}, {policy['note']}")
+    elif policy:
+        print(f"widths: {policy['chosen']} (of {', '.join(c['label'] for c in policy['candidates'])}, timed on "
+              f"{policy['runtime']} {policy['device']}; per group in report.md)")
     if "heldout_skipped" in result.verification:
         print(f"note: {result.verification['heldout_skipped']}")
-    odd = [g for g in pr["groups"] if g.get("removed") and g["after"] % 8]
-    if odd and args.round_to == 1:
-        print(f"tip: {len(odd)} pruned group(s) have widths that are not multiples of 8; --round-to 8 keeps a "
-              "few dead channels so CPU/GPU kernels run at full speed (see BENCHMARKS.md)")
-    print(f"wrote {out}/ in {time.perf_counter() - t_start:.1f} s")
-    return 0
+    print(f"wrote {out}/ in {seconds:.1f} s")
 
 
 # ---------------------------------------------------------------------- inspect

@@ -24,6 +24,17 @@ Registrar = Callable[["argparse._SubParsersAction"], None]
 REGISTRARS: tuple[Registrar, ...] = (compress_cli.register, train_cli.register, exporters_cli.register)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option shows its default (unless it has none or says it already); examples keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = action.option_strings and not (default is None or default is False or default is argparse.SUPPRESS
+                                               or default == [])
+        return text + " (default: %(default)s)" if shown and "default" not in text else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="demp",
@@ -34,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTRARS:
         register(subparsers)
+    for command in subparsers.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -62,10 +62,24 @@ export:
 """
 
 
+TRAIN_EXAMPLES = """examples:
+  demp train --recipe samples/recipes/demp-cnn-digits.yaml --out run/
+  demp train --recipe samples/recipes/demp-resnet18-cifar10.yaml --data cifar10:/data/cifar --out run/
+  demp train --recipe run/recipe.yaml --resume run/                     (after a crash or Ctrl-C)
+  demp train --recipe samples/recipes/demp-mlp-digits.yaml --set demp.peak=1e-3 --epochs 20 --out run2/
+  torchrun --nproc_per_node 2 -m compressor train --recipe R.yaml --out run/   (DDP)
+"""
+
+DEMO_EXAMPLES = """examples:
+  demp demo
+  demp demo --out /tmp/demo --overwrite --epochs 4
+"""
+
+
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add ``train`` and ``demo`` to the ``demp`` command."""
     p = subparsers.add_parser(
-        "train",
+        "train", epilog=TRAIN_EXAMPLES,
         help="train (and prune) a model from a YAML recipe",
         description="Train a model from a YAML recipe with DemP (dead neurons removed as they die) or plainly, "
         "checkpointing every epoch, and export the compact model (plan.json, weights.safetensors, model.onnx, "
@@ -80,23 +94,24 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
     p.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set train.device=...")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace demp's own outputs in --out (a folder holding the recipe or other files is refused)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export and report (OUT/model keeps plan.json + weights)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_train)
 
     d = subparsers.add_parser(
-        "demo",
+        "demo", epilog=DEMO_EXAMPLES,
         help="train-and-prune a small CNN on bundled digits, export and benchmark it (about a minute)",
         description="The embedded default: DemP on scikit-learn's 8x8 digits with a small CNN, removing neurons as "
         "they die, then ONNX export and a dense-vs-compact benchmark. No data or checkpoint needed.",
     )
     d.add_argument("--out", metavar="DIR", default="demp-demo", help="output directory (default: ./demp-demo)")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    d.add_argument("--overwrite", action="store_true", help="replace demp's own outputs in --out")
     d.add_argument("--epochs", type=int, help="training epochs (default: the demo recipe's)")
     d.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the demo's 8x8 model is too small to gain from more, and "
-                   "extra threads only spin on a busy machine)")
+                   help="CPU threads for training and timing (default 1, demp's timing policy: the demo's 8x8 model "
+                   "is too small to gain from more, and extra threads only spin on a busy machine)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(handler=run_demo)
 
@@ -211,32 +226,13 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     return finalize(
         result.compact_dir, dense=dense, pruned=pruned, calib_x=calib_x, heldout_x=heldout_x,
         report=training_report(result), export=True, bench=e.latency, batch_sizes=tuple(e.batch_sizes),
+        threads=e.threads,
         **({"opset": e.opset} if e.opset is not None else {}), overwrite=overwrite,
     )
 
 
 def _pct(x: float | None) -> str:
     return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "n/a"
-
-
-def _latency_lines(report: dict[str, Any] | None) -> list[str]:
-    if not report:
-        return []
-    rows = report.get("latency") or []
-    by_key: dict[tuple[str, str, int], dict[str, float]] = {}
-    for r in rows:
-        try:
-            by_key.setdefault((r["runtime"], r.get("device", "cpu"), int(r["batch"])), {})[r["variant"]] = float(r["p50_ms"])
-        except (KeyError, TypeError, ValueError):
-            continue
-    lines = []
-    for (runtime, device, batch), v in sorted(by_key.items()):
-        dense = v.get("dense", v.get("original"))
-        compact = v.get("pruned", v.get("compact"))
-        if dense is not None and compact is not None:
-            speed = f" ({dense / compact:.2f}x)" if compact > 0 else ""
-            lines.append(f"  latency p50 {runtime}/{device} batch {batch}: dense {dense:.3f} ms -> compact {compact:.3f} ms{speed}")
-    return lines
 
 
 def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
@@ -258,7 +254,10 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     if s.get("macs_before") and s.get("macs_after") is not None:
         lines.append(f"  MACs:    {s['macs_before']:,} -> {s['macs_after']:,} "
                      f"({s['macs_after'] / s['macs_before']:.2f}x)")
-    lines += _latency_lines(report)
+    if report:
+        from exporters.render import speed_verdicts
+
+        lines += [f"  {v}" for v in speed_verdicts(report)]
     lines.append(f"  files: {result.out_dir}/ (metrics.jsonl, plots/, checkpoints/), compact model in {result.compact_dir}/")
     return "\n".join(lines)
 
@@ -284,6 +283,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
     recipe = demo_recipe(args.epochs)
+    recipe.export.threads = args.threads  # the demo's timing uses the demo's thread count
     out = Path(args.out)
     prepare_output_dir(out, overwrite=args.overwrite, outputs=OUTPUTS)
     threads_before = torch.get_num_threads()

@@ -126,6 +126,7 @@ class ExportConfig:
     latency: bool = field(default=True, metadata={"help": "measure dense vs compact latency in the report"})
     batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "latency batch sizes"})
     opset: int | None = field(default=None, metadata={"help": "ONNX opset (None: the exporter's default)"})
+    threads: int = field(default=1, metadata={"help": "intra-op threads while timing (1: demp's timing policy, see docs/exporters.md)"})
 
 
 def _recipe_fields() -> list[tuple[str, Any, Any]]:
@@ -434,6 +435,7 @@ def _validate_export(e: ExportConfig) -> None:
     _check(bool(e.batch_sizes) and all(b >= 1 for b in e.batch_sizes), "export.batch_sizes", e.batch_sizes,
            "a non-empty list of positive integers")
     _check(e.opset is None or e.opset >= 7, "export.opset", e.opset, "an ONNX opset >= 7 or null")
+    _check(e.threads >= 1, "export.threads", e.threads, "an integer >= 1")
 
 
 def validate_recipe(recipe: RecipeConfig) -> None:

@@ -46,7 +46,9 @@ SUMMARY_FILE = "train_summary.json"
 #: Everything a run writes into its output folder (``--overwrite`` replaces these and nothing else).
 OUTPUTS = (RECIPE_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR, PLOTS_DIR, TENSORBOARD_DIR, MODEL_DIR)
 #: Version 2: MACs are counted by :func:`compressor.measure.count_macs` (fvcore, as in ``report.json``;
-#: version 1, unlabeled, counted Conv/Linear layers only) and the methods describe themselves.
+#: version 1, unlabeled, counted Conv/Linear layers only), the methods describe themselves, and
+#: ``neurons_after`` / ``neuron_sparsity`` count the neurons left in the model (the removed ratio, as
+#: ``report.json`` does; version 1 counted the live ones), with the live count in ``live_after``.
 SUMMARY_SCHEMA = "demp.train-summary/2"
 PARITY_SAMPLES = 256
 
@@ -102,11 +104,13 @@ def final_record(run: Run, parity: dict[str, Any] | None, started: float) -> dic
     val = evaluate(run.model, run.val_loader, run.device, bf16=t.bf16) if run.val_loader is not None else (None, None)
     plan = run.plan()
     live = live_fields(run)
+    total = live["neurons_total"]
+    present = sum(run.owner.present_neurons().values()) if run.owner is not None else None
     record = {
         "kind": "final", "schema": SUMMARY_SCHEMA, "step": run.total_steps, "epochs": t.epochs,
         "method": run.recipe.method, "val_loss": val[0], "val_accuracy": val[1], "test_loss": test[0],
-        "test_accuracy": test[1], "neurons_before": live["neurons_total"], "neurons_after": live["live_total"],
-        "neuron_sparsity": (1 - live["live_total"] / live["neurons_total"]) if live["neurons_total"] else None,
+        "test_accuracy": test[1], "neurons_before": total, "neurons_after": present, "live_after": live["live_total"],
+        "neuron_sparsity": (1 - present / total) if total else None,
         "params_before": run.dense["params"], "params_after": run.params(),
         "macs_before": run.dense["macs"], "macs_after": run.macs(), "mac_counter": run.dense.get("mac_counter"),
         "removed_channels": plan.removed_channels, "plan_hash": plan.removal_hash(),
