@@ -194,6 +194,10 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{env['cpu_model']}, {env['logical_cores']} logical cores, {result.config['threads']} threads"
           + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ""))
     print(format_table(result))
+    from .render import speed_verdicts
+
+    for line in speed_verdicts({"latency_comparison": data["comparison"], "environment": env}):
+        print(line)
     if args.json:
         atomic_write_json(args.json, data)
         print(f"wrote {args.json}")

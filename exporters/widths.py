@@ -87,6 +87,9 @@ def choose_widths(exact: CompressResult, rewidth: Callable[[int], CompressResult
     shape = tuple(exact.calib_inputs.shape[1:])
     config = BenchConfig(batch_sizes=tuple(int(b) for b in batch_sizes), runtimes=(runtime,), device=device,
                          threads=threads, warmup=2, min_iters=10, min_time_s=min_time_s)
+    say = progress or (lambda _msg: None)
+    say(f"choosing widths: timing {', '.join(c.label for c in candidates)} on {runtime} {device} "
+        f"(batch {', '.join(map(str, config.batch_sizes))}, {threads} thread(s))...")
     with tempfile.TemporaryDirectory(prefix="demp-widths-") as tmp:
         variants = []
         for c in candidates:
@@ -97,7 +100,7 @@ def choose_widths(exact: CompressResult, rewidth: Callable[[int], CompressResult
                 variants.append(Variant(c.label, None, path, c.macs))
             else:
                 variants.append(Variant(c.label, model, None, c.macs))
-        bench = benchmark(variants, shape, config, progress=progress)
+        bench = benchmark(variants, shape, config, progress=lambda msg: say(f"timing {msg}"))
     for c in candidates:
         c.ratios = {int(b): 1.0 for b in config.batch_sizes} if c.label == "dense" else {
             cmp.batch: cmp.latency_ratio for cmp in bench.comparisons if cmp.variant == c.label}

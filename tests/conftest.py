@@ -31,3 +31,19 @@ def write_pngs():
         return Path(root)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def planted_checkpoint(tmp_path_factory) -> Path:
+    """A digits CNN (random init) with half of every prunable group's channels planted dead, saved as a
+    plain state dict: something real for `demp compress` to remove."""
+    import compressor
+    from compressor.graph import DependencyAnalyzer
+    from compressor.planting import plant_dead_channels
+
+    torch.manual_seed(0)
+    model = compressor.build_model(compressor.ModelSpec("cnn", 10, (1, 8, 8))).eval()
+    plant_dead_channels(model, DependencyAnalyzer(model, torch.zeros(1, 1, 8, 8)), fraction=0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
+    torch.save(model.state_dict(), path)
+    return path

@@ -9,23 +9,15 @@ import stat
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import compressor
 from compressor.cli import main
-from compressor.graph import DependencyAnalyzer
-from compressor.planting import plant_dead_channels
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = compressor.build_model(compressor.ModelSpec("cnn", 10, (1, 8, 8))).eval()
-    plant_dead_channels(model, DependencyAnalyzer(model, torch.zeros(1, 1, 8, 8)), fraction=0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
-    torch.save(model.state_dict(), path)
-    return path
+@pytest.fixture()
+def checkpoint(planted_checkpoint: Path) -> Path:
+    return planted_checkpoint
 
 
 def compress(ckpt: Path, out: Path, *extra: str) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from exporters.latency import DEFAULT_THREADS
+
 from ..errors import UsageError
 
 log = logging.getLogger("demp")
@@ -111,7 +113,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--no-export", action="store_true", help="skip the ONNX export (plan and weights only)")
     c.add_argument("--bench", action=argparse.BooleanOptionalAction, default=None,
                    help="time dense versus compact for the report (default: when something was removed)")
-    c.add_argument("--threads", type=int, default=1,
+    c.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="intra-op threads while timing (one: demp's timing policy, docs/exporters.md)")
     c.add_argument("--opset", type=int, default=18, help="ONNX opset of model.onnx")
     c.add_argument("--bench-batch-sizes", default="1,8", help="batch sizes to time (and to choose widths at)")
@@ -295,11 +297,8 @@ def _choose_widths(result: Any, args: argparse.Namespace, batch_sizes: tuple[int
         from exporters.ort import available_providers
 
         runtime = runtime if "CUDAExecutionProvider" in available_providers() else "torch"
-    print(f"choosing widths: timing the exact, x8, x16, x32 and dense widths on {runtime} {device} "
-          f"(batch {', '.join(map(str, batch_sizes))}, {args.threads} thread(s))...")
     return choose_widths(result, partial(rewidth, result), batch_sizes=batch_sizes, threads=args.threads,
-                         runtime=runtime, device=device, opset=args.opset,
-                         progress=lambda msg: log.info("timing %s", msg))
+                         runtime=runtime, device=device, opset=args.opset, progress=log.info)
 
 
 def _print_summary(report: dict[str, Any], result: Any, out: Path, seconds: float) -> None:
