@@ -14,6 +14,7 @@ so loudly.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ def choose_widths(exact: CompressResult, rewidth: Callable[[int], CompressResult
         for c in candidates:
             model = c.result.model.eval()
             if runtime.startswith("onnxruntime"):
-                path = export_onnx(model.cpu(), torch.zeros((2, *shape)), Path(tmp) / f"{c.label}.onnx", opset=opset,
+                cpu_copy = copy.deepcopy(model).cpu()  # the candidate stays on its device for verification
+                path = export_onnx(cpu_copy, torch.zeros((2, *shape)), Path(tmp) / f"{c.label}.onnx", opset=opset,
                                    exporter=exporter).path
                 variants.append(Variant(c.label, None, path, c.macs))
             else:
