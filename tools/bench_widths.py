@@ -107,7 +107,9 @@ def bench_model(name: str, threads: int, args: argparse.Namespace, tmp: Path) ->
     model, calib = _mnist_cnn(tmp, args.mnist_samples) if name == "mnist-cnn" else _torchvision(name, args.ratio,
                                                                                                    args.seed)
     exact = compress(model, [calib[i:i + 64] for i in range(0, len(calib), 64)], progress=False)
+    t_choice = time.perf_counter()
     chosen, policy = choose_widths(exact, partial(rewidth, exact), batch_sizes=(1, 8), threads=threads)
+    choice_seconds = time.perf_counter() - t_choice
     bench = _verify({"dense": exact.dense, "chosen": chosen.model, "exact": exact.model},
                     tuple(calib.shape[1:]), threads, tmp, args)
     ratios = {(c.variant, c.batch): c for c in bench.comparisons}
@@ -115,7 +117,7 @@ def bench_model(name: str, threads: int, args: argparse.Namespace, tmp: Path) ->
            "removed_exact": exact.removed, "removed_chosen": chosen.removed,
            "verify": {f"{v}@{b}": {"ratio": ratios[(v, b)].latency_ratio, "reliable": ratios[(v, b)].reliable,
                                    "notes": ratios[(v, b)].notes} for (v, b) in ratios},
-           "seconds": time.perf_counter() - t0}
+           "choice_seconds": choice_seconds, "seconds": time.perf_counter() - t0}
     worst = max(ratios[("chosen", b)].latency_ratio for b in (1, 8))
     print(f"{name} threads {threads}: chose {policy['chosen']}; verified chosen/dense "
           f"{ratios[('chosen', 1)].latency_ratio:.3f} (b1) {ratios[('chosen', 8)].latency_ratio:.3f} (b8), exact/dense "
@@ -141,7 +143,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], command: str) -> s
         groups = ", ".join(f"`{g['root']}` {g['before']}→{g['exact']}→{g['chosen']}" for g in r["policy"]["groups"])
         cands = ", ".join(f"{c['label']} {c['latency_ratio'].get('1', 1.0):.3f}/{c['latency_ratio'].get('8', 1.0):.3f}"
                           for c in r["policy"]["candidates"])
-        lines.append(f"- **{r['model']}, {r['threads']} thread(s)**: {cands}. Groups: {groups}")
+        lines.append(f"- **{r['model']}, {r['threads']} thread(s)**: {cands} (choice took {r['choice_seconds']:.0f} s). "
+                     f"Groups: {groups}")
     return "\n".join(lines) + "\n"
 
 
