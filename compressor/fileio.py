@@ -153,15 +153,16 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
     folder is removed and ``target`` is left exactly as it was.
 
     The swap is two renames (the old folder aside, the new one into place), then the old one is
-    deleted; only a crash between the two renames can leave the old output under its hidden name.
+    deleted; a failing second rename puts the old folder back, so only a hard crash (power loss, kill -9)
+    between the two renames can leave the old output under its hidden name.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}-", dir=target.parent))
+    aside = None
     try:
         yield staging
         os.chmod(staging, default_mode(directory=True))
-        aside = None
         if target.exists():
             aside = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{target.name}-", dir=target.parent))
             os.rmdir(aside)
@@ -170,6 +171,8 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
+        if aside is not None and aside.exists() and not target.exists():
+            os.rename(aside, target)  # the swap failed half-way: the previous output goes back in place
         shutil.rmtree(staging, ignore_errors=True)
         raise
 

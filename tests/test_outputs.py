@@ -116,3 +116,24 @@ def test_outputs_honour_the_umask(checkpoint, tmp_path, capsys) -> None:
     wrong = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o644}
     assert wrong == {}
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+def test_a_swap_that_fails_half_way_puts_the_previous_output_back(tmp_path, monkeypatch) -> None:
+    from compressor import fileio
+
+    target = tmp_path / "slim"
+    target.mkdir()
+    (target / "plan.json").write_text("previous")
+    real_rename = os.rename
+
+    def rename(src, dst):  # the old folder moves aside, then the new one cannot move into place
+        if Path(src).name.startswith(fileio.STAGING_PREFIX):
+            raise OSError("disk full")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        with fileio.staged_directory(target) as staging:
+            (staging / "plan.json").write_text("new")
+    assert (target / "plan.json").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["slim"]  # nothing hidden or partial left beside it
