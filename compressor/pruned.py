@@ -57,10 +57,8 @@ def replay_plan(model: nn.Module, plan: PruningPlan, input_shape: tuple[int, ...
 
 def input_shape(model: nn.Module) -> tuple[int, ...]:
     """One sample's shape for a model built or loaded by demp (from its plan, else its spec)."""
-    plan, spec = getattr(model, "demp_plan", None), getattr(model, "demp_spec", None)
-    if spec is None:
-        raise UsageError("this model was not built by demp (no demp_spec); build it with compressor.load_model")
-    return tuple((plan.input_shape if plan is not None else None) or spec.input_shape)
+    plan = getattr(model, "demp_plan", None)
+    return tuple((plan.input_shape if plan is not None else None) or _spec(model).input_shape)
 
 
 def neuron_counts(model: nn.Module) -> tuple[int, int]:
@@ -74,10 +72,14 @@ def neuron_counts(model: nn.Module) -> tuple[int, int]:
 
 def dense_model(model: nn.Module) -> nn.Module:
     """The unpruned architecture of a demp model, with fresh weights (for dense-vs-compact MACs and latency)."""
+    return build_model(_spec(model)).eval()
+
+
+def _spec(model: nn.Module) -> ModelSpec:
     spec = getattr(model, "demp_spec", None)
     if spec is None:
         raise UsageError("this model was not built by demp (no demp_spec); build it with compressor.load_model")
-    return build_model(spec).eval()
+    return spec
 
 
 def _copy_model_code(plan: PruningPlan, out: Path) -> PruningPlan:

@@ -104,7 +104,6 @@ def prepare(variants: Sequence[Any], runtime: str, device: str, threads: int) ->
                 model = torch.compile(model, dynamic=False)
             prepared[v.name] = {"model": model, "provider": None}
         else:
-
             providers = _providers_for(runtime, device)
             session = load_onnx_session(v.onnx_path, providers=providers, threads=threads)
             if session.get_providers()[0] != providers[0]:
