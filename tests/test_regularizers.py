@@ -49,10 +49,22 @@ def test_penalty_value_and_gradient_match_the_definition(kind: str) -> None:
 
 def test_penalty_definitions_by_hand() -> None:
     p = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
-    assert penalty("l2", [p]).item() == pytest.approx(0.5 * (4 + 9))
+    assert penalty("l2", [p]).item() == pytest.approx(4 + 9)
     assert penalty("lasso", [p]).item() == pytest.approx(5.0)
-    assert penalty("cdg_l2", [p]).item() == pytest.approx(0.5 * 9)
+    assert penalty("cdg_l2", [p]).item() == pytest.approx(9.0)
     assert penalty("cdg_lasso", [p]).item() == pytest.approx(3.0)
+
+
+def test_cdg_l2_is_the_papers_eq6_and_l2_shares_its_scale() -> None:
+    """Paper 000 Eq. 6: CDG-L2 = λ·Σ_{w>0} w² (no ½), so its gradient is 2λw on positive weights; plain L2
+    has the same scale (CDG-L2 equals L2 on an all-positive tensor), as in the authors' code."""
+    lam = 1e-3
+    w = torch.tensor([-1.5, 0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(penalty("cdg_l2", [w], scale=lam), [w])
+    assert torch.allclose(grad, torch.tensor([0.0, 0.0, 2 * lam * 0.5, 2 * lam * 2.0], dtype=torch.float64))
+    pos = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    assert penalty("cdg_l2", [pos], scale=lam).item() == pytest.approx(penalty("l2", [pos], scale=lam).item())
+    assert penalty("cdg_l2", [w], scale=lam).item() == pytest.approx(lam * (0.25 + 4.0))
 
 
 def test_zero_scale_and_none_are_constant_zero() -> None:
@@ -65,7 +77,7 @@ def test_zero_scale_and_none_are_constant_zero() -> None:
 
 
 def test_penalty_is_added_to_the_loss_gradient() -> None:
-    """Added to the loss (not decoupled): the optimizer sees grad(loss) + λ·grad(R)."""
+    """Added to the loss (not decoupled): the optimizer sees grad(loss) + λ·grad(R) (2λw for L2 = Σw²)."""
     torch.manual_seed(0)
     net = nn.Linear(5, 3)
     x = torch.randn(4, 5)
@@ -75,7 +87,7 @@ def test_penalty_is_added_to_the_loss_gradient() -> None:
     net.zero_grad()
     reg = Regularizer(net, "l2", "weights")
     (net(x).square().mean() + reg(0.1)).backward()
-    assert torch.allclose(net.weight.grad, g_base + 0.1 * net.weight.detach(), atol=1e-7)
+    assert torch.allclose(net.weight.grad, g_base + 2 * 0.1 * net.weight.detach(), atol=1e-7)
     net.zero_grad()
     net(x).square().mean().backward()
     g_bias_plain = net.bias.grad.clone()

@@ -6,11 +6,18 @@ it; that is what makes the regularization push neurons across their death border
 
 Regularizers (``p`` runs over the targeted parameter tensors):
 
-- ``l2``:        ½·Σ p²
+- ``l2``:        Σ p²
 - ``lasso``:     Σ |p|
-- ``cdg_l2``:    ½·Σ max(p, 0)²   ("coup de grâce": only positive weights, pushes pre-activations down)
+- ``cdg_l2``:    Σ max(p, 0)²   ("coup de grâce", paper ``000`` Eq. 6: λ·Σ_{w>0} w²; only positive
+  weights, pushes pre-activations down)
 - ``cdg_lasso``: Σ max(p, 0)
 - ``none``:      0
+
+Scale: ``cdg_l2`` is Eq. 6 exactly, so a λ taken from the paper acts at full strength. The paper gives
+no formula for plain L2; the authors' code (``SimonDufLab/Maxwell_demon``, ``reg_fn``) writes both L2
+and CDG-L2 with the same convention (CDG-L2 is L2 restricted to the positive weights), so ``l2`` is
+Σ p² here too: the two are on the same scale and ``000`` Fig. 10 compares like with like. The
+authors' code carries a ½ on both, so their ``reg_param`` is twice the λ here (``docs/demp.md``).
 
 Targets:
 
@@ -78,7 +85,7 @@ def _value(kind: str, params: Sequence[Tensor]) -> Tensor:
     norms = torch.stack(per_tensor)
     if order == 1:
         return norms.sum()
-    return 0.5 * norms.pow(2).sum()
+    return norms.pow(2).sum()
 
 
 class _Penalty(torch.autograd.Function):
@@ -96,6 +103,8 @@ class _Penalty(torch.autograd.Function):
         params = list(ctx.saved_tensors)
         kind = ctx.kind
         g = grad_out * ctx.scale
+        if kind in ("l2", "cdg_l2"):  # d(Σ p²)/dp = 2p
+            g = 2 * g
         if kind == "l2":
             grads = torch._foreach_mul(params, g)
         elif kind == "lasso":
@@ -124,11 +133,11 @@ def penalty(kind: str, params: Sequence[Tensor], scale: float = 1.0) -> Tensor:
 def reference_penalty(kind: str, params: Sequence[Tensor]) -> Tensor:
     """Plain-autograd definition of each regularizer; the tests check :func:`penalty` against it."""
     if kind == "l2":
-        return 0.5 * sum((p * p).sum() for p in params)
+        return sum((p * p).sum() for p in params)
     if kind == "lasso":
         return sum(p.abs().sum() for p in params)
     if kind == "cdg_l2":
-        return 0.5 * sum(p.clamp(min=0).pow(2).sum() for p in params)
+        return sum(p.clamp(min=0).pow(2).sum() for p in params)
     if kind == "cdg_lasso":
         return sum(p.clamp(min=0).sum() for p in params)
     if kind == "none":
