@@ -312,11 +312,11 @@ _COLLECTIVES_SCRIPT = textwrap.dedent("""
     d.end_of_epoch(0, None)
     perturb(net, 20)
     d.end_of_epoch(1, None)
+    perturb(net, 30)
     res["dnr_weights"] = dist_util.state_hash(net)
+    ev = d.end_of_epoch(2, None)  # the milestone: scored against the initial weights, per-layer D_max
     res["dnr_scores"] = {k: v.tolist() for k, v in d.scores.items()}
     res["dnr_d_max"] = d.d_max
-    perturb(net, 30)
-    ev = d.end_of_epoch(2, None)
     dist_util.check_plan_hashes(d.plan.removal_hash(), 2)
     res["dnr"] = {"removed": ev.removed, "plan": [[gr.root, gr.removed] for gr in d.plan.groups]}
 

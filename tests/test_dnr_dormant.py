@@ -45,36 +45,93 @@ def _net() -> nn.Sequential:
     return net
 
 
-def test_dnr_pruning_scores_the_model_and_prunes_above_tau():
+def test_dnr_scores_against_the_weights_before_training_and_prunes_above_tau():
+    """Algorithm 1: W^(t-1) is taken before training (line 2); scores exist only at milestones."""
     net = _net()
     d = DNRPruning(net, DNRConfig(tau=1.2, interval_epochs=2), example_inputs=torch.zeros(2, 3), epochs=4)
-    assert d.end_of_epoch(0, None) is None and d.scores == {}  # the first epoch has no previous weights
+    assert torch.equal(d.prev["0.weight"], net[0].weight.detach().abs().double())
     with torch.no_grad():
         net[0].weight[0] = torch.tensor([1.0, -3.0, 0.0])  # row 1 unchanged: DNR 0
-    event = d.end_of_epoch(1, None)  # PI = 2: scored, then pruned
-    # row 0 scores (H_PREV - H_T) / H_PREV + 1 (D_max is this KL, so the second term is 1) > tau 1.2
-    assert d.d_max == pytest.approx(KL, abs=1e-9)
+    assert d.end_of_epoch(0, None) is None and d.scores == {}  # not a milestone: nothing scored
+    assert torch.equal(d.prev["0.weight"][0], torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64))
+    event = d.end_of_epoch(1, None)  # PI = 2: scored against the initial weights, then pruned
+    # row 0 scores (H_PREV - H_T) / H_PREV + 1 (D_max is this layer's largest KL, this one) > tau 1.2
+    assert d.d_max["0"] == pytest.approx(KL, abs=1e-9)
     assert event is not None and event.removed == 1
     assert net[0].weight.shape == (1, 3) and torch.equal(net[0].weight[0], torch.tensor([1.0, 1.0, 1.0]))
     assert d.plan.groups[0].removed == [0]
-    assert d.prev["0.weight"].shape == (1, 3), "the previous weights follow the removal"
+    assert torch.equal(d.prev["0.weight"], net[0].weight.detach().abs().double()), "W^(t-1) <- W^(t) after pruning"
+    assert d.scores["0"].shape == (1,), "the scores follow the removal"
+
+
+def test_dnr_previous_weights_move_only_at_milestones():
+    """Between milestones the weights may drift back; the next milestone still compares with the last one."""
+    net = _net()
+    d = DNRPruning(net, DNRConfig(tau=10.0, interval_epochs=3), example_inputs=torch.zeros(2, 3), epochs=6)
+    with torch.no_grad():
+        net[0].weight[0] = torch.tensor([1.0, -3.0, 0.0])
+    for epoch in range(3):
+        d.end_of_epoch(epoch, None)
+    assert d.scores["0"][0].item() == pytest.approx((H_PREV - H_T) / H_PREV + 1.0, abs=1e-9)
+    with torch.no_grad():  # drift away at epoch 4, back at epoch 5: the milestone at 6 sees no change
+        net[0].weight[0] = torch.tensor([5.0, 0.1, 0.1])
+        d.end_of_epoch(3, None)
+        net[0].weight[0] = torch.tensor([1.0, -3.0, 0.0])
+        d.end_of_epoch(4, None)
+    d.end_of_epoch(5, None)
+    assert d.scores["0"].abs().max().item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dnr_d_max_is_per_layer():
+    """Algorithm 1, line 16: D_max = max_j KL over the layer's neurons, so each layer's top KL term is β."""
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 1.0]]))
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 2.0]]))
+    d = DNRPruning(net, DNRConfig(alpha=0.0, beta=1.0, tau=10.0, interval_epochs=1), example_inputs=torch.zeros(2, 3),
+                   epochs=2)
+    with torch.no_grad():
+        net[0].weight[0] = torch.tensor([1.0, -3.0, 0.0])  # a large change in layer 0
+        net[2].weight[1] = torch.tensor([1.0, 1.1])  # a small one in layer 2
+    d.end_of_epoch(0, None)
+    assert d.d_max["0"] > 10 * d.d_max["2"] > 0
+    assert d.scores["0"].max().item() == pytest.approx(1.0, abs=1e-9)
+    assert d.scores["2"].max().item() == pytest.approx(1.0, abs=1e-9), "a global D_max would give layer 2 << 1"
 
 
 def test_dnr_score_and_reactivation_values():
     net = _net()
-    d = DNRPruning(net, DNRConfig(tau=10.0, interval_epochs=5), example_inputs=torch.zeros(2, 3), epochs=5)
-    d.end_of_epoch(0, None)
+    d = DNRPruning(net, DNRConfig(tau=10.0, interval_epochs=1), example_inputs=torch.zeros(2, 3), epochs=5)
     with torch.no_grad():
         net[0].weight[0] = torch.tensor([1.0, -3.0, 0.0])
-    d.end_of_epoch(1, None)
+    d.end_of_epoch(0, None)
     s = d.scores["0"]
     assert s[0].item() == pytest.approx((H_PREV - H_T) / H_PREV + 1.0, abs=1e-9)
     assert s[1].item() == pytest.approx(0.0, abs=1e-9)
     r = d.reactivation()["0"]
     assert r[0].item() == pytest.approx(0.0, abs=1e-9)
-    d.end_of_epoch(2, None)  # nothing changed: DNR 0 now, max_t DNR stays -> R = 1 for neuron 0
+    d.end_of_epoch(1, None)  # nothing changed: DNR 0 now, max_t DNR stays -> R = 1 for neuron 0
     assert d.reactivation()["0"][0].item() == pytest.approx(1.0, abs=1e-9)
-    assert d.metrics(0)["dnr_kl_max"] == pytest.approx(KL, abs=1e-9)
+    assert d.metrics(0)["dnr_kl_max"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dnr_reactivation_potential_stays_in_0_1():
+    """Definition 3.4: R in [0, 1], also for a negative DNR (entropy increase) and a max_t DNR near or below 0."""
+    net = _net()
+    d = DNRPruning(net, DNRConfig(tau=10.0, interval_epochs=1), example_inputs=torch.zeros(2, 3), epochs=3)
+    d.scores = {"0": torch.tensor([-0.5, 0.2], dtype=torch.float64)}
+    d.max_dnr = {"0": torch.tensor([1e-13, 0.4], dtype=torch.float64)}  # a max near 0 once gave R = -2.8e9 ...
+    r = d.reactivation()["0"]
+    assert r.tolist() == pytest.approx([1.0, 0.5])
+    d.max_dnr = {"0": torch.tensor([-0.5, 0.2], dtype=torch.float64)}  # never positive: full potential
+    assert d.reactivation()["0"].tolist() == pytest.approx([1.0, 0.0], abs=1e-9)
+    # and through a real milestone: an entropy increase alone (β = 0) gives DNR < 0, and R = 1
+    d = DNRPruning(net, DNRConfig(beta=0.0, tau=10.0, interval_epochs=1), example_inputs=torch.zeros(2, 3), epochs=3)
+    with torch.no_grad():
+        net[0].weight[0] = torch.tensor([1.0, 1.0, 1.0])  # [1, 1, 2] -> uniform: H rises
+    d.end_of_epoch(0, None)
+    assert d.scores["0"][0].item() == pytest.approx((H_PREV - math.log2(3)) / H_PREV, abs=1e-9) and d.scores["0"][0] < 0
+    assert d.reactivation()["0"][0].item() == 1.0 and 0.0 <= d.metrics(0)["dnr_mean_R"] <= 1.0
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +153,8 @@ def test_dnr_run_reaches_the_target_sparsity_evenly(tmp_path, digits):
                 progress=False, plots=False, tensorboard=False, data=digits, save_model=False)
     assert run.summary["neurons_before"] == 128 and run.summary["neuron_sparsity"] == pytest.approx(0.5)
     live = [h["live_total"] for h in run.history]
-    # epoch 1 has no previous weights (caught up at epoch 2), then 16 more per interval
-    assert live == [128, 128 - 64 * 2 // 4, 128 - 64 * 3 // 4, 64]
+    # W^(t-1) is the initial weights, so the first milestone (epoch 1) is scored: 16 neurons each epoch
+    assert live == [112, 96, 80, 64]
     linears = [m for m in run.model.modules() if isinstance(m, nn.Linear)]
     assert sum(m.out_features for m in linears[:-1]) == 64
 
@@ -108,8 +165,8 @@ def test_dnr_stop_epoch_reaches_the_target_early_and_leaves_epochs_to_recover(tm
     run = train(load_recipe(raw), tmp_path / "dnr", progress=False, plots=False, tensorboard=False, data=digits,
                 save_model=False)
     live = [h["live_total"] for h in run.history]
-    # K = 3 intervals: epoch 1 has no scores (caught up at 2), the target is reached at epoch 3, then none
-    assert live == [128, 128 - round(64 * 2 / 3), 64, 64, 64]
+    # K = 3 milestones: the target is reached at epoch 3, then none
+    assert live == [128 - round(64 / 3), 128 - round(64 * 2 / 3), 64, 64, 64]
     with pytest.raises(UsageError, match="stop_epoch = 1 comes before the first pruning"):
         train(load_recipe(_raw("dnr", {"interval_epochs": 2, "stop_epoch": 1})), tmp_path / "bad", progress=False,
               data=digits)

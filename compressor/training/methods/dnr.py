@@ -1,7 +1,8 @@
 """DNR-Pruning: prune neurons by their Dying Neuron Reactivation score (paper 001).
 
 **No runnable reference implementation exists** (the authors' repository has empty or broken
-functions); this module follows the paper text. Choices made where the text leaves room:
+functions); this module follows the paper's text and its Algorithm 1. Choices made where the text
+leaves room:
 
 - *The distribution*: the neuron's incoming weights are the row ``W[c]`` (all fan-in elements,
   flattened; for a convolution ``in_channels x kH x kW``) of the layer that produces the neuron (the
@@ -9,22 +10,26 @@ functions); this module follows the paper text. Choices made where the text leav
   uniform distribution).
 - ``H(W^t) = -Σ p log2(p + ε)``; ``ΔH = H(W^(t-1)) - H(W^t)``;
   ``KL(W^t || W^(t-1)) = Σ p_t ln(p_t / (p_(t-1) + ε))`` (natural log, as written);
-  ``DNR = α·ΔH / (H(W^(t-1)) + ε) + β·KL / (D_max + ε)`` with ``D_max`` the largest KL of any neuron
-  seen so far (this epoch included).
-- Scores are computed once per epoch (from the second epoch on: the first has no previous weights).
-  The previous weights are kept as ``|W|`` tensors and sliced with the analyzer's index maps when
-  neurons (rows) or their inputs (columns) are removed.
-- Every ``interval_epochs`` (PI) epochs up to ``stop_epoch`` (default: the last epoch; an earlier
-  one leaves epochs to recover): with ``target_sparsity`` S, the highest-DNR neurons are
-  removed so that after the j-th of the K = stop_epoch // PI intervals ``round(S·N·j/K)`` of the N
-  original neurons are gone (the same share each interval; an interval without scores is caught up
-  later); without it, every neuron with ``DNR > tau``. Groups keep ``min_channels`` channels; blocked
-  groups (classifier, LayerNorm streams, ...) are never pruned.
-- The reactivation potential ``R = 1 - DNR / (max_t DNR + ε)`` (``max_t`` per neuron over the epochs)
-  is reported as a diagnostic (``dnr_mean_R``).
+  ``DNR = α·ΔH / (H(W^(t-1)) + ε) + β·KL / (D_max + ε)``.
+- *Algorithm 1*: the previous weights ``W^(t-1)`` are taken when the method is built, before
+  training (line 2), and replaced by the current ones only at a pruning milestone, after its
+  removal (line 24). Scores are computed only at the milestones (lines 8-18), so ``t-1`` is the
+  previous milestone (or the initial weights), not the previous epoch. ``D_max`` is the per-layer
+  maximum KL at the milestone (line 16: ``max_j`` over the neurons of layer ``i``), so every layer's
+  largest KL term is β. The previous weights are kept as ``|W|`` tensors.
+- The milestones are every ``interval_epochs`` (PI) epochs up to ``stop_epoch`` (default: the last
+  epoch; an earlier one leaves epochs to recover): with ``target_sparsity`` S, the highest-DNR
+  neurons are removed so that after the j-th of the K = stop_epoch // PI milestones ``round(S·N·j/K)``
+  of the N original neurons are gone (the same share each milestone); without it, every neuron with
+  ``DNR > tau`` (Algorithm 1, line 19). Groups keep ``min_channels`` channels; blocked groups
+  (classifier, LayerNorm streams, ...) are never pruned.
+- The reactivation potential (Definition 3.4) ``R = 1 - DNR / (max_t DNR + ε)``, ``max_t`` per neuron
+  over the milestones so far, is defined in [0, 1]: a neuron whose DNR never was positive (no entropy
+  reduction at any milestone) has R = 1, and R is clipped to [0, 1] otherwise (a negative DNR, an
+  entropy increase, is full potential, not R > 1). It is reported as a diagnostic (``dnr_mean_R``).
 - Under DDP the scores come from the weights, which DDP keeps identical on every rank; rank 0's scores
-  and ``D_max`` are broadcast all the same (:meth:`AnalyzerPruner.agreed_scores`), so every rank ranks
-  the neurons by the same numbers and removes the same ones.
+  and ``D_max`` values are broadcast all the same (:meth:`AnalyzerPruner.agreed_scores`), so every rank
+  ranks the neurons by the same numbers and removes the same ones.
 """
 
 from __future__ import annotations
@@ -38,15 +43,14 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UsageError
-from ...graph import ApplyResult
 from ...plan import PruningPlan
 from .. import distributed as dist_util
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
 
 __all__ = ["DNRConfig", "DNRPruning", "weight_distribution", "entropy", "kl_divergence", "dnr_score"]
 
-STATE_VERSION = 1
-_D_MAX_KEY = "\0d_max"  # rides along with the broadcast scores (no module is named like this)
+STATE_VERSION = 2  # 2: W^(t-1) only at milestones, per-layer D_max (Algorithm 1)
+_D_MAX_KEY = "\0d_max:"  # + root: rides along with the broadcast scores (no module is named like this)
 
 
 @dataclass
@@ -97,9 +101,13 @@ def entropy(p: Tensor, eps: float) -> Tensor:
 
 
 def kl_divergence(p_t: Tensor, p_prev: Tensor, eps: float) -> Tensor:
-    """``Σ p_t ln(p_t / (p_prev + ε))`` per row (terms with p_t = 0 contribute 0)."""
+    """``Σ p_t ln(p_t / (p_prev + ε))`` per row (terms with p_t = 0 contribute 0), at least 0.
+
+    A true KL divergence is never negative; the ε in the denominator makes an unchanged row's value
+    about ``-n·ε`` instead of 0, which a per-layer ``D_max`` near 0 would blow up into a score of order 1.
+    """
     ratio = torch.where(p_t > 0, p_t / (p_prev + eps), torch.ones_like(p_t))
-    return (p_t * torch.log(ratio)).sum(dim=1)
+    return (p_t * torch.log(ratio)).sum(dim=1).clamp_min(0.0)
 
 
 def dnr_score(h_prev: Tensor, h_t: Tensor, kl: Tensor, d_max: float, alpha: float, beta: float, eps: float) -> Tensor:
@@ -126,13 +134,12 @@ class DNRPruning(AnalyzerPruner):
             raise UsageError(f"dnr.stop_epoch = {config.stop_epoch} comes before the first pruning (epoch "
                              f"dnr.interval_epochs = {config.interval_epochs}), so nothing would be pruned: "
                              f"raise stop_epoch or lower interval_epochs")
-        self.d_max = 0.0
-        self.prev: dict[str, Tensor] = {}  # root weight name -> |W| at the previous epoch
-        self.scores: dict[str, Tensor] = {}  # group root -> DNR of this epoch (current numbering)
-        self.max_dnr: dict[str, Tensor] = {}  # group root -> max_t DNR per neuron
+        self.d_max: dict[str, float] = {}  # group root -> max KL of the layer at the last milestone
+        self.scores: dict[str, Tensor] = {}  # group root -> DNR at the last milestone (current numbering)
+        self.max_dnr: dict[str, Tensor] = {}  # group root -> max over the milestones of DNR per neuron
         self.intervals_done = 0
         self.last_removed = 0
-        self.add_apply_listener(self._slice_state)
+        self.prev: dict[str, Tensor] = self._snapshot()  # W^(t-1): the weights before training (line 2)
 
     @classmethod
     def build(cls, config: DNRConfig, ctx: MethodContext) -> "DNRPruning":
@@ -153,51 +160,65 @@ class DNRPruning(AnalyzerPruner):
                 out.append(g)
         return out
 
-    def _slice_state(self, result: ApplyResult) -> None:
-        for name, prev in list(self.prev.items()):
-            idx = result.index_maps.get(name)
-            if idx is not None:
-                self.prev[name] = prev.reshape(-1)[idx].view(result.new_params[name].shape)
-        self.scores, self.max_dnr = {}, {}  # per-neuron tensors: recomputed from the next epoch on
-
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
+    def _snapshot(self) -> dict[str, Tensor]:
+        """``|W|`` of every scored layer now (float64, CPU): the next milestone's ``W^(t-1)``."""
+        params = dict(self.model.named_parameters())
+        return {f"{g.root}.weight": params[f"{g.root}.weight"].detach().abs().double().cpu().clone()
+                for g in self._groups()}
+
+    @torch.no_grad()
     def score(self) -> dict[str, Tensor]:
-        """Update the DNR scores from the weights now and at the previous call; returns them per root."""
+        """DNR of every neuron from the weights now against ``W^(t-1)`` (Algorithm 1, lines 11-18).
+
+        ``D_max`` is per layer (the largest KL of the layer's neurons now). Sets and returns
+        :attr:`scores` per group root; updates :attr:`max_dnr`; does not move ``W^(t-1)``.
+        """
         c = self.config
         params = dict(self.model.named_parameters())
-        pending: list[tuple[str, Tensor, Tensor, Tensor]] = []
-        new_prev: dict[str, Tensor] = {}
+        scores: dict[str, Tensor] = {}
+        d_max: dict[str, float] = {}
         for g in self._groups():
             name = f"{g.root}.weight"
-            w = params[name].detach().reshape(g.size, -1).cpu()
             prev = self.prev.get(name)
-            new_prev[name] = w.abs().double().reshape(params[name].shape).clone()
             if prev is None or prev.shape != params[name].shape:
-                continue
-            p_t = weight_distribution(w)
+                continue  # a layer without previous weights of its shape: scored from the next milestone
+            p_t = weight_distribution(params[name].detach().reshape(g.size, -1).cpu())
             p_prev = weight_distribution(prev.reshape(g.size, -1))
             h_t, h_prev = entropy(p_t, c.eps), entropy(p_prev, c.eps)
             kl = kl_divergence(p_t, p_prev, c.eps)
-            pending.append((g.root, h_prev, h_t, kl))
-        if pending:
-            self.d_max = max(self.d_max, max(float(kl.max()) for *_, kl in pending))
-        scores = {root: dnr_score(h_prev, h_t, kl, self.d_max, c.alpha, c.beta, c.eps)
-                  for root, h_prev, h_t, kl in pending}
+            d_max[g.root] = float(kl.max())
+            scores[g.root] = dnr_score(h_prev, h_t, kl, d_max[g.root], c.alpha, c.beta, c.eps)
         if dist_util.active():  # every rank decides from rank 0's numbers
-            agreed = self.agreed_scores({**scores, _D_MAX_KEY: torch.tensor([self.d_max], dtype=torch.float64)})
-            self.d_max = float(agreed.pop(_D_MAX_KEY)[0])
-            scores = agreed
+            packed = {**scores, **{_D_MAX_KEY + r: torch.tensor([v], dtype=torch.float64) for r, v in d_max.items()}}
+            agreed = self.agreed_scores(packed)
+            d_max = {k[len(_D_MAX_KEY):]: float(v[0]) for k, v in agreed.items() if k.startswith(_D_MAX_KEY)}
+            scores = {k: v for k, v in agreed.items() if not k.startswith(_D_MAX_KEY)}
         for root, s in scores.items():
             best = self.max_dnr.get(root)
             self.max_dnr[root] = s.clone() if best is None or best.shape != s.shape else torch.maximum(best, s)
-        self.prev = new_prev
-        self.scores = scores
+        self.scores, self.d_max = scores, d_max
         return scores
 
     def reactivation(self) -> dict[str, Tensor]:
-        """``R = 1 - DNR / (max_t DNR + ε)`` per root (the latest scores)."""
-        return {r: 1 - s / (self.max_dnr[r] + self.config.eps) for r, s in self.scores.items() if r in self.max_dnr}
+        """``R = 1 - DNR / (max_t DNR + ε)`` per root at the last milestone, in [0, 1] (see the module docstring)."""
+        out = {}
+        for root, s in self.scores.items():
+            best = self.max_dnr.get(root)
+            if best is None or best.shape != s.shape:
+                continue
+            r = (1 - s / (best + self.config.eps)).clamp(0.0, 1.0)
+            out[root] = torch.where(best > 0, r, torch.ones_like(r))
+        return out
+
+    def _slice_to_kept(self, delta: PruningPlan) -> None:
+        """Keep the per-neuron scores of the neurons that survive ``delta`` (the new numbering)."""
+        for g in delta.groups:
+            kept = torch.as_tensor(g.kept, dtype=torch.long)
+            for table in (self.scores, self.max_dnr):
+                if g.root in table and table[g.root].numel() == g.size:
+                    table[g.root] = table[g.root][kept]
 
     def _choose(self) -> PruningPlan:
         c = self.config
@@ -223,25 +244,29 @@ class DNRPruning(AnalyzerPruner):
         self.steps_done = max(self.steps_done, int(step) + 1)
 
     def end_of_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
-        t0 = time.perf_counter()
-        self.score()
+        """At a milestone: score, remove, then ``W^(t-1) <- W^(t)`` (Algorithm 1, lines 8-24); else nothing."""
         if (int(epoch) + 1) % self.config.interval_epochs != 0 or int(epoch) + 1 > self.horizon:
             return None
+        t0 = time.perf_counter()
+        self.score()
         self.intervals_done += 1
         delta = self._choose()
         self._live = {}
+        self._slice_to_kept(delta)
         event = self.remove(delta, optimizer, step=self.steps_done, dead=0, final=False, t0=t0)
         self.last_removed = delta.removed_channels
+        self.prev = self._snapshot()
         return event
 
     def metrics(self, step: int) -> dict[str, Any]:
+        """The last milestone's scores (None before the first): max and mean DNR, mean R, largest per-layer D_max."""
         r = self.reactivation()
         all_s = torch.cat(list(self.scores.values())) if self.scores else torch.zeros(0)
         all_r = torch.cat(list(r.values())) if r else torch.zeros(0)
         return {"dnr_max": float(all_s.max()) if all_s.numel() else None,
                 "dnr_mean": float(all_s.mean()) if all_s.numel() else None,
                 "dnr_mean_R": float(all_r.mean()) if all_r.numel() else None,
-                "dnr_kl_max": self.d_max, "removals": self.removals}
+                "dnr_kl_max": max(self.d_max.values()) if self.d_max else None, "removals": self.removals}
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -251,7 +276,7 @@ class DNRPruning(AnalyzerPruner):
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "config": self.config.to_dict(), **self._base_state(),
-                "d_max": self.d_max, "prev": {k: v.clone() for k, v in self.prev.items()},
+                "d_max": dict(self.d_max), "prev": {k: v.clone() for k, v in self.prev.items()},
                 "scores": {k: v.clone() for k, v in self.scores.items()},
                 "max_dnr": {k: v.clone() for k, v in self.max_dnr.items()},
                 "intervals_done": self.intervals_done, "epochs": self.epochs}
@@ -259,7 +284,7 @@ class DNRPruning(AnalyzerPruner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.check_state_version(state, STATE_VERSION, "DNR")
         self._load_base_state(state)
-        self.d_max = float(state.get("d_max", 0.0))
+        self.d_max = {str(k): float(v) for k, v in state.get("d_max", {}).items()}
         self.prev = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.get("prev", {}).items()}
         self.scores = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.get("scores", {}).items()}
         self.max_dnr = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in state.get("max_dnr", {}).items()}
