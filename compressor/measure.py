@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from .errors import DempError
 
 __all__ = [
+    "neuron_sparsity",
     "count_params", "count_macs", "compare_macs", "MacCount", "MacComparison", "ModuleRow", "EXTRA_HANDLES",
     "output_tensors", "output_tensor", "primary_output_index", "run_model", "compare_outputs", "module_device",
 ]
@@ -53,6 +54,18 @@ FVCORE = "fvcore"
 FLOP_COUNTER_MODE = "torch.FlopCounterMode"
 
 # --------------------------------------------------------------------------------------- parameters
+
+
+def neuron_sparsity(before: int | None, after: int | None) -> float | None:
+    """The share of neurons removed, ``1 - after / before`` (paper 000 Table 1's "removed ratio").
+
+    ``after`` counts the neurons still in the model, dead or not (a dead neuron kept by ``round_to``
+    is not removed). The one definition behind every ``neuron_sparsity`` a user sees: the console, the
+    metrics, ``train_summary.json``, ``report.json`` and the ONNX metadata. None without a count.
+    """
+    if not isinstance(before, int) or not isinstance(after, int) or before <= 0:
+        return None
+    return 1 - after / before
 
 
 def count_params(model: nn.Module) -> int:

@@ -93,7 +93,7 @@ def register(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from compressor.measure import count_params
+    from compressor.measure import count_params, neuron_sparsity
     from compressor.pruned import dense_model, input_shape, load_pruned, neuron_counts
 
     from .onnx import export_onnx
@@ -115,9 +115,9 @@ def run_export(args: argparse.Namespace) -> int:
     dense_params = count_params(dense_model(pruned))
     params = count_params(pruned)
     meta = {"demp.plan_hash": plan.removal_hash(), "demp.weight_sparsity": f"{1 - params / dense_params:.6f}"}
-    neurons_before, neurons_after = neuron_counts(pruned)
-    if neurons_before:
-        meta["demp.neuron_sparsity"] = f"{1 - neurons_after / neurons_before:.6f}"
+    sparsity = neuron_sparsity(*neuron_counts(pruned))
+    if sparsity is not None:
+        meta["demp.neuron_sparsity"] = f"{sparsity:.6f}"
     if (plan.source or {}).get("sha256"):
         meta["demp.source_sha256"] = str(plan.source["sha256"])
     meta["demp.arch"] = str(pruned.demp_spec.arch)

@@ -29,7 +29,7 @@ from torch import nn
 
 from compressor.errors import DempError, OutputExistsError, UsageError
 from compressor.fileio import jsonable
-from compressor.measure import compare_macs, compare_outputs, count_params, run_model
+from compressor.measure import compare_macs, compare_outputs, count_params, neuron_sparsity, run_model
 from compressor.pruned import ONNX_FILE, REPORT_JSON, REPORT_MD
 
 from .env import collect_environment
@@ -167,9 +167,9 @@ def _metadata(out: Path, rep: Mapping[str, Any]) -> dict[str, str]:
     if source.get("arch"):
         meta["demp.arch"] = str(source["arch"])
     pruning = rep.get("pruning") or {}
-    before, after = pruning.get("neurons_before"), pruning.get("neurons_after")
-    if isinstance(before, int) and isinstance(after, int) and before > 0:
-        meta["demp.neuron_sparsity"] = f"{1 - after / before:.6f}"
+    sparsity = neuron_sparsity(pruning.get("neurons_before"), pruning.get("neurons_after"))
+    if sparsity is not None:
+        meta["demp.neuron_sparsity"] = f"{sparsity:.6f}"
     model = rep.get("model") or {}
     if model.get("params_before"):
         meta["demp.weight_sparsity"] = f"{1 - model['params_after'] / model['params_before']:.6f}"

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..fileio import atomic_write_json
-from ..measure import compare_outputs, run_model
+from ..measure import compare_outputs, neuron_sparsity, run_model
 from ..models import ModelSpec
 from ..plan import PruningPlan
 from ..pruned import save_pruned
@@ -110,7 +110,7 @@ def final_record(run: Run, parity: dict[str, Any] | None, started: float) -> dic
         "kind": "final", "schema": SUMMARY_SCHEMA, "step": run.total_steps, "epochs": t.epochs,
         "method": run.recipe.method, "val_loss": val[0], "val_accuracy": val[1], "test_loss": test[0],
         "test_accuracy": test[1], "neurons_before": total, "neurons_after": present, "live_after": live["live_total"],
-        "neuron_sparsity": (1 - present / total) if total else None,
+        "neuron_sparsity": neuron_sparsity(total, present),
         "params_before": run.dense["params"], "params_after": run.params(),
         "macs_before": run.dense["macs"], "macs_after": run.macs(), "mac_counter": run.dense.get("mac_counter"),
         "removed_channels": plan.removed_channels, "plan_hash": plan.removal_hash(),

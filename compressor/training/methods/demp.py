@@ -40,6 +40,7 @@ from ...criteria import Dead
 from ...errors import UsageError
 from ...graph import ApplyResult
 from ...plan import PruningPlan
+from ...measure import neuron_sparsity
 from ..mechanics.noise import LiveNoise, NoiseTarget
 from ..mechanics.regularizers import REGULARIZERS, TARGETS, Regularizer
 from ..mechanics.schedules import SCHEDULES, get_schedule
@@ -236,7 +237,7 @@ class DemP(AnalyzerPruner):
         present = sum(self.present_neurons().values())
         return {"lambda": self.lam(step), "sigma": self.sigma(step), "neurons_total": self.total_neurons,
                 "neurons_present": present, "neurons_live": sum(self.live_neurons().values()),
-                "neuron_sparsity": 1 - present / self.total_neurons if self.total_neurons else 0.0,
+                "neuron_sparsity": neuron_sparsity(self.total_neurons, present),
                 "removals": self.removals, "noisy_elements": self.noise.noisy_elements}
 
 
