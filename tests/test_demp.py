@@ -180,7 +180,7 @@ def test_final_only_measures_but_removes_once_at_the_end() -> None:
 
 def test_prune_false_never_removes() -> None:
     net = mlp()
-    demp = DemP(net, DemPConfig(noise=0.0, interval=1, prune=False), example_inputs=EXAMPLE,
+    demp = DemP(net, DemPConfig(target="weights", noise=0.0, interval=1, prune=False), example_inputs=EXAMPLE,
                 death_loader=DEATH, total_steps=2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     event = step_once(net, opt, demp, 0, data(1)[0])
@@ -241,6 +241,24 @@ def test_penalty_follows_the_one_cycle_schedule() -> None:
         assert demp.penalty(step).item() == pytest.approx(want.item(), rel=1e-6)
     assert DemP(cnn(), DemPConfig(regularizer="none"), example_inputs=EXAMPLE, death_loader=DEATH,
                 total_steps=10).penalty(3).item() == 0.0
+
+
+def test_a_penalty_that_regularizes_nothing_is_refused(tmp_path) -> None:
+    """The default target (normalization scales) on a model without normalization layers: refused, not a
+    silent no-op; the message names the fix. With the regularizer off or peak 0 there is nothing to refuse."""
+    from compressor.data import load_data
+    from compressor.training.config import load_recipe
+    from compressor.training.trainer import train
+
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(UsageError, match="no normalization layer.*Set demp.target: weights"):
+        DemP(mlp, DemPConfig(), example_inputs=torch.zeros(2, 4), death_loader=[], total_steps=10)
+    for ok in (DemPConfig(regularizer="none"), DemPConfig(peak=0.0), DemPConfig(target="weights")):
+        DemP(mlp, ok, example_inputs=torch.zeros(2, 4), death_loader=[], total_steps=10)
+    recipe = load_recipe({"method": "demp", "model": {"arch": "mlp", "kwargs": {"widths": [16]}},
+                          "data": {"spec": "digits"}, "train": {"epochs": 1}})
+    with pytest.raises(UsageError, match="would regularize nothing"):
+        train(recipe, tmp_path / "run", progress=False, data=load_data("digits"), plots=False, tensorboard=False)
 
 
 @pytest.mark.parametrize("bad", [{"interval": 0}, {"regularizer": "l1"}, {"target": "bias"}, {"span": 0.0},

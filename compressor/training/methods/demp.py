@@ -108,6 +108,21 @@ class DemPConfig:
         return asdict(self)
 
 
+def _no_target_message(config: DemPConfig) -> str:
+    """Why a penalty that selects no tensor is refused, and what to set instead."""
+    if config.target == "norm_scale":
+        what = ("the model has no normalization layer with a trainable scale (BatchNorm, LayerNorm, GroupNorm, "
+                "InstanceNorm or RMSNorm with affine=True)")
+        fix = ("set demp.target: weights (the first DemP paper's choice: Conv/Linear weights; e.g. "
+               "regularizer lasso with peak 1e-3, as samples/recipes/demp-mlp-digits.yaml does)")
+    else:
+        what = f"demp.target = {config.target} selects no trainable tensor of this model"
+        fix = "choose another demp.target (weights | norm_scale | all)"
+    return (f"demp.regularizer = {config.regularizer} with demp.target = {config.target} would regularize nothing: "
+            f"{what}, so the penalty would be 0 and DemP would only add noise. {fix[0].upper() + fix[1:]}, or set demp.regularizer: none "
+            "to train with noise and dead-neuron removal alone")
+
+
 class DemP(AnalyzerPruner):
     """Penalty, live-only noise and dynamic dead-neuron removal for one model (see the module docstring)."""
 
@@ -133,6 +148,8 @@ class DemP(AnalyzerPruner):
         self._lam = get_schedule(config.schedule, config.peak, self.span_steps, **shape)
         self._sigma = get_schedule(config.schedule, config.noise, self.span_steps, **shape)
         self.regularizer = Regularizer(self.model, config.regularizer, config.target)
+        if config.regularizer != "none" and config.peak > 0 and not self.regularizer.params:
+            raise UsageError(_no_target_message(config))
         self.noise = LiveNoise(self.seed)
         self.measurements = 0
         self.last_measure_step = -1  # steps completed at the last measurement (-1: never)
