@@ -45,10 +45,11 @@ def test_dead_masks_and_active_fraction_count_what_they_should():
     dead = bench.dead_masks(model, data, batch_size=7)
     assert [d.nonzero().flatten().tolist() for d in dead] == [[1], [2]]
     frac, stripped = bench.active_fraction(model, dead)
-    total = 5 * 4 + 3 * 5
-    # inactive: dead rows (4 + 5 weights) and the two zeroed weights of live neuron 0
-    assert stripped == 4 + 5 + 2
-    assert frac == pytest.approx((total - 4 - 5 - 2) / total)
+    total = 5 * 4 + 3 * 5 + 3 * 3  # incoming and outgoing weights of the hidden neurons (3 classes)
+    assert stripped == 4 + 5 + 2  # zeroed weights on hidden rows: the two dead rows and two of live neuron 0
+    # inactive: layer 1's dead row (4) and the two zeros of neuron 0; layer 2's dead row (5) and the column
+    # reading layer 1's dead neuron (3, one shared with the row); the classifier's column reading it (3)
+    assert frac == pytest.approx((total - (4 + 2) - (5 + 3 - 1) - 3) / total)
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path):
@@ -71,8 +72,9 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     assert strip["library_active_params"] is not None
     # the plain run strips nothing: its %A comes from the dead neurons alone
     assert plain["stripped_weights"] == 0
-    dead_weights = plain["dead_per_layer"][0] * 64 + plain["dead_per_layer"][1] * 32  # 8x8 digits: 64 inputs
-    assert plain["active_params"] == pytest.approx(1 - dead_weights / (32 * 64 + 32 * 32))
+    d1, d2 = plain["dead_per_layer"]  # 8x8 digits: 64 inputs, 10 classes; in and out weights of dead neurons
+    dead_weights = d1 * 64 + (d1 * 32 + d2 * 32 - d1 * d2) + d2 * 10
+    assert plain["active_params"] == pytest.approx(1 - dead_weights / (32 * 64 + 32 * 32 + 10 * 32))
     md = (out / "bench_stripping.md").read_text()
     assert "| 2 x 32 | 64 |" in md and "--quick" in md
     assert len(report["summary"]) == 2 and len(report["trend"]) == 1

@@ -90,9 +90,9 @@ def test_dead_neuron_gets_its_most_negative_remaining_weight_stripped_and_metric
     assert mask.nonzero().tolist() == [[2, 9]], "ceil(0.1 * 10) = 1 weight: the most negative (-10)"
     assert net[0].weight[2, 9] == 0 and net[0].bias[2] == 0  # the bias is untouched (it was 0 anyway)
     assert not s.masks["2.weight"].any()
-    # %A: hidden parameters = incoming weights of the hidden neurons: 6*10 + 5*6 = 90; the dead
-    # neuron's 10 weights (one of them stripped) are inactive -> 80 / 90
-    assert s.active_fraction() == pytest.approx(80 / 90)
+    # %A: hidden parameters = incoming and outgoing weights of the hidden neurons: 6*10 + 5*6 + 3*5 = 105;
+    # the dead neuron's 10 incoming (one of them stripped) and 5 outgoing weights are inactive -> 90 / 105
+    assert s.active_fraction() == pytest.approx(90 / 105)
     assert s.metrics(0)["dead_neurons"] == 1 and s.stripped_weights() == 1
     s.end_of_epoch(1, None)  # still dead: 9 remaining -> ceil(0.9) = 1 more (-9 at column 8)
     assert s.masks["0.weight"].nonzero().tolist() == [[2, 8], [2, 9]]
@@ -178,7 +178,7 @@ def test_fully_stripped_dead_row_in_training_hooks():
     s.enforce(None)
     s.end_of_epoch(0, None)  # dead with nothing left to strip: no crash, nothing new
     assert s.masks["0.weight"][2].all() and s.stripped_weights() == 10
-    assert s.active_fraction() == pytest.approx(80 / 90)
+    assert s.active_fraction() == pytest.approx(90 / 105)
 
 
 # ---------------------------------------------------------------------------- training runs
@@ -294,8 +294,9 @@ def test_conv_channels_are_stripped_only_with_conv_true_and_sliced_on_removal():
     # ceil(0.1 * 9) = 1 weight of the flattened filter: the most negative one (-9 at kernel position 2, 2)
     assert s.masks["0.weight"].nonzero().tolist() == [[1, 0, 2, 2]]
     assert net[0].weight[1, 0, 2, 2] == 0
-    # %A: hidden parameters = 4*9 + 3*36 = 144; the dead channel's 9 weights are inactive
-    assert s.active_fraction() == pytest.approx((144 - 9) / 144)
+    # %A: hidden parameters = 4*9 + 3*36 + the classifier's 2*12 reading conv 2 through the flatten = 168;
+    # the dead channel's 9 incoming weights and the 3*9 of conv 2 that read it are inactive
+    assert s.active_fraction() == pytest.approx((168 - 9 - 27) / 168)
     ref = net(x)
     event = s.finalize(None)  # the still-dead channel goes through the analyzer, losslessly
     assert event is not None and event.removed == 1
@@ -327,3 +328,32 @@ def test_a_method_state_from_another_version_is_refused():
     state["version"] = 999
     with pytest.raises(CheckpointError, match="Synaptic Stripping state has version 999, expected 1"):
         s.load_state_dict(state)
+
+
+def test_active_parameters_count_incoming_and_outgoing_weights_of_dead_neurons():
+    """Paper 003 Table I's geometry scaled down (input -> 8 hidden layers -> 10): %A subtracts every weight
+    connected to a dead neuron, in and out. With the same share dead in each hidden layer, a weight between
+    two hidden layers is active with probability live², which is how the paper reaches 6.82% at 6052 of
+    8192 dead (live 0.2612, 0.2612² = 6.82%); counting incoming weights only gives at least 20.98% there."""
+    width, depth, n_in, n_out, dead_per_layer = 32, 8, 96, 10, 24
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(n_in if i == 0 else width, width), nn.ReLU()]
+    net = nn.Sequential(*layers, nn.Linear(width, n_out))
+    x = torch.rand(4, n_in)
+    s = SynapticStripping(net, StrippingConfig(), example_inputs=x[:2], val_loader=[(x, None)])
+    g = torch.Generator().manual_seed(0)
+    s._live = {}
+    for i in range(depth):
+        live = torch.ones(width, dtype=torch.bool)
+        live[torch.randperm(width, generator=g)[:dead_per_layer]] = False
+        s._live[str(2 * i)] = live
+    f = (width - dead_per_layer) / width
+    total = n_in * width + (depth - 1) * width * width + width * n_out
+    active = n_in * width * f + (depth - 1) * (width * f) ** 2 + width * f * n_out
+    assert s.active_fraction() == pytest.approx(active / total)
+    hidden, dead = s.hidden_parameters()
+    hh = hidden["4.weight"] & ~dead["4.weight"]  # a hidden-to-hidden matrix: live rows x live columns
+    assert int(hh.sum()) == (width - dead_per_layer) ** 2
+    incoming_only = (n_in * width + (depth - 1) * width * width) * f / (n_in * width + (depth - 1) * width * width)
+    assert s.active_fraction() < incoming_only - 0.1  # 0.123 vs 0.25

@@ -11,9 +11,10 @@ die, the same epochs, LR schedule and seed. Reported per configuration:
   (1437 samples; the library's own measurement uses ``stripping.samples`` held-aside samples).
   The stripping run uses ``stripping.remove_dead=false`` so the dead neurons stay in the model and
   are counted (the removal is lossless, so accuracy is unaffected).
-- **%A**: active parameters as the paper defines them: over the incoming weights of the hidden
-  neurons (the rows of the hidden Linear weight matrices, biases excluded), the share that belongs
-  to a live neuron and is not stripped. Stripped weights are exactly 0 in the trained model (the
+- **%A**: active parameters as the paper defines them ("subtracting the number of parameters
+  connected to all dead neurons and the number of parameters pruned from the total number of hidden
+  parameters"): over the weights connected to a hidden neuron, incoming and outgoing (biases
+  excluded), the share connected to no dead neuron and not stripped. Stripped weights are exactly 0 in the trained model (the
   masks are re-applied after every step); for the plain run %A comes from the dead neurons alone.
 - test accuracy (after the last epoch) and training wall-clock (``train_seconds``).
 
@@ -83,16 +84,25 @@ def dead_masks(model: nn.Module, dataset: Any, batch_size: int = 256) -> list[to
 
 
 def active_fraction(model: nn.Module, dead: list[torch.Tensor]) -> tuple[float, int]:
-    """(%A as a fraction, stripped weights): incoming weights of live hidden neurons that are not
-    exactly 0 (stripped), over all incoming weights of the hidden neurons."""
-    total = active = stripped = 0
-    for (lin, _), d in zip(hidden_linears(model), dead):
+    """(%A as a fraction, stripped weights), by the library's definition
+    (:func:`compressor.training.methods.stripping.active_parameter_fraction`): of the weights connected
+    to a hidden neuron (its incoming row and its outgoing column in the next layer, the classifier
+    included), the share not connected to a dead neuron and not exactly 0 on a hidden row (stripped)."""
+    from compressor.training.methods.stripping import active_parameter_fraction
+
+    linears = [lin for lin, _ in hidden_linears(model)] + [model.classifier]
+    hidden, attached, stripped = {}, {}, {}
+    for i, lin in enumerate(linears):
         w = lin.weight.detach()
-        zero = w == 0
-        total += w.numel()
-        stripped += int(zero.sum())
-        active += int(((~zero) & (~d).view(-1, 1)).sum())
-    return (active / total if total else 1.0), stripped
+        hidden[i] = torch.ones(w.shape, dtype=torch.bool)
+        attached[i] = torch.zeros(w.shape, dtype=torch.bool)
+        if i < len(dead):  # a hidden layer: the rows of its dead neurons, its stripped (zeroed) weights
+            attached[i] |= dead[i].view(-1, 1)
+            stripped[i] = w == 0
+        if i > 0:  # the columns that read the previous layer's dead neurons
+            attached[i] |= dead[i - 1].view(1, -1)
+    frac = active_parameter_fraction(hidden, attached, stripped)
+    return frac, int(sum(int(m.sum()) for m in stripped.values()))
 
 
 # ---------------------------------------------------------------------------- runs

@@ -51,6 +51,7 @@ __all__ = ["DependencyAnalyzer", "ChannelGroup", "GroupItem"]
 
 OPT = tp_ops.OPTYPE
 # node types whose parameters/buffers are sliced per channel (safe to shrink)
+_LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weight reads channels on dim 1
 _PER_CHANNEL_TYPES = {OPT.CONV, OPT.LINEAR, OPT.BN, OPT.DEPTHWISE_CONV, OPT.PRELU, OPT.IN, OPT.PARAMETER}
 _UNMEASURED_TYPES = {OPT.MHA: "MultiheadAttention", OPT.LSTM: "LSTM", OPT.EMBED: "Embedding",
                      OPT.CUSTOMIZED: "customized layer"}
@@ -372,6 +373,27 @@ class DependencyAnalyzer:
                 if p is None or p.dim() == 0 or (node.type == OPT.PRELU and p.numel() == 1):
                     continue
                 out.append((f"{name}.{pname}", 0, list(item.idxs), list(item.root_idxs)))
+        return out
+
+    def consumer_params(self, root: str) -> list[tuple[str, int, list[int], list[int]]]:
+        """Weight slices that *read* the group's channels: the input side of its Conv/Linear consumers.
+
+        Returns ``(weight_name, dim, idxs_in_param, root_idxs)``; ``dim`` is the weight's input
+        dimension (1 for Linear and Conv). A consumer that reads a channel through a flatten has
+        several input indices per root channel. Transposed and grouped convolutions are left out (their
+        input channels are not a weight dimension of their own).
+        """
+        self.group(root)
+        out: list[tuple[str, int, list[int], list[int]]] = []
+        tp_group = self._tp_groups.get(root)
+        for item in tp_group.items if tp_group is not None else ():
+            node = item.dep.target
+            module = node.module
+            if not self.dg.is_in_channel_pruning_fn(item.dep.handler) or not isinstance(module, _LAYER_TYPES):
+                continue
+            if isinstance(module, nn.modules.conv._ConvNd) and (module.transposed or module.groups != 1):
+                continue
+            out.append((f"{self._node_name(node)}.weight", 1, list(item.idxs), list(item.root_idxs)))
         return out
 
     # ------------------------------------------------------------------ application
