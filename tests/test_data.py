@@ -147,6 +147,43 @@ def test_npz_uint8_nhwc_is_scaled_and_transposed(tmp_path: Path) -> None:
     assert torch.allclose(bundle.train[2][0], expected)
 
 
+def _views(dataset, n: int = 8) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [dataset[0][0] for _ in range(n)]
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "samples" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if "cifar10" in r.name], ids=lambda p: p.stem)
+def test_augmentation_follows_the_recipe_at_any_input_size(tmp_path: Path, recipe: Path) -> None:
+    """A CIFAR recipe asking for augmentation gets it at its input size (the VGG-16 recipes resize 32 -> 64,
+    paper 000 appendix J.2): a random crop with side/8 padding and a flip, never silently dropped."""
+    from compressor.training.config import load_recipe
+
+    r = load_recipe(recipe)
+    assert r.train.augment
+    x = np.random.default_rng(2).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(4), x_test=x, y_test=np.arange(4))
+    bundle = load_data(f"npz:{tmp_path / 'c.npz'}", input_size=r.data.input_size, augment=True)
+    side = r.data.input_size or 32
+    views = _views(bundle.train)
+    assert all(v.shape == (3, side, side) for v in views)
+    assert any(not torch.equal(views[0], v) for v in views[1:])
+    assert bundle.info["augment"] == f"random {side}x{side} crop with {side // 8}-pixel padding + horizontal flip"
+    assert all(torch.equal(v, bundle.test[0][0]) for v in _views(bundle.test, 3))  # the test split: never
+
+
+def test_digits_augmentation_shifts_but_never_mirrors() -> None:
+    bundle = load_data("digits", augment=True)
+    assert bundle.info["augment"] == "random 8x8 crop with 1-pixel padding"
+    views = _views(bundle.train, 16)
+    assert any(not torch.equal(views[0], v) for v in views[1:])
+    plain = load_data("digits").train[0][0]
+    assert not any(torch.equal(v, plain.flip(-1)) and not torch.equal(v, plain) for v in views)
+    assert "augment" not in load_data("digits").info
+
+
 def test_npz_uint8_grayscale_and_unlabeled(tmp_path: Path) -> None:
     x = np.full((4, 8, 8), 255, dtype=np.uint8)
     np.savez(tmp_path / "g.npz", x=x)

@@ -126,11 +126,10 @@ def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
     std = (float(x[train_idx].std()),)
     size = int(input_size) if input_size else None
     side = size or 8
-    if augment:
-        log.debug("digits: no augmentation is defined for 8x8 digits; augment ignored")
+    transform, info = _augmentation("digits", augment, side, flip=False)
     return DataBundle(
         name="digits",
-        train=TensorImageDataset(x[train_idx], y[train_idx], mean=mean, std=std, size=size),
+        train=TensorImageDataset(x[train_idx], y[train_idx], mean=mean, std=std, size=size, transform=transform),
         test=TensorImageDataset(x[test_idx], y[test_idx], mean=mean, std=std, size=size),
         input_shape=(1, side, side),
         num_classes=10,
@@ -138,6 +137,7 @@ def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
         std=std,
         classes=[str(i) for i in range(10)],
         native_shape=(1, 8, 8),
+        info=info,
     )
 
 
@@ -146,10 +146,33 @@ def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
 # --------------------------------------------------------------------------------------------------
 
 
-def _cifar_augment() -> Callable[[Tensor], Tensor]:
+def crop_flip_augment(size: int | tuple[int, int], *, flip: bool) -> tuple[Callable[[Tensor], Tensor], str]:
+    """The training augmentation of every in-memory image dataset, and its description.
+
+    A random crop of ``size`` (``side`` or ``(height, width)``) from the image zero-padded by
+    ``max(1, round(min side / 8))`` pixels on each border (4 at 32, the CIFAR setting of papers 000/002; 8 at 64, the VGG-16 recipes' input
+    after paper 000's appendix J.2 resize), plus a random horizontal flip for natural images
+    (``flip``; never for digits, which a mirror turns into other shapes). It runs after any resize
+    to the model's input, so it follows the recipe at every input size.
+    """
     from torchvision import transforms
 
-    return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    pad = max(1, round(min(h, w) / 8))
+    steps: list[Any] = [transforms.RandomCrop((h, w), padding=pad)]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    return transforms.Compose(steps), f"random {h}x{w} crop with {pad}-pixel padding" + (
+        " + horizontal flip" if flip else "")
+
+
+def _augmentation(name: str, augment: bool, side: int | tuple[int, int], *, flip: bool) -> tuple[Callable[[Tensor], Tensor] | None, dict[str, str]]:
+    """The training transform (None without ``augment``) and the bundle ``info`` entry that names it."""
+    if not augment:
+        return None, {}
+    transform, text = crop_flip_augment(side, flip=flip)
+    log.info("%s: training augmentation: %s", name, text)
+    return transform, {"augment": text}
 
 
 def _not_found(name: str, root: Path, expected: str, hint: str) -> DataError:
@@ -187,14 +210,15 @@ def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool)
     size = int(input_size) if input_size else None
     side = size or 28
 
-    def wrap(ds: Any) -> TensorImageDataset:
-        return TensorImageDataset(ds.data.unsqueeze(1), torch.as_tensor(ds.targets), mean=mean, std=std, size=size)
+    transform, info = _augmentation(label, augment, side, flip=fashion)  # clothes mirror, digits do not
 
-    if augment:
-        log.debug("%s: no augmentation is defined for grayscale digits; augment ignored", label)
+    def wrap(ds: Any, tf: Callable[[Tensor], Tensor] | None) -> TensorImageDataset:
+        return TensorImageDataset(ds.data.unsqueeze(1), torch.as_tensor(ds.targets), mean=mean, std=std, size=size,
+                                  transform=tf)
+
     return DataBundle(
-        name=label, train=wrap(train), test=wrap(test), input_shape=(1, side, side), num_classes=10,
-        mean=mean, std=std, classes=list(train.classes), native_shape=(1, 28, 28),
+        name=label, train=wrap(train, transform), test=wrap(test, None), input_shape=(1, side, side), num_classes=10,
+        mean=mean, std=std, classes=list(train.classes), native_shape=(1, 28, 28), info=info,
     )
 
 
@@ -222,15 +246,16 @@ def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool)
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     size = int(input_size) if input_size else None
     side = size or 32
+    transform, info = _augmentation(name, augment, side, flip=True)
 
-    def wrap(ds: Any, train_split: bool) -> TensorImageDataset:
+    def wrap(ds: Any, tf: Callable[[Tensor], Tensor] | None) -> TensorImageDataset:
         data = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))  # NHWC -> NCHW uint8
-        transform = _cifar_augment() if (augment and train_split and side == 32) else None
-        return TensorImageDataset(data, torch.as_tensor(ds.targets), mean=mean, std=std, size=size, transform=transform)
+        return TensorImageDataset(data, torch.as_tensor(ds.targets), mean=mean, std=std, size=size, transform=tf)
 
     return DataBundle(
-        name=name, train=wrap(train, True), test=wrap(test, False), input_shape=(3, side, side),
+        name=name, train=wrap(train, transform), test=wrap(test, None), input_shape=(3, side, side),
         num_classes=len(train.classes), mean=mean, std=std, classes=list(train.classes), native_shape=(3, 32, 32),
+        info=info,
     )
 
 
@@ -355,9 +380,11 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -
     image = x.dim() == 4
     size = int(input_size) if (input_size and image) else None
     shape = tuple(x.shape[1:]) if size is None else (x.shape[1], size, size)
-    transform = None
-    if augment and image and shape[0] == 3 and shape[1:] == (32, 32):
-        transform = _cifar_augment()
+    transform, aug_info = (None, {})
+    if augment and image:  # a random crop of the (resized) image; a flip for colour images only
+        transform, aug_info = _augmentation(f"npz {path.name}", True, (shape[1], shape[2]), flip=shape[0] == 3)
+    elif augment:
+        log.warning("npz %s: the arrays are not images (N x C x H x W), so train.augment has nothing to apply", path.name)
     try:
         train = TensorImageDataset(x, y, mean=mean, std=std, size=size, transform=transform)
         test = TensorImageDataset(x_test, y_test, mean=mean, std=std, size=size) if x_test is not None else None
@@ -365,7 +392,7 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -
         raise DataError(f"{path}: {exc}") from exc
     return DataBundle(
         name="npz", train=train, test=test, input_shape=shape, num_classes=num_classes, mean=mean, std=std,
-        info={"labeled": labeled}, native_shape=tuple(int(d) for d in x.shape[1:]),
+        info={"labeled": labeled, **aug_info}, native_shape=tuple(int(d) for d in x.shape[1:]),
     )
 
 
