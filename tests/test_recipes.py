@@ -330,7 +330,7 @@ def test_every_cifar_recipe_trains_end_to_end_on_fake_data(path: Path, tmp_path:
     from compressor.training.trainer import train
 
     extra = ["train.epochs=2", "data.batch_size=16", "export.onnx=false", "train.device=cpu",
-             "dnr.interval_epochs=1", "dormant.interval_epochs=1",
+             "train.warmup_epochs=0", "dnr.interval_epochs=1", "dormant.interval_epochs=1",
              "baseline.schedule=oneshot", "baseline.at_epoch=1"]
     recipe = _offline_recipe(path, tmp_path, tuple(extra))
     result = train(recipe, tmp_path / "run", progress=False, plots=False, tensorboard=False)

@@ -166,9 +166,14 @@ def crop_flip_augment(size: int | tuple[int, int], *, flip: bool) -> tuple[Calla
         " + horizontal flip" if flip else "")
 
 
-def _augmentation(name: str, augment: bool, side: int | tuple[int, int], *, flip: bool) -> tuple[Callable[[Tensor], Tensor] | None, dict[str, str]]:
-    """The training transform (None without ``augment``) and the bundle ``info`` entry that names it."""
+def _augmentation(name: str, augment: bool, side: int | tuple[int, int] | None, *,
+                  flip: bool) -> tuple[Callable[[Tensor], Tensor] | None, dict[str, str]]:
+    """The training transform (None without ``augment``) and the bundle ``info`` entry that names it;
+    ``side`` None: the data are not images, and a requested augmentation is refused with a warning."""
     if not augment:
+        return None, {}
+    if side is None:
+        log.warning("%s: the arrays are not images (N x C x H x W), so train.augment has nothing to apply", name)
         return None, {}
     transform, text = crop_flip_augment(side, flip=flip)
     log.info("%s: training augmentation: %s", name, text)
@@ -380,11 +385,8 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -
     image = x.dim() == 4
     size = int(input_size) if (input_size and image) else None
     shape = tuple(x.shape[1:]) if size is None else (x.shape[1], size, size)
-    transform, aug_info = (None, {})
-    if augment and image:  # a random crop of the (resized) image; a flip for colour images only
-        transform, aug_info = _augmentation(f"npz {path.name}", True, (shape[1], shape[2]), flip=shape[0] == 3)
-    elif augment:
-        log.warning("npz %s: the arrays are not images (N x C x H x W), so train.augment has nothing to apply", path.name)
+    transform, aug_info = _augmentation(f"npz {path.name}", augment, (shape[1], shape[2]) if image else None,
+                                        flip=image and shape[0] == 3)  # a flip for colour images only
     try:
         train = TensorImageDataset(x, y, mean=mean, std=std, size=size, transform=transform)
         test = TensorImageDataset(x_test, y_test, mean=mean, std=std, size=size) if x_test is not None else None

@@ -19,12 +19,15 @@ Architectures (``arch``):
   max-pool, for 32x32 inputs (the DemP papers' CIFAR network);
 * ``vgg16-cifar`` — VGG-16 (configuration D) with BatchNorm, global average pool and a small
   classifier (512 -> 512 -> classes), for 32x32 inputs;
+* ``vit-tiny`` — a small pre-norm Vision Transformer (4x4 patches, class token, width 64, depth 4,
+  4 heads, MLP ratio 2, ``activation`` relu/gelu) for 28x28 and 32x32 inputs; only its MLP hidden
+  units are prunable (the residual stream and attention are blocked);
 * a user's own model: ``model_file="path/to/file.py:factory"`` (:mod:`.user_file`).
 
 Modules: :mod:`.spec` (:class:`ModelSpec`), :mod:`.registry` (names, :func:`make_spec`,
 :func:`build_model`), one module per built-in family (:mod:`.mlp`, :mod:`.cnn`, :mod:`.resnet_cifar`,
-:mod:`.vgg_cifar`), :mod:`.zoo` (torchvision), :mod:`.user_file`. Loading a checkpoint into a model is
-:func:`compressor.loading.load_model`.
+:mod:`.vgg_cifar`, :mod:`.vit`), :mod:`.zoo` (torchvision), :mod:`.user_file`. Loading a checkpoint into
+a model is :func:`compressor.loading.load_model`.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ from .registry import (
 from .resnet_cifar import build_resnet18_cifar
 from .spec import ModelSpec
 from .vgg_cifar import VGGCifar, build_vgg16_cifar
+from .vit import VisionTransformer, build_vit_tiny
 from .zoo import torchvision_archs
 
 __all__ = [
     "ModelSpec", "BuiltinArch", "BUILTINS", "build_model", "make_spec", "canonical_arch", "list_archs",
     "infer_num_classes", "example_input", "torchvision_archs", "ACTIVATIONS", "MLP", "SmallCNN", "VGGCifar",
-    "build_mlp", "build_cnn", "build_resnet18_cifar", "build_vgg16_cifar",
+    "VisionTransformer", "build_mlp", "build_cnn", "build_resnet18_cifar", "build_vgg16_cifar", "build_vit_tiny",
 ]

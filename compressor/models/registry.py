@@ -27,6 +27,7 @@ from .user_file import (
     split_model_file,
 )
 from .vgg_cifar import build_vgg16_cifar
+from .vit import build_vit_tiny
 from .zoo import build_torchvision, torchvision_archs, torchvision_spec
 
 __all__ = ["BuiltinArch", "BUILTINS", "list_archs", "canonical_arch", "make_spec", "build_model",
@@ -50,6 +51,7 @@ BUILTINS: dict[str, BuiltinArch] = {
     "cnn": BuiltinArch(build_cnn, (1, 8, 8)),
     "resnet18-cifar": BuiltinArch(build_resnet18_cifar, (3, 32, 32)),
     "vgg16-cifar": BuiltinArch(build_vgg16_cifar, (3, 32, 32)),
+    "vit-tiny": BuiltinArch(build_vit_tiny, (3, 32, 32)),
 }
 
 

@@ -173,9 +173,15 @@ class SynapticStripping(AnalyzerPruner):
         return bool(self.config.conv) and isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
 
     def _target_groups(self) -> list[Any]:
-        """Neuron groups rooted at a stripped layer (hidden MLP units; conv channels with ``conv``)."""
+        """Unblocked neuron groups rooted at a stripped layer (hidden MLP units; conv channels with ``conv``).
+
+        A blocked group is never a hidden layer: a transformer's residual stream, for one, has its
+        root at a Linear (the last block's second MLP layer) but is read by every LayerNorm and head.
+        """
         out = []
         for g in self.analyzer.neuron_groups:
+            if g.blocked is not None:
+                continue
             try:
                 module = self.model.get_submodule(g.root)
             except AttributeError:
