@@ -192,6 +192,16 @@ def _sdpa(inputs: list[Any], outputs: list[Any]) -> float:
     return float(prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1]))
 
 
+def _native_mha(inputs: list[Any], outputs: list[Any]) -> float:
+    """``nn.MultiheadAttention``'s fused eval path: the q/k/v and output projections (Lq*E*E each for q
+    and out, Lk*E*E each for k and v) plus Q @ K^T and attn @ V (2*Lq*Lk*E), per batch element."""
+    q, k = _shape(inputs[0]), _shape(inputs[1])
+    if not q or not k:
+        return 0.0
+    e, lq, lk = q[-1], q[-2], k[-2]
+    return float(prod(q[:-2]) * (2 * lq * e * e + 2 * lk * e * e + 2 * lq * lk * e))
+
+
 _ELEMENTWISE = ("add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "pow", "sqrt", "rsqrt", "exp",
                 "softmax", "log_softmax", "_softmax")
 _REDUCTIONS = ("mean", "sum")
@@ -207,6 +217,7 @@ _FREE = ("dropout_", "feature_dropout", "alpha_dropout", "unflatten", "view_as",
 #: Extra fvcore handles, by TorchScript op name (see the module docstring for the conventions).
 EXTRA_HANDLES: dict[str, Handle] = {
     "aten::scaled_dot_product_attention": _sdpa,
+    "aten::_native_multi_head_attention": _native_mha,
     **{f"aten::{op}": _per_element(of_input=False) for op in _ELEMENTWISE},
     **{f"aten::{op}": _per_element(of_input=True) for op in _REDUCTIONS + _POOLS},
     **{f"aten::{op}": _zero for op in _ACTIVATIONS + _FREE},

@@ -78,6 +78,18 @@ def speed_verdicts(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def removal_error_lines(pruning: Mapping[str, Any]) -> list[str]:
+    """One line per training method whose lossy removals changed the outputs (``removal_error``)."""
+    lines = []
+    for m in pruning.get("methods") or []:
+        err = m.get("removal_error") if isinstance(m, Mapping) else None
+        if err:
+            lines.append(f"{m.get('method')} removed neurons by a lossy criterion (`{m.get('criterion')}`): the largest "
+                         f"change of the outputs at a removal was {err['max_abs_diff']:.3g} ({err['rel_diff']:.2%} of "
+                         f"the output scale) on {err['samples']} measurement samples, over {err['removals']} removals")
+    return lines
+
+
 def _header(report: Mapping[str, Any]) -> list[str]:
     source, pruning, tool = report.get("source", {}), report.get("pruning", {}), report.get("tool", {})
     desc = []
@@ -93,6 +105,7 @@ def _header(report: Mapping[str, Any]) -> list[str]:
         crit = pruning["criterion"]
         desc.append(f"criterion `{crit.get('name', crit) if isinstance(crit, Mapping) else crit}`")
     verdicts = [f"**{v}**" for v in speed_verdicts(report)]
+    verdicts += [f"**{line}**" for line in removal_error_lines(pruning)]
     return ["# demp compression report", "", *verdicts, *([""] if verdicts else []), (", ".join(desc) + ". ") if desc else "",
             f"demp {tool.get('version', '?')}, torch {tool.get('torch', '?')}, onnx {tool.get('onnx', '?')}, "
             f"onnxruntime {tool.get('onnxruntime', '?')}. MACs are multiply-accumulates per sample "
@@ -294,7 +307,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     """A compact terminal summary: the speed verdicts first, then size, MACs, parity and p50 latency."""
     model = report.get("model", {})
     pruning = report.get("pruning", {})
-    lines = speed_verdicts(report)
+    lines = speed_verdicts(report) + removal_error_lines(pruning)
     lines += [""] if lines else []
     lines += [f"{'':<22} {'dense':>14} {'pruned':>14} {'ratio':>7}"]
     lines.append(f"{'parameters':<22} {_fmt(model.get('params_before')):>14} {_fmt(model.get('params_after')):>14} "

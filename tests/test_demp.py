@@ -133,6 +133,46 @@ def test_dynamic_removal_is_lossless_and_the_optimizer_keeps_working() -> None:
     assert demp.regularizer.params[0] is net.fc1.weight  # the penalty follows the new parameters
 
 
+class LeakyMLP(nn.Module):
+    """fc1 -> Leaky ReLU -> head; fc1 units 1 and 5 have a large negative bias: only negative outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.flat = nn.Flatten()
+        self.fc1 = nn.Linear(64, 12)
+        self.head = nn.Linear(12, 10)
+        with torch.no_grad():
+            self.fc1.bias[[1, 5]] = -50.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(nn.functional.leaky_relu(self.fc1(self.flat(x)), 0.01))
+
+
+def test_saturated_criterion_removes_only_negative_units_and_reports_the_error() -> None:
+    """Paper 000 §5: Leaky ReLU units "with only negative activation" are removed with the saturated
+    criterion; the removal is lossy and its output change on the death samples is reported."""
+    for criterion, expect in (("dead", 0), ("saturated", 2)):
+        net = LeakyMLP()
+        demp = DemP(net, DemPConfig(criterion=criterion, target="weights", noise=0.0, interval=1, peak=0.0),
+                    example_inputs=EXAMPLE, death_loader=DEATH, total_steps=4)
+        probe = torch.cat([x for x, _ in DEATH])
+        before = net(probe).detach()
+        event = demp.finalize(None)
+        after = net(probe).detach()
+        assert event.removed == expect and net.fc1.out_features == 12 - expect
+        if criterion == "dead":
+            assert event.error is None and "removal_error" not in demp.describe()
+            continue
+        assert demp.plan.group("fc1").removed == [1, 5]
+        true_change = float((before - after).abs().max())
+        assert 0 < true_change and event.error["max_abs_diff"] == pytest.approx(true_change, rel=1e-5)
+        assert event.error["samples"] == 64 and event.to_dict()["error"] == event.error
+        described = demp.describe()
+        assert described["criterion"] == "saturated" and described["lossless"] is False
+        assert described["removal_error"]["max_abs_diff"] == pytest.approx(true_change, rel=1e-5)
+
+
 def test_cnn_two_removals_compose_into_one_plan_in_original_numbering() -> None:
     net = cnn()
     cfg = DemPConfig(peak=1e-3, noise=1e-4, interval=2)

@@ -178,3 +178,20 @@ def test_parity_figures_of_two_models() -> None:
     shifted = compare_outputs(run_model(model, x), run_model(model, x) + 0.5)
     assert shifted["max_abs_diff"] == pytest.approx(0.5)
     assert shifted["rel_diff"] == pytest.approx(0.5 / shifted["output_scale"])
+
+
+def test_multihead_attention_is_counted_on_its_fused_eval_path_too() -> None:
+    """Under no_grad in eval, nn.MultiheadAttention runs aten::_native_multi_head_attention: it must be
+    counted like the unfused path (projections + Q @ K^T + attn @ V), not dropped as unsupported."""
+    from compressor.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("vit-tiny", 10, (1, 28, 28), {"patch_size": 7})).eval()
+    unfused = count_macs(model, (1, 28, 28))
+    with torch.no_grad():
+        fused = count_macs(model, (1, 28, 28))
+    assert "aten::_native_multi_head_attention" not in fused.unsupported_ops
+    assert fused.extra_handled_ops.get("_native_multi_head_attention", 0) > 0
+    assert fused.total_macs == pytest.approx(unfused.total_macs, rel=1e-4)
+    tokens, dim = 17, 64
+    per_block = 4 * tokens * dim * dim + 2 * tokens * tokens * dim
+    assert fused.extra_handled_ops["_native_multi_head_attention"] == 4 * per_block

@@ -5,6 +5,7 @@ targets its MLP blocks only."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -122,3 +123,41 @@ def test_synaptic_stripping_targets_only_the_mlp_first_linears() -> None:
     assert method.masks[f"{FC1[0]}.weight"][4, :2].all() and method.masks[f"{FC1[1]}.weight"][9, :2].all()
     for b in (0, 1):
         assert torch.equal(model.blocks[b].mlp.fc2.weight, fc2_before[b])
+
+
+def _train_vit(tmp_path, activation: str, criterion: str, peak: float):
+    from compressor.data import load_data
+    from compressor.training.config import load_recipe
+    from compressor.training.trainer import train
+
+    recipe = load_recipe({
+        "method": "demp", "data": {"spec": "digits", "batch_size": 32},
+        "model": {"arch": "vit-tiny", "kwargs": {"patch_size": 2, "dim": 16, "depth": 1, "heads": 2,
+                                                  "mlp_ratio": 4, "activation": activation}},
+        "train": {"epochs": 1, "lr": 1e-2, "seed": 0, "log_every": 1000},
+        "demp": {"regularizer": "lasso", "target": "weights", "peak": peak, "interval": 20, "death_samples": 256,
+                 "criterion": criterion}})
+    return train(recipe, tmp_path / activation, progress=False, data=load_data("digits"), plots=False,
+                 tensorboard=False, save_model=False)
+
+
+def test_demp_trains_a_relu_vit_and_removes_dead_mlp_units_losslessly(tmp_path) -> None:
+    run = _train_vit(tmp_path, "relu", "dead", 3e-2)
+    s = run.summary
+    assert s["removed_channels"] > 0 and all(g["root"].endswith("mlp.fc1") for g in s["groups"] if g["removed"])
+    assert s["final_removal_parity"]["max_abs_diff"] <= 1e-5  # exact zeros removed: lossless
+    assert not any(m.get("removal_error") for m in s["methods"])
+    assert run.model.blocks[0].attn.embed_dim == 16  # the residual stream and the heads are untouched
+
+
+def test_demp_saturated_criterion_on_a_gelu_vit_reports_each_removals_error(tmp_path) -> None:
+    run = _train_vit(tmp_path, "gelu", "saturated", 3e-2)
+    s = run.summary
+    (demp,) = s["methods"]
+    assert demp["criterion"] == "saturated" and demp["lossless"] is False
+    assert s["removed_channels"] > 0, "strong Lasso on a GELU MLP leaves units that never turn positive"
+    err = demp["removal_error"]
+    assert err["max_abs_diff"] > 0 and err["samples"] == 256 and err["removals"] >= 1
+    records = [json.loads(line) for line in (tmp_path / "gelu" / "metrics.jsonl").read_text().splitlines()]
+    errors = [r["error"]["max_abs_diff"] for r in records if r["kind"] == "removal" and r.get("error")]
+    assert errors and max(errors) == pytest.approx(err["max_abs_diff"])

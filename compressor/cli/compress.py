@@ -31,8 +31,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="checkpoint: .pt/.pth state dict (plain, {'state_dict'}, "
                    "{'model'}, {'model_state_dict'}; DDP/torch.compile prefixes ok), .safetensors, or a "
                    "directory made by demp. Omit to use freshly initialized weights")
-    p.add_argument("--arch", help="architecture: any torchvision classification model name, mlp, cnn, "
-                   "resnet18-cifar, vgg16-cifar")
+    from ..models import BUILTINS
+
+    p.add_argument("--arch", help="architecture: any torchvision classification model name, or a built-in: "
+                   + ", ".join(BUILTINS))
     p.add_argument("--model-file", metavar="PATH.py:FUNCTION", help=MODEL_FILE_HELP)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for the model builder, value parsed as YAML (e.g. widths=[256,256])")

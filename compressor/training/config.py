@@ -65,7 +65,7 @@ RESUME_TOLERANT_KEYS = (
 class ModelConfig:
     """Which network to train (see :func:`compressor.models.build_model`)."""
 
-    arch: str = field(default="cnn", metadata={"help": "torchvision name, \"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", ..."})
+    arch: str = field(default="cnn", metadata={"help": "a built-in (\"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", \"vit-tiny\", ...: docs/models-data.md) or a torchvision name"})
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "passed to the architecture's builder"})
     num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's number of classes"})
     checkpoint: str | None = field(default=None, metadata={"help": "optional starting weights (fine-tune with DemP); safetensors or state dict"})

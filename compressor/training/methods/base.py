@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ...activity import ActivityStats, collect_activity
 from ...errors import CheckpointError
 from ...graph import ApplyResult, DependencyAnalyzer
+from ...measure import compare_outputs, run_model
 from ...plan import GroupRemoval, PruningPlan
 from .. import distributed as dist_util
 from ..mechanics.optim_surgery import slice_optimizer_state
@@ -51,7 +52,9 @@ class RemovalEvent:
     ``step``: optimizer steps completed; ``removed``: channels removed now; ``live``: live neurons after
     the event; ``total``: neurons of the original model; ``present``: channels still in the model;
     ``dead``: channels measured dead (removed now or kept by min_channels / round_to / blocked groups);
-    ``plan_delta``: this event's removals in the numbering of the model *before* it.
+    ``plan_delta``: this event's removals in the numbering of the model *before* it; ``error``: for a
+    lossy criterion, :func:`compressor.measure.compare_outputs` of the model's outputs just before and
+    after the removal on the method's measurement samples (None when lossless or nothing was removed).
     """
 
     step: int
@@ -64,12 +67,13 @@ class RemovalEvent:
     dead: int = 0
     applied: bool = False
     final: bool = False
+    error: dict[str, Any] | None = None  # a lossy removal's output change on the measurement samples
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the plan delta's details)."""
         return {"step": self.step, "removed": self.removed, "live": self.live, "total": self.total,
                 "present": self.present, "dead": self.dead, "applied": self.applied, "final": self.final,
-                "seconds": self.seconds,
+                "seconds": self.seconds, **({"error": self.error} if self.error is not None else {}),
                 "groups": [{"root": g.root, "before": g.size, "after": g.after} for g in self.plan_delta.groups]}
 
 
@@ -177,6 +181,7 @@ class AnalyzerPruner(TrainingMethod):
                                 input_shape=input_shape)
         self._analyzer: DependencyAnalyzer | None = None
         self._live: dict[str, Tensor] = {}  # group root -> bool (current numbering); absent = all live
+        self._probe: Tensor | None = None  # the measurement samples' inputs, for a lossy removal's error
         self.removals = 0
         self.steps_done = 0
         self.events: list[dict[str, Any]] = []
@@ -239,11 +244,21 @@ class AnalyzerPruner(TrainingMethod):
         self._live = {r: m.clone() for r, m in self.analyzer.live_masks(stats, criterion).items() if r in roots}
         return int(sum(int((~m).sum()) for m in self._live.values()))
 
+    @property
+    def lossless(self) -> bool:
+        """Whether the removals are exact by construction (the activity criterion says so)."""
+        return bool(getattr(getattr(self, "criterion", None), "lossless", False))
+
     def describe(self) -> dict[str, Any]:
         crit = getattr(self, "criterion", None)  # the activity criterion the removals are decided by
-        return {"method": self.name, "criterion": crit.spec() if crit is not None else self.plan.criterion.get("name"),
-                "params": dict(self.plan.criterion), "lossless": bool(getattr(crit, "lossless", False)),
-                "samples": self.samples}
+        out = {"method": self.name, "criterion": crit.spec() if crit is not None else self.plan.criterion.get("name"),
+               "params": dict(self.plan.criterion), "lossless": self.lossless, "samples": self.samples}
+        errors = [e["error"] for e in self.events if e.get("error")]
+        if errors:  # the largest output change any removal of the run caused (lossy criteria)
+            worst = max(errors, key=lambda e: e["max_abs_diff"])
+            out["removal_error"] = {"max_abs_diff": worst["max_abs_diff"], "rel_diff": worst["rel_diff"],
+                                    "removals": len(errors), "samples": worst["samples"]}
+        return out
 
     # ------------------------------------------------------------------ removal
     def plan_from_ranking(self, ranked: Iterable[tuple[float, str, int]], budget: int,
@@ -265,7 +280,13 @@ class AnalyzerPruner(TrainingMethod):
 
     def remove(self, delta: PruningPlan, optimizer: torch.optim.Optimizer | None, *, step: int, dead: int,
                final: bool, t0: float) -> RemovalEvent:
-        """Apply ``delta`` (current numbering) in place, slice optimizer state, compose the plan."""
+        """Apply ``delta`` (current numbering) in place, slice optimizer state, compose the plan.
+
+        With a lossy criterion and measurement samples (a method that reads weights only has none), the
+        outputs on those samples are compared just before and after (the event's ``error``).
+        """
+        probe = self._probe_inputs() if not delta.is_empty() and not self.lossless else None
+        before = run_model(self.model, probe, batch_size=256) if probe is not None else None
         if not delta.is_empty():
             for g in delta.groups:  # keep the live masks in the new numbering
                 if g.root in self._live:
@@ -281,12 +302,20 @@ class AnalyzerPruner(TrainingMethod):
             self._analyzer = None
             self._notify_apply(result)
         self._drop_stale_masks()
+        error = compare_outputs(before, run_model(self.model, probe, batch_size=256)) if before is not None else None
         event = RemovalEvent(step=step, removed=delta.removed_channels, live=sum(self.live_neurons().values()),
                              total=self.total_neurons, plan_delta=delta, seconds=time.perf_counter() - t0,
                              present=sum(self.present_neurons().values()), dead=dead,
-                             applied=not delta.is_empty(), final=final)
+                             applied=not delta.is_empty(), final=final, error=error)
         self.events.append(event.to_dict())
         return event
+
+    def _probe_inputs(self) -> Tensor | None:
+        """The inputs of the measurement samples (this rank's share), gathered once."""
+        if self._probe is None:
+            xs = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in self.loader]
+            self._probe = torch.cat([x.detach().cpu() for x in xs]) if xs else None
+        return self._probe
 
     # ------------------------------------------------------------------ persistence
     def _base_state(self) -> dict[str, Any]:

@@ -10,7 +10,9 @@ physically removes the dead ones during training:
    :mod:`..mechanics.regularizers`, strength λ_t from :mod:`..mechanics.schedules`).
 2. :meth:`DemP.after_step` — after ``optimizer.step()``: Gaussian noise ``σ_t · N(0, 1)`` on the
    parameters of *live* neurons only (:mod:`..mechanics.noise`); every ``interval`` steps, measure
-   death on the held-aside ``death_loader`` (eval mode), decide with the analyzer, remove the dead
+   death on the held-aside ``death_loader`` (eval mode) with ``criterion`` (``dead``: zero outputs,
+   lossless; ``saturated``: never positive, for Leaky ReLU / GELU / SiLU, lossy, each removal's
+   output change on the death samples reported), decide with the analyzer, remove the dead
    channels in place, slice the optimizer state and compose the removal into :attr:`DemP.plan`
    (original numbering) — the shared :class:`~.base.AnalyzerPruner` path.
 3. :meth:`DemP.finalize` — one last measurement and removal at the end of training.
@@ -36,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...criteria import Dead
+from ...criteria import parse_criterion
 from ...errors import UsageError
 from ...graph import ApplyResult
 from ...plan import PruningPlan
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 __all__ = ["DemPConfig", "DemP"]
 
 STATE_VERSION = 1
+#: How DemP decides that a neuron died (``compressor.criteria``): exact or thresholded zeros, or never positive.
+DEATH_CRITERIA = ("dead", "saturated")
 
 
 @dataclass
@@ -68,7 +72,8 @@ class DemPConfig:
     noise: float = field(default=5e-5, metadata={"help": "peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)"})
     interval: int = field(default=1000, metadata={"help": "measure death and remove dead neurons every k optimizer steps (paper: 1000)"})
     death_samples: int = field(default=1024, metadata={"help": "training samples (no augmentation) on which death is measured (paper: 1024)"})
-    eps: float = field(default=0.0, metadata={"help": "a neuron is dead when max|activation| <= eps at every consumer (0: exact, lossless)"})
+    criterion: str = field(default="dead", metadata={"help": "dead (max|activation| <= eps: ReLU's exact zeros, lossless at eps 0) | saturated (max activation <= eps: never leaves the saturated region, e.g. Leaky ReLU's only-negative units, GELU/SiLU with a small eps; lossy, each removal's output change is reported)"})
+    eps: float = field(default=0.0, metadata={"help": "the criterion's threshold at every consumer (dead, eps 0: exact zeros, lossless)"})
     min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
     round_to: int = field(default=1, metadata={"help": "keep channel counts a multiple of this (keeps a few dead channels)"})
     ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
@@ -91,6 +96,7 @@ class DemPConfig:
         check(self.regularizer in REGULARIZERS, "regularizer", " | ".join(REGULARIZERS))
         check(self.target in TARGETS, "target", " | ".join(TARGETS))
         check(self.schedule in SCHEDULES, "schedule", " | ".join(SCHEDULES))
+        check(self.criterion in DEATH_CRITERIA, "criterion", " | ".join(DEATH_CRITERIA))
         for name in ("peak", "noise", "eps"):
             check(finite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0")
         check(finite(self.span) and 0 < self.span <= 1, "span", "a fraction 0 < span <= 1 of the training steps")
@@ -136,7 +142,7 @@ class DemP(AnalyzerPruner):
         if int(total_steps) < 1:
             raise UsageError(f"DemP needs total_steps >= 1 (got {total_steps})")
         self.config = config
-        self.criterion = Dead(float(config.eps))
+        self.criterion = parse_criterion(f"{config.criterion}:{float(config.eps)!r}")
         super().__init__(model, example_inputs=example_inputs, loader=death_loader,
                          criterion=self.criterion.to_dict(), ignore=config.ignore, min_channels=config.min_channels,
                          round_to=config.round_to, samples=samples)
@@ -199,7 +205,7 @@ class DemP(AnalyzerPruner):
     def _measure(self, done: int, optimizer: torch.optim.Optimizer | None, *, remove: bool,
                  final: bool) -> RemovalEvent:
         t0 = time.perf_counter()
-        stats = self.collect(("max_abs",))
+        stats = self.collect(self.criterion.fields)
         dead = self.measured_live(stats, self.criterion)
         delta = self.analyzer.decide(stats, self.criterion) if remove else PruningPlan(criterion=self.criterion.to_dict())
         event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0)
