@@ -156,7 +156,7 @@ def test_dnr_run_reaches_the_target_sparsity_evenly(tmp_path, digits):
     # W^(t-1) is the initial weights, so the first milestone (epoch 1) is scored: 16 neurons each epoch
     assert live == [112, 96, 80, 64]
     linears = [m for m in run.model.modules() if isinstance(m, nn.Linear)]
-    assert sum(m.out_features for m in linears[:-1]) == 64
+    assert [m.out_features for m in linears[:-1]] == [32, 32], "every layer gives up the same share"
 
 
 def test_dnr_stop_epoch_reaches_the_target_early_and_leaves_epochs_to_recover(tmp_path, digits):
@@ -165,8 +165,8 @@ def test_dnr_stop_epoch_reaches_the_target_early_and_leaves_epochs_to_recover(tm
     run = train(load_recipe(raw), tmp_path / "dnr", progress=False, plots=False, tensorboard=False, data=digits,
                 save_model=False)
     live = [h["live_total"] for h in run.history]
-    # K = 3 milestones: the target is reached at epoch 3, then none
-    assert live == [128 - round(64 / 3), 128 - round(64 * 2 / 3), 64, 64, 64]
+    # K = 3 milestones, each of the two 64-neuron layers loses round(32 * j / 3): the target at epoch 3, then none
+    assert live == [128 - 2 * round(32 / 3), 128 - 2 * round(64 / 3), 64, 64, 64]
     with pytest.raises(UsageError, match="stop_epoch = 1 comes before the first pruning"):
         train(load_recipe(_raw("dnr", {"interval_epochs": 2, "stop_epoch": 1})), tmp_path / "bad", progress=False,
               data=digits)
