@@ -186,8 +186,9 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], trends: list[d
         f"- recipe: `{meta['recipe']}` with Adam lr {meta['lr']}, {meta['epochs']} epochs, cosine LR, batch 32, "
         f"seeds {meta['seeds']}; stripping fraction 0.1 (mode fraction) after every epoch",
         "- #D: hidden neurons whose ReLU output is exactly 0 on the whole training split, measured by the "
-        "script on both final models; %A: incoming weights of hidden neurons that are neither stripped nor "
-        "attached to a dead neuron (biases excluded); accuracy on the test split; time = training wall-clock.",
+        "script on both final models; %A: of the weights connected to a hidden neuron (incoming and outgoing, "
+        "biases excluded), those neither stripped nor connected to a dead neuron; accuracy on the test split; "
+        "time = training wall-clock.",
         "",
         "| depth x width | neurons | #D none | #D strip | %A none | %A strip | acc none | acc strip | s none | s strip |",
         "|---|---|---|---|---|---|---|---|---|---|",

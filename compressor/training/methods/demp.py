@@ -42,7 +42,8 @@ from ...criteria import parse_criterion
 from ...errors import UsageError
 from ...graph import ApplyResult
 from ...plan import PruningPlan
-from ...measure import neuron_sparsity
+from ...measure import count_macs, neuron_sparsity
+from ..mechanics.budget import BudgetController
 from ..mechanics.noise import LiveNoise, NoiseTarget
 from ..mechanics.regularizers import REGULARIZERS, TARGETS, Regularizer
 from ..mechanics.schedules import SCHEDULES, get_schedule
@@ -77,6 +78,9 @@ class DemPConfig:
     min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
     round_to: int = field(default=1, metadata={"help": "keep channel counts a multiple of this (keeps a few dead channels)"})
     ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+    target_sparsity: float | None = field(default=None, metadata={"help": "budget mode (beyond the papers): the neuron sparsity (removed share) to reach; lambda is adapted online from peak, and lambda and noise stop once it is reached (null: fixed lambda)"})
+    target_macs: float | None = field(default=None, metadata={"help": "budget mode: the MAC ratio compact/dense to reach (e.g. 0.3), instead of target_sparsity"})
+    reach_by: float = field(default=0.5, metadata={"help": "budget mode: share of the training steps by which the target is planned to be reached"})
     prune: bool = field(default=True, metadata={"help": "false: measure and record deaths but never remove"})
     final_only: bool = field(default=False, metadata={"help": "remove only once at the end (the dynamic-removal benchmark's baseline)"})
 
@@ -109,9 +113,24 @@ class DemPConfig:
         check(whole(self.round_to, 1), "round_to", "an integer >= 1")
         check(not isinstance(self.ignore, str) and all(isinstance(s, str) for s in self.ignore), "ignore",
               "a list of layer names")
+        for name in ("target_sparsity", "target_macs"):
+            value = getattr(self, name)
+            check(value is None or (finite(value) and 0 < value < 1), name, "a fraction 0 < x < 1, or null")
+        check(self.target_sparsity is None or self.target_macs is None, "target_macs",
+              "null when demp.target_sparsity is set (choose one budget)")
+        check(finite(self.reach_by) and 0 < self.reach_by <= 1, "reach_by", "a fraction 0 < reach_by <= 1")
+        check(self.budget_share is None or (self.regularizer != "none" and self.peak > 0), "peak",
+              "> 0 with a regularizer in budget mode (the starting lambda the controller adapts)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def budget_share(self) -> float | None:
+        """The share to remove in budget mode (neurons, or MACs: 1 - target_macs); None with a fixed lambda."""
+        if self.target_sparsity is not None:
+            return float(self.target_sparsity)
+        return None if self.target_macs is None else 1.0 - float(self.target_macs)
 
 
 def _no_target_message(config: DemPConfig) -> str:
@@ -157,6 +176,9 @@ class DemP(AnalyzerPruner):
         if config.regularizer != "none" and config.peak > 0 and not self.regularizer.params:
             raise UsageError(_no_target_message(config))
         self.noise = LiveNoise(self.seed)
+        share = config.budget_share
+        self.budget = BudgetController(share, self.total_steps, config.reach_by) if share is not None else None
+        self._dense_macs = self._macs() if config.target_macs is not None else None
         self.measurements = 0
         self.last_measure_step = -1  # steps completed at the last measurement (-1: never)
         self.add_apply_listener(self._after_own_removal)
@@ -170,12 +192,32 @@ class DemP(AnalyzerPruner):
 
     # ------------------------------------------------------------------ schedules
     def lam(self, step: int) -> float:
-        """λ at ``step`` (0-based optimizer step index)."""
-        return self._lam(step) if self.config.regularizer != "none" else 0.0
+        """λ at ``step`` (0-based optimizer step index).
+
+        In budget mode: the one-cycle rise (from peak/div_factor), then ``peak`` held instead of the decay,
+        times the controller's gain; 0 once the target is reached.
+        """
+        if self.config.regularizer == "none":
+            return 0.0
+        if self.budget is not None:  # the schedule's rise, then peak held; times the gain (0 once reached)
+            rising = self.config.schedule == "one_cycle" and step < int(self.config.pct_start * self.span_steps)
+            return (self._lam(step) if rising else self.config.peak) * self.budget.scale()
+        return self._lam(step)
 
     def sigma(self, step: int) -> float:
-        """Noise σ at ``step``."""
-        return self._sigma(step)
+        """Noise σ at ``step`` (0 once a budget's target is reached)."""
+        return 0.0 if self.budget is not None and self.budget.frozen else self._sigma(step)
+
+    def _macs(self) -> int:
+        """MACs of the model now (the counter of every report)."""
+        return count_macs(self.model, self.example_inputs[:1]).total_macs
+
+    def budget_measured(self) -> float:
+        """The share the budget steers: neurons no longer live, or MACs removed, over the dense model's."""
+        if self._dense_macs is not None:
+            return 1.0 - self._macs() / self._dense_macs
+        live = sum(self.live_neurons().values())
+        return 1.0 - live / self.total_neurons if self.total_neurons else 0.0
 
     # ------------------------------------------------------------------ the training hooks
     def penalty(self, step: int) -> Tensor:
@@ -209,6 +251,8 @@ class DemP(AnalyzerPruner):
         dead = self.measured_live(stats, self.criterion)
         delta = self.analyzer.decide(stats, self.criterion) if remove else PruningPlan(criterion=self.criterion.to_dict())
         event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0)
+        if self.budget is not None and not final:
+            self.budget.update(done, self.budget_measured())
         self._refresh_noise()
         self.measurements += 1
         self.last_measure_step = done
@@ -261,15 +305,30 @@ class DemP(AnalyzerPruner):
         return {"lambda": self.lam(step), "sigma": self.sigma(step), "neurons_total": self.total_neurons,
                 "neurons_present": present, "neurons_live": sum(self.live_neurons().values()),
                 "neuron_sparsity": neuron_sparsity(self.total_neurons, present),
-                "removals": self.removals, "noisy_elements": self.noise.noisy_elements}
+                "removals": self.removals, "noisy_elements": self.noise.noisy_elements, **self._budget_fields()}
 
+    def _budget_fields(self) -> dict[str, Any]:
+        """Budget mode's record: target, plan and measurement at the last measurement, gain, when reached."""
+        b = self.budget
+        if b is None:
+            return {}
+        kind = "macs_removed" if self.config.target_macs is not None else "neuron_sparsity"
+        return {"budget_kind": kind, "budget_target": b.target, "budget_planned": b.last_planned,
+                "budget_measured": b.last_measured, "budget_gain": b.gain, "budget_reached_step": b.reached_step}
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.budget is not None:
+            out["budget"] = {k[len("budget_"):]: v for k, v in self._budget_fields().items()}
+        return out
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: plain values and tensors only (safe with ``weights_only``)."""
         return {"version": STATE_VERSION, "config": self.config.to_dict(), "total_steps": self.total_steps,
                 "seed": self.seed, **self._base_state(), "noise": self.noise.state_dict(),
-                "measurements": int(self.measurements), "last_measure_step": int(self.last_measure_step)}
+                "measurements": int(self.measurements), "last_measure_step": int(self.last_measure_step),
+                **({"budget": self.budget.state_dict()} if self.budget is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`.
@@ -294,3 +353,5 @@ class DemP(AnalyzerPruner):
         self.regularizer.refresh()
         self._refresh_noise()
         self.noise.load_state_dict(state.get("noise", {}))
+        if self.budget is not None:
+            self.budget.load_state_dict(state.get("budget", {}))
