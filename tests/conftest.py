@@ -1,7 +1,8 @@
-"""Shared pytest fixtures (kept small): deterministic torch RNG and a few file writers."""
+"""Shared pytest fixtures (kept small): deterministic torch RNG, a few file writers, the shared real data."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,21 @@ def planted_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+#: The read-only real data beside the checkout (CI has it; see its README.md); DEMP_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("DEMP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_data_or_skip(path: Path = SHARED_DATA) -> Path:
+    """``path`` if it holds the shared data, else skip the test saying what is missing and where."""
+    if not (path / "README.md").is_file():
+        pytest.skip(f"real data not available: {path} (the read-only shared data folder beside the checkout, "
+                    "../shared/data; CI has it) is missing; set DEMP_SHARED_DATA to its location to run these tests")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real data folder (MNIST idx files, CIFAR-10 JPEG archive, weights), or a skip."""
+    return shared_data_or_skip()

@@ -327,5 +327,64 @@ def test_imagefolder_errors(tmp_path: Path, write_pngs) -> None:
         load_data(f"imagefolder:{tmp_path / 'mixed'}")
 
 
+def test_small_images_stay_at_their_size_with_measured_statistics(tmp_path: Path, write_pngs, monkeypatch) -> None:
+    """Images of one small size (12x14 here) with no input_size: decoded into memory at that size, normalized
+    with the training split's own mean/std; read from the files (over the memory limit) gives the same items."""
+    from PIL import Image
+
+    from compressor.data import TensorImageDataset
+    from compressor.data import imagefolder
+
+    write_pngs(tmp_path, {"a": 5, "b": 5, "c": 5})
+    bundle = load_data(f"imagefolder:{tmp_path}", augment=True)
+    assert bundle.input_shape == bundle.native_shape == (3, 12, 14)
+    assert isinstance(bundle.train, TensorImageDataset) and (len(bundle.train), len(bundle.test)) == (12, 3)
+    assert sorted(bundle.test.targets.tolist()) == [0, 1, 2]  # the same stratified split as large images
+    assert bundle.info["augment"] == "random 12x14 crop with 2-pixel padding + horizontal flip"
+    pixels = bundle.train.data.double() / 255
+    assert np.allclose(bundle.mean, pixels.mean(dim=(0, 2, 3)), atol=6e-5) and bundle.mean != IMAGENET_MEAN
+    assert bundle.train.data.shape[1:] == (3, 12, 14) and Image.open(tmp_path / "a" / "img0.png").size == (14, 12)
+
+    monkeypatch.setattr(imagefolder, "IN_MEMORY_MAX_BYTES", 0)
+    streamed = load_data(f"imagefolder:{tmp_path}", augment=True)
+    assert not isinstance(streamed.train, TensorImageDataset) and "read from the files" in streamed.info["images"]
+    assert (streamed.mean, streamed.std, streamed.input_shape) == (bundle.mean, bundle.std, bundle.input_shape)
+    for i in range(3):
+        assert torch.equal(streamed.test[i][0], bundle.test[i][0]) and streamed.test[i][1] == bundle.test[i][1]
+    torch.manual_seed(1)
+    a = bundle.train[4][0]
+    torch.manual_seed(1)
+    assert torch.allclose(streamed.train[4][0], a, atol=1e-6)  # the same crop + flip, in the same order
+
+
+def test_mixed_or_other_size_images_are_resized_with_imagenet_statistics(tmp_path: Path, write_pngs) -> None:
+    write_pngs(tmp_path / "same", {"a": 2, "b": 2})
+    assert load_data(f"imagefolder:{tmp_path / 'same'}", input_size=12).mean == IMAGENET_MEAN  # 12x14 is not 12x12
+    assert load_data(f"imagefolder:{tmp_path / 'same'}").mean != IMAGENET_MEAN
+    write_pngs(tmp_path / "mixed" / "train", {"a": 2, "b": 2}, size=10)
+    write_pngs(tmp_path / "mixed" / "train", {"c": 2}, size=20)
+    write_pngs(tmp_path / "mixed" / "test", {"a": 1, "b": 1, "c": 1}, size=10)
+    bundle = load_data(f"imagefolder:{tmp_path / 'mixed'}")
+    assert bundle.mean == IMAGENET_MEAN and bundle.native_shape is None and bundle.input_shape == (3, 224, 224)
+    assert bundle.info["layout"] == "train/test" and len(bundle.test) == 3
+
+
+def test_an_odd_small_image_is_resized_and_a_broken_one_named(tmp_path: Path, write_pngs, monkeypatch, caplog) -> None:
+    from PIL import Image
+
+    from compressor.data import imagefolder
+
+    monkeypatch.setattr(imagefolder, "SIZE_PROBE", 1)  # only the first image decides
+    write_pngs(tmp_path / "train", {"a": 3, "b": 3})
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "train" / "b" / "img1.png")
+    with caplog.at_level(logging.WARNING, logger="compressor.data"):
+        bundle = load_data(f"imagefolder:{tmp_path}")
+    assert bundle.input_shape == (3, 12, 14) and bundle.train.data.shape == (6, 3, 12, 14)
+    assert "1 of 6 images are not 12x14" in caplog.text and "img1.png" in caplog.text
+    (tmp_path / "train" / "a" / "img2.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"img2\.png cannot be decoded"):
+        load_data(f"imagefolder:{tmp_path}")
+
+
 def test_cifar_mean_constant_is_standard() -> None:
     assert CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)

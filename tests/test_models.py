@@ -41,6 +41,9 @@ def _forward(model: nn.Module, shape: tuple[int, ...], batch: int = 2) -> torch.
         ("cnn", (1, 28, 28), {}),
         ("cnn", (3, 32, 32), {"channels": [8, 16, 32]}),
         ("resnet18-cifar", (3, 32, 32), {}),
+        ("resnet20-cifar", (3, 32, 32), {}),
+        ("resnet20-cifar", (1, 28, 28), {"zero_init_residual": True}),
+        ("resnet56-cifar", (3, 32, 32), {}),
         ("vgg16-cifar", (3, 32, 32), {}),
         ("vgg16-cifar", (1, 32, 32), {"classifier_width": 0}),
     ],
@@ -68,6 +71,67 @@ def test_resnet18_cifar_is_the_cifar_variant() -> None:
     assert isinstance(model.maxpool, nn.Identity)
     assert isinstance(model.layer1[0], torchvision.models.resnet.BasicBlock)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962  # the standard CIFAR ResNet-18
+
+
+@pytest.mark.parametrize("arch,blocks,params", [("resnet20-cifar", 3, 272_474), ("resnet56-cifar", 9, 855_770)])
+def test_he_cifar_resnets(arch: str, blocks: int, params: int) -> None:
+    """He et al.'s CIFAR ResNets: 3x3/1 stem of 16, stages of 16/32/64 channels, option-B shortcuts."""
+    from torchvision.models.resnet import BasicBlock
+
+    model = build_model(ModelSpec(arch, 10, (3, 32, 32)))
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1) and model.conv1.out_channels == 16
+    stages = [model.layer1, model.layer2, model.layer3]
+    assert [len(s) for s in stages] == [blocks] * 3 and all(isinstance(b, BasicBlock) for s in stages for b in s)
+    assert [s[-1].conv2.out_channels for s in stages] == [16, 32, 64]
+    assert [s[0].stride for s in stages] == [1, 2, 2]
+    # projections (1x1 conv + BN) exactly where the shape changes
+    assert [b.downsample is not None for s in stages for b in s] == [False] * blocks + ([True] + [False] * (blocks - 1)) * 2
+    assert model.layer2[0].downsample[0].kernel_size == (1, 1)
+    assert 6 * blocks + 2 == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 2  # depth
+    # 2,752 parameters (the two projections) above option A's 269,722 / 853,018
+    assert sum(p.numel() for p in model.parameters()) == params
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model.eval().layer3(model.layer2(model.layer1(model.conv1(x)))).shape == (2, 64, 8, 8)
+
+
+def test_he_cifar_resnet_planted_dead_channels_are_removed_losslessly() -> None:
+    """The dependency analyzer couples each stage's residual channels (stem, every block, the projection)
+    and removes planted dead channels of every kind of group without changing the outputs."""
+    import copy
+
+    from compressor.activity import collect_activity
+    from compressor.criteria import Dead
+    from compressor.graph import DependencyAnalyzer
+    from compressor.plan import GroupRemoval, PruningPlan
+    from compressor.planting import plant_dead_channels
+
+    model = build_model(ModelSpec("resnet20-cifar", 10, (3, 32, 32))).eval()
+    x = torch.randn(16, 3, 32, 32)
+    analyzer = DependencyAnalyzer(model, x)
+    planted = plant_dead_channels(model, analyzer, fraction=0.25)
+    residual = [g for g in analyzer.prunable_groups if g.root in planted and g.size in (16, 32, 64)
+                and len(analyzer.channel_params(g.root)) > 8]
+    assert len(planted) == 3 + 9 and len(residual) == 3  # 3 residual streams + the 9 blocks' inner convs
+    dense = copy.deepcopy(model)
+    stats = collect_activity(model, [x], layers=analyzer.consumer_names, progress=False)
+    plan = analyzer.decide(stats, Dead())
+    removed = {g.root: set(g.removed) for g in plan.groups}
+    for root, channels in planted.items():
+        assert set(channels) <= removed.get(root, set()), f"planted dead channels of {root} were kept"
+    # the planted channels alone are dead on every input: removing them is lossless on new data too
+    planted_only = PruningPlan(groups=[GroupRemoval(g.root, g.size, sorted(planted[g.root]), g.members)
+                                       for g in plan.groups if g.root in planted])
+    held = copy.deepcopy(dense)
+    DependencyAnalyzer(held, x).apply(planted_only)
+    result = analyzer.apply(plan)  # also what happens to be zero on these 16 samples
+    assert result.removed == plan.removed_channels >= planted_only.removed_channels == sum(map(len, planted.values()))
+    fresh = torch.randn(4, 3, 32, 32)  # data never used for the decisions
+    with torch.no_grad():
+        assert torch.allclose(dense(x), model(x), atol=1e-4, rtol=0), "lossless on the decision samples"
+        ref, out = dense(fresh), held(fresh)
+    assert torch.allclose(ref, out, atol=1e-5 * float(ref.abs().max()), rtol=0), "planted removal lossy on new data"
+    assert sum(p.numel() for p in held.parameters()) < 0.8 * sum(p.numel() for p in dense.parameters())
 
 
 def test_vgg16_cifar_has_13_convs_with_batchnorm() -> None:
@@ -114,6 +178,7 @@ def test_default_input_shapes() -> None:
     assert make_spec("cnn").input_shape == (1, 8, 8)
     assert make_spec("cnn", input_size=28).input_shape == (1, 28, 28)
     assert make_spec("resnet18-cifar").input_shape == (3, 32, 32)
+    assert make_spec("resnet56-cifar").input_shape == (3, 32, 32) and canonical_arch("ResNet20_CIFAR") == "resnet20-cifar"
     assert make_spec("resnet18").input_shape == (3, 224, 224)
     assert make_spec("resnet18", input_size=64).input_shape == (3, 64, 64)
     assert make_spec("inception_v3").input_shape == (3, 299, 299)

@@ -1,23 +1,46 @@
-"""Calibration / held-out splits and reproducible data loaders."""
+"""Train/test, calibration and held-out splits, and reproducible data loaders."""
 
 from __future__ import annotations
 
 import logging
 import random
+from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibration_split", "make_loader", "seed_worker"]
+__all__ = ["stratified_split", "calibration_split", "make_loader", "seed_worker", "SPLIT_SEED", "TEST_FRACTION"]
 
+#: The seed and test share of :func:`stratified_split` (sources without their own test split).
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
 
 #: Below this many calibration samples a channel that happens to be zero on them may fire on other data.
 SMALL_CALIBRATION = 128
+
+
+def stratified_split(targets: Sequence[int] | Tensor, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """Deterministic stratified split: from each class, ``round(test_fraction * n)`` go to test.
+
+    Classes with a single sample stay in train. Returns sorted (train_indices, test_indices).
+    """
+    targets = torch.as_tensor(np.asarray(targets)).long()
+    generator = torch.Generator().manual_seed(seed)
+    train: list[int] = []
+    test: list[int] = []
+    for cls in torch.unique(targets).tolist():
+        idx = torch.nonzero(targets == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
+        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1) if len(idx) > 1 else 0
+        test += idx[:n_test]
+        train += idx[n_test:]
+    return sorted(train), sorted(test)
 
 
 def calibration_split(dataset: Dataset, samples: int = 1024, heldout: int = 256, seed: int = 0) -> tuple[Subset, Subset]:

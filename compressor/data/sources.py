@@ -5,32 +5,34 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError, UsageError
+from .augment import augmentation as _augmentation
+from .augment import crop_flip_augment
 from .bundle import DataBundle, TensorImageDataset
+from .idx import IDX_FILES, find_idx_files, read_idx_split
+from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, load_imagefolder
+from .loaders import SPLIT_SEED, TEST_FRACTION, stratified_split
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_data", "stratified_split", "SPEC_FORMS"]
+#: ``crop_flip_augment``, ``stratified_split`` and the ImageNet statistics live in :mod:`.augment`,
+#: :mod:`.loaders` and :mod:`.imagefolder`; they are re-exported here, where they used to be.
+__all__ = ["load_data", "stratified_split", "crop_flip_augment", "SPEC_FORMS", "SPLIT_SEED", "TEST_FRACTION",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 #: Standard per-channel statistics of the datasets (of pixel values in [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-
-SPLIT_SEED = 0
-TEST_FRACTION = 0.2
 
 SPEC_FORMS = (
     "digits",
@@ -96,24 +98,6 @@ def _spec_hint(spec: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def stratified_split(targets: Sequence[int] | Tensor, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
-    """Deterministic stratified split: from each class, ``round(test_fraction * n)`` go to test.
-
-    Classes with a single sample stay in train. Returns sorted (train_indices, test_indices).
-    """
-    targets = torch.as_tensor(np.asarray(targets)).long()
-    generator = torch.Generator().manual_seed(seed)
-    train: list[int] = []
-    test: list[int] = []
-    for cls in torch.unique(targets).tolist():
-        idx = torch.nonzero(targets == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
-        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1) if len(idx) > 1 else 0
-        test += idx[:n_test]
-        train += idx[n_test:]
-    return sorted(train), sorted(test)
-
-
 def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
     """scikit-learn's 1797 8x8 digits, /16, normalized with the training split's mean/std."""
     from sklearn.datasets import load_digits
@@ -146,40 +130,6 @@ def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
 # --------------------------------------------------------------------------------------------------
 
 
-def crop_flip_augment(size: int | tuple[int, int], *, flip: bool) -> tuple[Callable[[Tensor], Tensor], str]:
-    """The training augmentation of every in-memory image dataset, and its description.
-
-    A random crop of ``size`` (``side`` or ``(height, width)``) from the image zero-padded by
-    ``max(1, round(min side / 8))`` pixels on each border (4 at 32, the CIFAR setting of papers 000/002; 8 at 64, the VGG-16 recipes' input
-    after paper 000's appendix J.2 resize), plus a random horizontal flip for natural images
-    (``flip``; never for digits, which a mirror turns into other shapes). It runs after any resize
-    to the model's input, so it follows the recipe at every input size.
-    """
-    from torchvision import transforms
-
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    pad = max(1, round(min(h, w) / 8))
-    steps: list[Any] = [transforms.RandomCrop((h, w), padding=pad)]
-    if flip:
-        steps.append(transforms.RandomHorizontalFlip())
-    return transforms.Compose(steps), f"random {h}x{w} crop with {pad}-pixel padding" + (
-        " + horizontal flip" if flip else "")
-
-
-def _augmentation(name: str, augment: bool, side: int | tuple[int, int] | None, *,
-                  flip: bool) -> tuple[Callable[[Tensor], Tensor] | None, dict[str, str]]:
-    """The training transform (None without ``augment``) and the bundle ``info`` entry that names it;
-    ``side`` None: the data are not images, and a requested augmentation is refused with a warning."""
-    if not augment:
-        return None, {}
-    if side is None:
-        log.warning("%s: the arrays are not images (N x C x H x W), so train.augment has nothing to apply", name)
-        return None, {}
-    transform, text = crop_flip_augment(side, flip=flip)
-    log.info("%s: training augmentation: %s", name, text)
-    return transform, {"augment": text}
-
-
 def _not_found(name: str, root: Path, expected: str, hint: str) -> DataError:
     return DataError(
         f"{name} data not found: expected {expected} under {root}. demp never downloads data; "
@@ -188,6 +138,8 @@ def _not_found(name: str, root: Path, expected: str, hint: str) -> DataError:
 
 
 def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+    """MNIST / Fashion-MNIST from the four idx files (gzipped or not), read with numpy (:mod:`.idx`):
+    flat in ROOT, or in torchvision's ``ROOT/MNIST/raw`` (``ROOT/FashionMNIST/raw``)."""
     from torchvision import datasets
 
     fashion = name != "mnist"
@@ -195,35 +147,36 @@ def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool)
     folder = cls.__name__
     if root.name == folder and (root / "raw").is_dir():  # the user pointed at ROOT/MNIST itself
         root = root.parent
-    files = [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
-    raw = root / folder / "raw"
-    missing = [f for f in files if not (raw / f).is_file()]
     label = "fashion-mnist" if fashion else "mnist"
+    hint = f"python -c \"import torchvision; torchvision.datasets.{folder}('{root}', download=True)\""
+    directory, found, missing = find_idx_files(root, folder)
     if missing:
         raise _not_found(
             label, root,
-            f"{folder}/raw/ with {', '.join(files)}"
-            + (f" (missing: {', '.join(missing)})" if len(missing) < len(files) else ""),
-            f"python -c \"import torchvision; torchvision.datasets.{folder}('{root}', download=True)\"",
+            f"{folder}/raw/ (or ROOT itself) with {', '.join(IDX_FILES)}, each optionally gzipped (.gz)"
+            + (f" (missing: {', '.join(missing)} in {directory})" if len(missing) < len(IDX_FILES) else ""),
+            hint,
         )
-    try:
-        train = cls(str(root), train=True, download=False)
-        test = cls(str(root), train=False, download=False)
-    except (RuntimeError, OSError, ValueError, AssertionError) as exc:
-        raise DataError(f"{label} files under {raw} are corrupt ({exc}); delete and re-fetch them") from exc
+    fix = f"Delete it and fetch the {label} files again, e.g. {hint}"
+    x_train, y_train = read_idx_split(found[IDX_FILES[0]], found[IDX_FILES[1]], 10, fix)
+    x_test, y_test = read_idx_split(found[IDX_FILES[2]], found[IDX_FILES[3]], 10, fix)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{label} files in {directory}: train images are {x_train.shape[1:]} but test images are "
+                        f"{x_test.shape[1:]}; {fix}")
     mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if fashion else (MNIST_MEAN, MNIST_STD)
     size = int(input_size) if input_size else None
-    side = size or 28
+    height, width = (int(d) for d in x_train.shape[1:])
+    shape = (1, size, size) if size else (1, height, width)
+    transform, info = _augmentation(label, augment, shape[1:], flip=fashion)  # clothes mirror, digits do not
 
-    transform, info = _augmentation(label, augment, side, flip=fashion)  # clothes mirror, digits do not
-
-    def wrap(ds: Any, tf: Callable[[Tensor], Tensor] | None) -> TensorImageDataset:
-        return TensorImageDataset(ds.data.unsqueeze(1), torch.as_tensor(ds.targets), mean=mean, std=std, size=size,
-                                  transform=tf)
+    def wrap(x: np.ndarray, y: np.ndarray, tf: Callable[[Tensor], Tensor] | None) -> TensorImageDataset:
+        return TensorImageDataset(torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y), mean=mean, std=std,
+                                  size=size, transform=tf)
 
     return DataBundle(
-        name=label, train=wrap(train, transform), test=wrap(test, None), input_shape=(1, side, side), num_classes=10,
-        mean=mean, std=std, classes=list(train.classes), native_shape=(1, 28, 28), info=info,
+        name=label, train=wrap(x_train, y_train, transform), test=wrap(x_test, y_test, None), input_shape=shape,
+        num_classes=10, mean=mean, std=std, classes=list(cls.classes), native_shape=(1, height, width),
+        info={"files": str(directory), **info},
     )
 
 
@@ -268,67 +221,8 @@ def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool)
 # imagefolder
 # --------------------------------------------------------------------------------------------------
 
-_VAL_NAMES = ("val", "validation", "test")
-
-
 def _load_imagefolder(name: str, path: Path, *, input_size: int | None, augment: bool) -> DataBundle:
-    from torchvision import datasets, transforms
-
-    if not path.is_dir():
-        raise DataError(
-            f"imagefolder {path} does not exist; expected PATH/train/<class>/<images> (and PATH/val/...), "
-            "or PATH/<class>/<images>"
-        )
-    size = int(input_size or 224)
-    resize = int(round(size * 256 / 224))
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    eval_tf = transforms.Compose(
-        [transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(), normalize]
-    )
-    train_tf = (
-        transforms.Compose(
-            [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
-        )
-        if augment
-        else eval_tf
-    )
-
-    def folder(root: Path, transform: Any) -> Any:
-        try:
-            return datasets.ImageFolder(str(root), transform=transform)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DataError(
-                f"no images found in {root}: {exc}. Expected one sub-folder per class with image files "
-                "(.png, .jpg, ...) inside"
-            ) from exc
-
-    train_dir = path / "train"
-    val_dir = next((path / v for v in _VAL_NAMES if (path / v).is_dir()), None)
-    info: dict[str, Any] = {}
-    if train_dir.is_dir():
-        train: Dataset = folder(train_dir, train_tf)
-        classes = list(train.classes)  # type: ignore[attr-defined]
-        test: Dataset | None = None
-        if val_dir is not None:
-            test = folder(val_dir, eval_tf)
-            if list(test.classes) != classes:  # type: ignore[attr-defined]
-                raise DataError(
-                    f"{val_dir} has classes {test.classes} but {train_dir} has {classes}; "  # type: ignore[attr-defined]
-                    "both must contain the same class folders"
-                )
-        info["layout"] = "train/val"
-    else:
-        train_full = folder(path, train_tf)
-        test_full = folder(path, eval_tf)
-        classes = list(train_full.classes)
-        train_idx, test_idx = stratified_split(train_full.targets)
-        train = Subset(train_full, train_idx)
-        test = Subset(test_full, test_idx) if test_idx else None
-        info["layout"] = f"single folder, split {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (seed {SPLIT_SEED})"
-    return DataBundle(
-        name="imagefolder", train=train, test=test, input_shape=(3, size, size), num_classes=len(classes),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes, info=info,
-    )
+    return load_imagefolder(path, input_size=input_size, augment=augment)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ Architectures (``arch``):
   meant for 1x8x8 digits (the default input), 1x28x28 MNIST and 3x32x32 CIFAR;
 * ``resnet18-cifar`` — ResNet-18 from torchvision's ``BasicBlock`` with a 3x3 stride-1 stem and no
   max-pool, for 32x32 inputs (the DemP papers' CIFAR network);
+* ``resnet20-cifar`` / ``resnet56-cifar`` — He et al. (2016)'s CIFAR ResNets (3x3 stem, three stages of
+  3 / 9 basic blocks with 16/32/64 channels, 1x1 conv + BN projection shortcuts where the shape changes);
 * ``vgg16-cifar`` — VGG-16 (configuration D) with BatchNorm, global average pool and a small
   classifier (512 -> 512 -> classes), for 32x32 inputs;
 * ``vit-tiny`` — a small pre-norm Vision Transformer (4x4 patches, class token, width 64, depth 4,
@@ -26,8 +28,8 @@ Architectures (``arch``):
 
 Modules: :mod:`.spec` (:class:`ModelSpec`), :mod:`.registry` (names, :func:`make_spec`,
 :func:`build_model`), one module per built-in family (:mod:`.mlp`, :mod:`.cnn`, :mod:`.resnet_cifar`,
-:mod:`.vgg_cifar`, :mod:`.vit`), :mod:`.zoo` (torchvision), :mod:`.user_file`. Loading a checkpoint into
-a model is :func:`compressor.loading.load_model`.
+:mod:`.resnet_cifar_he`, :mod:`.vgg_cifar`, :mod:`.vit`), :mod:`.zoo` (torchvision), :mod:`.user_file`. Loading a
+checkpoint into a model is :func:`compressor.loading.load_model`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .registry import (
     make_spec,
 )
 from .resnet_cifar import build_resnet18_cifar
+from .resnet_cifar_he import CifarResNet, build_resnet20_cifar, build_resnet56_cifar
 from .spec import ModelSpec
 from .vgg_cifar import VGGCifar, build_vgg16_cifar
 from .vit import VisionTransformer, build_vit_tiny
@@ -53,5 +56,6 @@ from .zoo import torchvision_archs
 __all__ = [
     "ModelSpec", "BuiltinArch", "BUILTINS", "build_model", "make_spec", "canonical_arch", "list_archs",
     "infer_num_classes", "example_input", "torchvision_archs", "ACTIVATIONS", "MLP", "SmallCNN", "VGGCifar",
-    "VisionTransformer", "build_mlp", "build_cnn", "build_resnet18_cifar", "build_vgg16_cifar", "build_vit_tiny",
+    "VisionTransformer", "CifarResNet", "build_mlp", "build_cnn", "build_resnet18_cifar", "build_resnet20_cifar",
+    "build_resnet56_cifar", "build_vgg16_cifar", "build_vit_tiny",
 ]

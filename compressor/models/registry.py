@@ -19,6 +19,7 @@ from ..errors import UsageError
 from .cnn import build_cnn
 from .mlp import build_mlp
 from .resnet_cifar import build_resnet18_cifar
+from .resnet_cifar_he import build_resnet20_cifar, build_resnet56_cifar
 from .spec import ModelSpec
 from .user_file import (
     build_from_file,
@@ -50,6 +51,8 @@ BUILTINS: dict[str, BuiltinArch] = {
     "mlp": BuiltinArch(build_mlp, (1, 8, 8)),
     "cnn": BuiltinArch(build_cnn, (1, 8, 8)),
     "resnet18-cifar": BuiltinArch(build_resnet18_cifar, (3, 32, 32)),
+    "resnet20-cifar": BuiltinArch(build_resnet20_cifar, (3, 32, 32)),
+    "resnet56-cifar": BuiltinArch(build_resnet56_cifar, (3, 32, 32)),
     "vgg16-cifar": BuiltinArch(build_vgg16_cifar, (3, 32, 32)),
     "vit-tiny": BuiltinArch(build_vit_tiny, (3, 32, 32)),
 }
