@@ -262,30 +262,33 @@ def test_stripping_recipes_follow_the_paper():
             assert r.stripping.conv, "CNN/ResNet/VGG recipes strip convolution channels"
 
 
-def _fake_image_npz(path: Path, side: int, n: int = 40, n_test: int = 10, classes: int = 10) -> Path:
-    """A tiny labelled RGB image set (uint8 N x H x W x 3) written with numpy.savez: stands in for
-    CIFAR-10 / ImageNet so that no test downloads anything."""
+def _fake_image_npz(path: Path, side: int, n: int = 40, n_test: int = 10, classes: int = 10,
+                    channels: int = 3) -> Path:
+    """A tiny labelled image set (uint8 N x H x W x C; grayscale N x H x W) written with numpy.savez:
+    stands in for CIFAR-10 / MNIST / ImageNet so that no test downloads anything."""
     rng = np.random.default_rng(0)
+    shape = (side, side, channels) if channels > 1 else (side, side)
     np.savez(
         path,
-        x=rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8), y=np.arange(n) % classes,
-        x_test=rng.integers(0, 256, (n_test, side, side, 3), dtype=np.uint8), y_test=np.arange(n_test) % classes,
+        x=rng.integers(0, 256, (n, *shape), dtype=np.uint8), y=np.arange(n) % classes,
+        x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8), y_test=np.arange(n_test) % classes,
     )
     return path
 
 
 def _offline_recipe(path: Path, tmp_path: Path, extra: tuple[str, ...] = ()) -> RecipeConfig:
     """The shipped recipe with its dataset replaced by a small fake npz of the same image shape when it is
-    not the bundled digits (ImageNet: 64x64 inputs instead of 224, to keep ResNet-50 fast)."""
+    not the bundled digits (MNIST: 1x28x28; ImageNet: 64x64 inputs instead of 224, to keep ResNet-50 fast)."""
     raw = yaml.safe_load(path.read_text())
     spec = raw.get("data", {}).get("spec", "digits")
     overrides = ["data.num_workers=0", *extra]
     if spec == "digits":
         return load_recipe(path, overrides)
-    side = 64 if spec.startswith("imagefolder:") else 32
+    mnist = spec.split(":")[0] in ("mnist", "fashion-mnist")
+    side = 64 if spec.startswith("imagefolder:") else 28 if mnist else 32
     npz = tmp_path / f"fake{side}.npz"
     if not npz.exists():
-        _fake_image_npz(npz, side)
+        _fake_image_npz(npz, side, channels=1 if mnist else 3)
     if spec.startswith("imagefolder:"):
         overrides.append("data.input_size=64")
     if raw.get("data", {}).get("val_samples"):

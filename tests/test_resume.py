@@ -24,7 +24,8 @@ from compressor.training.trainer import TrainingDiverged, TrainingInterrupted, t
 from compressor.training.metrics import read_metrics
 
 STOP_STEP = 60  # inside epoch 2 (44 steps per epoch with 1437 training digits and batch 32)
-TIMING_KEYS = ("step_ms", "epoch_seconds", "seconds", "train_seconds")
+TIMING_KEYS = ("step_ms", "epoch_seconds", "seconds", "train_seconds", "train_step_seconds", "dense_step_seconds_est",
+               "train_speedup_est")
 
 
 def recipe_dict() -> dict:

@@ -122,3 +122,27 @@ def test_neuron_sparsity_is_the_removed_ratio_when_dead_neurons_are_kept(tmp_pat
     assert s["neurons_after"] == s["neurons_before"] - s["removed_channels"]
     assert s["neuron_sparsity"] == pytest.approx(s["removed_channels"] / s["neurons_before"])
     assert s["live_after"] <= s["neurons_after"] and all(g["after"] % 8 == 0 for g in s["groups"])
+
+
+def test_training_cost_integrates_macs_as_the_model_shrinks(tmp_path: Path, digits) -> None:
+    """train_macs: 3 x forward MACs x samples per step, summed as DemP removes neurons; plain training
+    costs exactly the dense figure; the summary, report.json and the console agree."""
+    from compressor.cli.train import training_summary
+    from compressor.training.cost import FORWARD_BACKWARD
+    from exporters.report import training_report
+
+    raw = {"method": "demp", "model": {"arch": "mlp", "kwargs": {"widths": [64, 64]}},
+           "data": {"spec": "digits", "batch_size": 32}, "train": {"epochs": 2, "lr": 3e-2},
+           "demp": {"target": "weights", "peak": 3e-2, "interval": 10, "death_samples": 200}}
+    demp = train(load_recipe(raw), tmp_path / "demp", progress=False, data=digits, plots=False, tensorboard=False)
+    plain = train(load_recipe({**raw, "method": "none"}), tmp_path / "none", progress=False, data=digits, plots=False,
+                  tensorboard=False)
+    steps_samples = plain.summary["step"] * 32  # drop_last: every step has 32 samples
+    p = plain.summary
+    assert p["train_macs"] == p["train_macs_dense"] == FORWARD_BACKWARD * p["macs_before"] * steps_samples
+    assert p["train_macs_ratio"] == 1.0 and p["train_speedup_est"] is not None
+    s = demp.summary
+    assert s["removed_channels"] > 0 and s["train_macs_dense"] == p["train_macs_dense"]
+    assert s["macs_after"] / s["macs_before"] < s["train_macs_ratio"] < 1.0  # cheaper steps after each removal
+    assert training_report(demp)["training"]["train_macs"] == s["train_macs"]
+    assert f"{s['train_macs_ratio']:.2f}x of dense training" in training_summary(demp)

@@ -27,16 +27,14 @@ Studies (papers in the project's shared ``seeds/``: 000 "A Demon at Work", 001 "
 
 Data: the bundled digits (``cnn``, 96 neurons); ``decoupled`` and ``death_samples`` train an MLP 256-256 on
 real MNIST with ``--mnist ROOT`` (the first ``--mnist-train`` images, 3 epochs, Adam lr 3e-3; the full
-test set), else on digits. Prepare MNIST (never downloads)::
-
-    mkdir -p /tmp/demp-mnist/MNIST/raw && for f in ../shared/data/mnist/MNIST/raw/*.gz; do
-        gunzip -c "$f" > /tmp/demp-mnist/MNIST/raw/$(basename "$f" .gz); done
+test set), else on digits. ``mnist:ROOT`` reads the four idx files, gzipped or not, from ``ROOT`` or
+``ROOT/MNIST/raw`` (never downloads), so ``--mnist ../shared/data/mnist`` works as it is.
 
 Commands (each study a few minutes on 2 shared cores; results in ``OUT/<study>/ablations.{json,md}``)::
 
     python tools/ablations.py --study noise --seeds 0,1,2 --out /tmp/ablations
     python tools/ablations.py --study regularizer,optimizer --seeds 0,1 --out /tmp/ablations
-    python tools/ablations.py --study decoupled,death_samples --seeds 0,1,2 --mnist /tmp/demp-mnist --out /tmp/ablations
+    python tools/ablations.py --study decoupled,death_samples --seeds 0,1,2 --mnist ../shared/data/mnist --out /tmp/ablations
     python tools/ablations.py --study dnr_interval --seeds 0,1 --out /tmp/ablations
     python tools/ablations.py --study noise --quick --out /tmp/abl-smoke   # smoke run (seconds)
     python tools/ablations.py --study regularizer --rescore --out /tmp/ablations   # verdicts again

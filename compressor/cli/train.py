@@ -257,6 +257,11 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     if s.get("macs_before") and s.get("macs_after") is not None:
         lines.append(f"  MACs:    {s['macs_before']:,} -> {s['macs_after']:,} "
                      f"({s['macs_after'] / s['macs_before']:.2f}x)")
+    if s.get("train_macs_ratio") is not None:
+        speed = (f"; optimizer steps {s['train_step_seconds']:.1f}s, about {s['train_speedup_est']:.2f}x the speed of "
+                 f"dense steps ({s['dense_step_seconds_est']:.1f}s estimated)" if s.get("train_speedup_est") else "")
+        lines.append(f"  training cost: {s['train_macs'] / 1e9:.3g} GMACs forward+backward, {s['train_macs_ratio']:.2f}x "
+                     f"of dense training{speed}")
     if report:
         from exporters.render import speed_verdicts
 

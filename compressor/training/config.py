@@ -108,7 +108,7 @@ class TrainConfig:
     final_div_factor: float = field(default=1e4, metadata={"help": "one_cycle: final lr = initial lr / final_div_factor"})
     warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from 0, composed with any schedule above"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
-    augment: bool = field(default=False, metadata={"help": "random crop with side/8 padding (+ horizontal flip for colour images) at the input size; image folders: random-resized crop + flip"})
+    augment: bool = field(default=False, metadata={"help": "random crop with side/8 padding (+ horizontal flip for colour images) at the input size; large-image folders: random-resized crop + flip"})
     grad_clip: float | None = field(default=None, metadata={"help": "clip the global gradient norm to this value"})
     seed: int = field(default=0, metadata={"help": "seeds python, numpy, torch, the shuffling order and the death-sample choice"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})

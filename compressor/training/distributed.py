@@ -262,7 +262,7 @@ def all_reduce_grads(module: torch.nn.Module) -> None:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
-_VOLATILE_KEYS = frozenset({"seconds", "elapsed", "step_ms", "time"})
+_VOLATILE_KEYS = frozenset({"seconds", "elapsed", "step_ms", "time", "step_seconds", "dense_step_times"})
 
 
 def _hash_into(h: Any, value: Any) -> None:

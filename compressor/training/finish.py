@@ -116,7 +116,7 @@ def final_record(run: Run, parity: dict[str, Any] | None, started: float) -> dic
         "removed_channels": plan.removed_channels, "plan_hash": plan.removal_hash(),
         "final_removal_parity": parity, "groups": _groups(run, plan),
         "methods": [{**m.describe(), "owns_plan": m.owns_plan} for m in run.methods],
-        "train_seconds": time.perf_counter() - started,
+        "train_seconds": time.perf_counter() - started, **run.cost.summary(run.ctx.world_size),
     }
     return method_fields(run, record, run.total_steps)
 

@@ -22,6 +22,7 @@ from ..checkpoint import load_weights, read_checkpoint
 from ..data import DataBundle, seed_worker
 from ..errors import CheckpointError, DataError, DempError
 from ..measure import count_macs, count_params
+from .cost import TrainingCost
 from ..models import ModelSpec, build_model, make_spec
 from ..plan import PruningPlan
 from ..pruned import replay_plan
@@ -67,6 +68,7 @@ class Run:
     train_model: nn.Module | None = None  # what the forward pass runs: ``model`` or its DDP wrapper
     metrics: Any = field(default_factory=NullMetrics)  # MetricsLogger on rank 0
     history: list[dict[str, Any]] = field(default_factory=list)  # the ``epoch`` records
+    cost: TrainingCost = field(default_factory=TrainingCost)  # training MACs and step wall-clock so far
     _macs: dict[str, int | None] = field(default_factory=dict)  # MACs per architecture state (plan hash)
 
     @property

@@ -201,6 +201,7 @@ class Trainer:
         loop = state["loop"]
         run.history = list(loop.get("history", []))
         run.dense = {"mac_counter": None, **dict(loop["dense"])}
+        run.cost.load_state_dict(dict(loop.get("cost") or {}))
         open_metrics(run, self.out_dir, tensorboard=self.tensorboard, resume_offset=int(loop["metrics_offset"]))
         ckpt.restore_rng(state["rng"], run.loader_gen)
         self.started = time.perf_counter() - float(loop.get("elapsed", 0.0))
@@ -221,9 +222,13 @@ class Trainer:
                    leave=False, disable=None if self.progress else True, dynamic_ncols=True)
         try:
             t_last = time.perf_counter()
+            macs, dense = run.macs(), not self._removed_any(run)
             for batch in run.train_loader:
                 lr, loss, correct, n, events = self._step(run, batch, pos)
                 now = time.perf_counter()
+                run.cost.add_step(macs, run.dense.get("macs"), n, now - t_last, dense=dense)
+                if events:  # the next steps run the smaller model
+                    macs, dense = run.macs(), not self._removed_any(run)
                 epoch_sums.add(loss, correct, n, 0.0)
                 interval.add(loss, correct, n, now - t_last)
                 t_last = now
@@ -272,6 +277,10 @@ class Trainer:
         with torch.no_grad():
             correct = (out.argmax(1) == y).sum()
         return lr, loss, correct, y.numel(), events
+
+    @staticmethod
+    def _removed_any(run: Run) -> bool:
+        return any(getattr(m, "removals", 0) for m in run.methods)
 
     def _log_interval(self, run: Run, pos: Position, lr: float, interval: LossMeter, bar: Any) -> None:
         if run.device.type == "cuda":
@@ -343,7 +352,7 @@ class Trainer:
             "rng": ckpt.capture_rng(run.loader_gen),
             "loop": {"epoch": pos.epoch, "step": pos.step, "batch_in_epoch": pos.batch, "accumulators": sums,
                      "metrics_offset": run.metrics.offset(), "history": run.history, "dense": run.dense,
-                     "elapsed": time.perf_counter() - self.started},
+                     "elapsed": time.perf_counter() - self.started, "cost": run.cost.state_dict()},
         }
         path = ckpt.save_checkpoint(self.out_dir / ckpt.CHECKPOINT_DIR, model=run.model, plan=run.plan(), state=state,
                                     epoch=pos.epoch, step=pos.step, recipe=self.recipe.to_dict(),
