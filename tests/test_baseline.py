@@ -10,6 +10,7 @@ from compressor.errors import UsageError
 from compressor.training.methods.baseline import BaselineConfig, BaselinePruning
 from compressor.training.config import load_recipe
 from compressor.training.trainer import train
+from compressor.training.records import without_timing
 
 SCALES = [5.0, 1.0, 4.0, 2.0, 6.0, 3.0]  # row i of the hidden layer is SCALES[i] * ones
 
@@ -116,11 +117,6 @@ def _iterative_recipe():
     })
 
 
-def _without_timing(records: list[dict]) -> list[dict]:
-    timing = ("step_ms", "epoch_seconds", "seconds", "train_seconds")
-    return [{k: v for k, v in r.items() if k not in timing} for r in records]
-
-
 def test_iterative_baseline_interrupted_mid_run_resumes_like_the_uninterrupted_run(tmp_path, monkeypatch):
     """SIGINT inside epoch 2 (after the first of three prunings, 44 steps per epoch): the resumed run
     makes the remaining prunings and ends with the same metrics, plan and weights."""
@@ -153,7 +149,7 @@ def test_iterative_baseline_interrupted_mid_run_resumes_like_the_uninterrupted_r
     monkeypatch.setattr(BaselinePruning, "after_step", original)
     resumed = train(_iterative_recipe(), run, resume=True, **kw)
 
-    assert _without_timing(read_metrics(run)) == _without_timing(read_metrics(tmp_path / "ref"))
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "ref"))
     assert resumed.plan.removal_hash() == ref.plan.removal_hash()
     ref_state, state = ref.model.state_dict(), resumed.model.state_dict()
     assert ref_state.keys() == state.keys()

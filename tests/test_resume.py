@@ -22,10 +22,10 @@ from compressor.training import checkpointing
 from compressor.training.config import load_recipe
 from compressor.training.trainer import TrainingDiverged, TrainingInterrupted, train
 from compressor.training.metrics import read_metrics
+from compressor.training.records import without_timing
 
 STOP_STEP = 60  # inside epoch 2 (44 steps per epoch with 1437 training digits and batch 32)
-TIMING_KEYS = ("step_ms", "epoch_seconds", "seconds", "train_seconds", "train_step_seconds", "dense_step_seconds_est",
-               "train_speedup_est")
+
 
 
 def recipe_dict() -> dict:
@@ -39,8 +39,6 @@ def recipe_dict() -> dict:
     }
 
 
-def without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 @pytest.fixture(scope="module")

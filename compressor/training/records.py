@@ -98,6 +98,17 @@ def epoch_record(run: Run, *, epoch: int, step: int, train: LossMeter, val: tupl
     return method_fields(run, rec, step)
 
 
+#: Fields of the records that measure wall-clock: they differ between otherwise identical runs (a resumed
+#: run reproduces every other field exactly).
+TIMING_FIELDS = ("step_ms", "epoch_seconds", "seconds", "train_seconds", "train_step_seconds",
+                 "dense_step_seconds_est", "train_speedup_est")
+
+
+def without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without their :data:`TIMING_FIELDS`."""
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
 def event_record(event: RemovalEvent, epoch: int | None = None) -> dict[str, Any]:
     """The ``removal`` record of one measurement or removal."""
     rec = {"kind": "removal", **({"epoch": epoch + 1} if epoch is not None else {}), **event.to_dict()}
