@@ -20,12 +20,20 @@ the same training budget; only ``method`` and its section differ. How sparsities
 - ``stripping`` has no knob either: it is run once per seed and reported at the sparsity it reaches
   (the row's target is ``-``). On models other than ``mlp`` it strips convolution channels too
   (``stripping.conv: true``), since the paper's Linear-only rule finds no hidden unit in a CNN.
+- ``demp-target``: DemP's budget mode, ``demp.target_sparsity = S`` (no sweep: the target is the
+  knob); with ``--macs R1,R2`` also ``demp.target_macs = R`` rows, the MAC-matched points.
+- ``dense``: the same recipe with ``method: none`` (one row, the reference of the MACs plot).
+
+``--recipe`` picks the base recipe (default the digits CNN's; e.g. ``samples/recipes/demp-cnn-mnist.yaml``
+with ``--data mnist:ROOT``). Every row also reports the training cost: training MACs over dense
+training's (``train_macs_ratio``) and the run's wall-clock.
 
 ``--lr`` replaces the base recipe's learning rate for every method (same budget, same optimizer).
 
 Outputs in ``--out``: ``results.json`` (every run), ``results.md`` (accuracy mean ± std, neuron
 sparsity, weight sparsity = 1 - non-zero parameters / dense parameters, parameters, MACs, wall-clock)
-and ``accuracy_vs_sparsity.png``. ``--quick`` is a smoke run (1 epoch, the first target, 2-point sweeps).
+``accuracy_vs_sparsity.png`` and ``accuracy_vs_macs.png`` (the dense model marked). ``--quick`` is a smoke run
+(1 epoch, the first target, 2-point sweeps).
 """
 
 from __future__ import annotations
@@ -46,8 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_RECIPE = ROOT / "samples" / "recipes" / "demp-cnn-digits.yaml"
 #: A row whose mean reached sparsity is further than this from its target is marked "(not reached)".
 MATCH_TOLERANCE = 0.1
-ALL_METHODS = ("demp", "stripping", "dnr", "dormant", "baseline:magnitude-l1", "baseline:bn-scale",
-               "baseline:taylor", "baseline:random")
+ALL_METHODS = ("dense", "demp", "demp-target", "stripping", "dnr", "dormant", "baseline:magnitude-l1",
+               "baseline:bn-scale", "baseline:taylor", "baseline:random")
+#: DemP's budget options: a fixed-lambda run drops them, a target run sets one.
+BUDGET_KEYS = ("target_sparsity", "target_macs")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="digits", help="dataset spec (default digits)")
     p.add_argument("--model", default="cnn", help="architecture (default cnn)")
+    p.add_argument("--recipe", default=str(BASE_RECIPE), help="base recipe: its data/train/demp sections (default: "
+                   "the digits CNN's)")
+    p.add_argument("--macs", default="", help="comma-separated MAC ratios for demp-target's target_macs rows")
     p.add_argument("--sparsity", default="0.5,0.7", help="comma-separated target neuron sparsities")
     p.add_argument("--seeds", type=int, default=3, help="seeds per point")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: the base recipe's)")
@@ -79,7 +92,7 @@ class Runner:
     """Runs one recipe per (method, setting, seed), caching by key."""
 
     def __init__(self, args: argparse.Namespace, out: Path, bundle: Any) -> None:
-        base = yaml.safe_load(BASE_RECIPE.read_text(encoding="utf-8"))
+        base = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8"))
         self.base = {"model": {"arch": args.model}, "data": {**base["data"], "spec": args.data},
                      "train": dict(base["train"]), "demp": dict(base["demp"]), "export": {"onnx": False}}
         if args.epochs is not None:
@@ -100,15 +113,19 @@ class Runner:
         from compressor.training.trainer import train
 
         name, _, importance = method.partition(":")
+        name = {"demp-target": "demp", "dense": "none"}.get(name, name)
         raw = json.loads(json.dumps(self.base))
         raw["method"] = name
         raw["train"]["seed"] = seed
         sec = dict(section)
         if name == "baseline":
             sec["importance"] = importance
-        if name != "demp":
+        if name == "demp":  # fixed lambda unless the row names a budget
+            raw["demp"] = {k: v for k, v in raw["demp"].items() if k not in BUDGET_KEYS}
+        else:
             raw.pop("demp")
-        raw[name] = {**raw.get(name, {}), **sec}
+        if name != "none":
+            raw[name] = {**raw.get(name, {}), **sec}
         run_dir = self.out / "runs" / f"{method.replace(':', '-')}-{label}-s{seed}"
         t0 = time.perf_counter()
         result = train(load_recipe(raw), run_dir, progress=False, plots=False, tensorboard=False,
@@ -120,7 +137,7 @@ class Runner:
                "test_accuracy": s["test_accuracy"], "neuron_sparsity": s["neuron_sparsity"] or 0.0,
                "weight_sparsity": 1 - nonzero / s["params_before"], "params": s["params_after"],
                "params_before": s["params_before"], "macs": s["macs_after"], "macs_before": s["macs_before"],
-               "wall_s": wall}
+               "train_macs_ratio": s.get("train_macs_ratio"), "wall_s": wall}
         print(f"  {method:24s} {label:14s} seed {seed}: acc {100 * rec['test_accuracy']:.2f}%  "
               f"neuron sparsity {100 * rec['neuron_sparsity']:.1f}%  ({wall:.1f}s)", flush=True)
         self._cache[key] = rec
@@ -134,6 +151,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
     targets = _floats(args.sparsity, "sparsity")
     peaks, taus = _floats(args.demp_peaks, "demp-peaks"), _floats(args.dormant_taus, "dormant-taus")
+    mac_targets = _floats(args.macs, "macs") if args.macs.strip() else []
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
@@ -144,7 +162,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         targets, peaks, taus = targets[:1], peaks[-2:], taus[-2:]
         args.epochs = 1 if args.epochs is None else args.epochs
     out = prepare_output_dir(args.out, overwrite=args.overwrite,
-                             outputs=("runs", "results.json", "results.md", "accuracy_vs_sparsity.png"))
+                             outputs=("runs", "results.json", "results.md", "accuracy_vs_sparsity.png",
+                                      "accuracy_vs_macs.png"))
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     runner = Runner(args, out, load_data(args.data))
     seeds = list(range(args.seeds))
@@ -154,7 +173,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     for method in methods:
         print(f"{method}:", flush=True)
         points: list[tuple[float | None, dict[str, Any], str, str]] = []  # (target, section, label, matching)
-        if method == "stripping":
+        if method == "dense":
+            points.append((None, {}, "dense", "no pruning"))
+        elif method == "demp-target":
+            points += [(t, {"target_sparsity": t}, f"S{t:g}", "budget: target_sparsity") for t in targets]
+            points += [(None, {"target_macs": r}, f"M{r:g}", f"budget: target_macs={r:g}") for r in mac_targets]
+        elif method == "stripping":
             points.append((None, {"conv": runner.conv}, "reached", "no knob: sparsity reached"))
         elif method == "dnr":
             points += [(t, {"target_sparsity": t, "interval_epochs": max(1, ep // 4), "stop_epoch": max(1, ep // 2)},
@@ -176,11 +200,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     result = {"command": "python tools/compare_criteria.py " + " ".join(sys.argv[1:]),
-              "data": args.data, "model": args.model, "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
+              "data": args.data, "model": args.model, "recipe": str(args.recipe), "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
               "rows": rows, "runs": runner.runs, "env": env, "total_seconds": total}
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", markdown(result))
     plot(result, out / "accuracy_vs_sparsity.png")
+    plot(result, out / "accuracy_vs_macs.png", x="macs")
     return result
 
 
@@ -192,8 +217,9 @@ def _aggregate(method: str, target: float | None, section: dict[str, Any], match
                recs: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"method": method, "target": target, "setting": section, "matching": matching,
                            "n": len(recs)}
-    for k in ("test_accuracy", "neuron_sparsity", "weight_sparsity", "params", "macs", "wall_s"):
-        row[k], row[k + "_std"] = _ms([float(r[k]) for r in recs])
+    for k in ("test_accuracy", "neuron_sparsity", "weight_sparsity", "params", "macs", "wall_s", "train_macs_ratio"):
+        values = [float(r[k]) for r in recs if r.get(k) is not None]
+        row[k], row[k + "_std"] = _ms(values) if values else (None, None)
     row["params_before"], row["macs_before"] = recs[0]["params_before"], recs[0]["macs_before"]
     return row
 
@@ -204,8 +230,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result.get('lr', '?')}, seeds "
              f"{result['seeds']}; {result['env']['date']}, {result['env']['platform']}, torch {result['env']['torch']}, "
              f"{result['env']['threads']} threads; total {result['total_seconds'] / 60:.1f} min.", "",
-             "| method | target S | setting | accuracy (%) | neuron sparsity (%) | weight sparsity (%) | params | MACs | wall-clock (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | target S | setting | accuracy (%) | neuron sparsity (%) | weight sparsity (%) | params | MACs "
+             "| training MACs (x dense) | wall-clock (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["setting"].items()
                             if k != "importance") or "-"
@@ -217,7 +244,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
             f"{100 * r['neuron_sparsity']:.1f} ± {100 * r['neuron_sparsity_std']:.1f} | "
             f"{100 * r['weight_sparsity']:.1f} | {r['params']:.0f} / {r['params_before']} | "
-            f"{r['macs']:.0f} / {r['macs_before']} | {r['wall_s']:.1f} |")
+            f"{r['macs']:.0f} / {r['macs_before']} | "
+            f"{'-' if r.get('train_macs_ratio') is None else format(r['train_macs_ratio'], '.2f')} | {r['wall_s']:.1f} |")
     lines += ["", "Matching: dnr and baselines set the target sparsity; demp (demp.peak) and dormant (dormant.tau) "
               "take the sweep value (first seed) whose reached sparsity is closest to the target; stripping "
               "reports what it reaches. Sparsities shown are reached, not targets; \"(not reached)\" marks a "
@@ -226,7 +254,8 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
+def plot(result: dict[str, Any], path: Path, x: str = "neuron_sparsity") -> None:
+    """Accuracy against neuron sparsity (%) or, with ``x="macs"``, against MACs per sample (dense marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,13 +263,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     from compressor.fileio import atomic_write_with
 
+    scale = 100.0 if x == "neuron_sparsity" else 1.0
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method in dict.fromkeys(r["method"] for r in result["rows"]):
-        rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["neuron_sparsity"])
-        ax.errorbar([100 * r["neuron_sparsity"] for r in rows], [100 * r["test_accuracy"] for r in rows],
-                    xerr=[100 * r["neuron_sparsity_std"] for r in rows],
-                    yerr=[100 * r["test_accuracy_std"] for r in rows], marker="o", capsize=3, label=method)
-    ax.set_xlabel("neuron sparsity (%)")
+        rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r[x])
+        style = {"marker": "*", "markersize": 14, "linestyle": "none", "color": "black"} if method == "dense" else \
+            {"marker": "o"}
+        ax.errorbar([scale * r[x] for r in rows], [100 * r["test_accuracy"] for r in rows],
+                    xerr=[scale * r[x + "_std"] for r in rows],
+                    yerr=[100 * r["test_accuracy_std"] for r in rows], capsize=3, label=method, **style)
+    ax.set_xlabel("neuron sparsity (%)" if x == "neuron_sparsity" else "MACs per sample")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{result['model']} on {result['data']}, {result['epochs']} epochs, {len(result['seeds'])} seed(s)")
     ax.grid(alpha=0.3)

@@ -262,7 +262,8 @@ def all_reduce_grads(module: torch.nn.Module) -> None:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
-_VOLATILE_KEYS = frozenset({"seconds", "elapsed", "step_ms", "time", "step_seconds", "dense_step_times"})
+# "error": a lossy removal's output change, measured on each rank's own share of the samples (rank 0 writes it)
+_VOLATILE_KEYS = frozenset({"seconds", "elapsed", "step_ms", "time", "step_seconds", "dense_step_times", "error"})
 
 
 def _hash_into(h: Any, value: Any) -> None:

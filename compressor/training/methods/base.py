@@ -287,7 +287,8 @@ class AnalyzerPruner(TrainingMethod):
         """Apply ``delta`` (current numbering) in place, slice optimizer state, compose the plan.
 
         With a lossy criterion and measurement samples (a method that reads weights only has none), the
-        outputs on up to :data:`ERROR_SAMPLES` of them are compared just before and after (``error``).
+        outputs on up to :data:`ERROR_SAMPLES` of them are compared just before and after (``error``;
+        under DDP on each rank's own share, a diagnostic: rank 0's is the one written).
         """
         probe = self._probe_inputs() if not delta.is_empty() and not self.lossless else None
         before = run_model(self.model, probe, batch_size=256) if probe is not None else None
