@@ -105,3 +105,14 @@ def test_budget_mode_lands_near_its_target_on_digits(tmp_path) -> None:
     s = train(recipe, tmp_path / "run", progress=False, data=load_data("digits"), plots=False, tensorboard=False,
               save_model=False).summary
     assert abs(s["neuron_sparsity"] - 0.5) <= 0.03 and s["test_accuracy"] >= 0.97
+
+
+def test_a_stall_behind_the_plan_doubles_the_gain_on_top() -> None:
+    from compressor.training.mechanics.budget import STALL_FACTOR
+
+    c = BudgetController(target=0.5, total_steps=100, reach_by=0.5)
+    c.update(10, 0.1)
+    c.update(30, 0.2)  # behind (planned 0.25), but progressing
+    g = c.gain
+    c.update(40, 0.2)  # behind and nothing died since: the stall factor on top
+    assert c.gain == pytest.approx(g * math.exp(c.rate * (c.planned(40) - 0.2) / 0.5) * STALL_FACTOR)

@@ -12,7 +12,9 @@ any data. :class:`BudgetController` turns the measured progress into a multiplic
 - **Multiplicative control.** The gain starts at 0.1 (a tenth of the recipe's ``peak``: a kill too
   early cannot be undone, a slow start can be caught up). At every death measurement it is multiplied by
   ``exp(rate · (planned - measured) / T)``: behind the plan by the whole target multiplies λ by
-  ``e^rate`` (8x at the default rate ln 8), ahead of it divides. The gain stays within
+  ``e^rate`` (8x at the default rate ln 8), ahead of it divides; behind the plan with no neuron dead
+  since the last measurement (a stall: late in training λ must grow to kill at all) it is doubled
+  on top. The gain stays within
   ``[min_gain, max_gain]``. Controlling the logarithm of λ suits a quantity whose useful values span
   decades (the authors sweep 5e-8 ... 0.35).
 - **Approach from above, then stop.** Death is irreversible: a neuron killed too many cannot be
@@ -30,7 +32,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BudgetController"]
+__all__ = ["BudgetController", "STALL_FACTOR"]
+
+#: Extra gain factor when training is behind the plan and no neuron died since the last measurement.
+STALL_FACTOR = 2.0
 
 
 @dataclass
@@ -63,6 +68,7 @@ class BudgetController:
 
     def update(self, step: int, measured: float) -> float:
         """Record a measurement of the share after ``step`` steps; returns the new gain."""
+        previous = self.last_measured
         if self.start_step is None:  # the plan starts where training stands at the first measurement
             self.start_step, self.start_share = int(step), min(float(measured), self.target)
         self.last_measured, self.last_planned = float(measured), self.planned(step)
@@ -72,7 +78,10 @@ class BudgetController:
             self.reached_step = int(step)
             return self.gain
         error = (self.last_planned - measured) / self.target
-        self.gain = min(self.max_gain, max(self.min_gain, self.gain * math.exp(self.rate * error)))
+        factor = math.exp(self.rate * error)
+        if error > 0 and previous is not None and measured <= previous:
+            factor *= STALL_FACTOR  # behind and nothing died since the last measurement: push harder
+        self.gain = min(self.max_gain, max(self.min_gain, self.gain * factor))
         return self.gain
 
     def scale(self) -> float:
