@@ -25,8 +25,8 @@ def test_gain_rises_when_behind_falls_when_ahead_and_stays_bounded() -> None:
     c = BudgetController(target=0.5, total_steps=100, reach_by=1.0)
     c.update(0, 0.0)
     g0 = c.gain
-    c.update(50, 0.0)  # planned 0.25: behind by half the target -> x e^(rate/2)
-    assert c.gain == pytest.approx(g0 * math.exp(c.rate * 0.5))
+    c.update(50, 0.05)  # planned 0.25: behind by 0.4 of the target (and progressing) -> x e^(0.4 rate)
+    assert c.gain == pytest.approx(g0 * math.exp(c.rate * 0.4))
     g1 = c.gain
     c.update(60, 0.45)  # planned 0.3: ahead
     assert c.gain < g1
