@@ -32,7 +32,7 @@ def test_gain_rises_when_behind_falls_when_ahead_and_stays_bounded() -> None:
     assert c.gain < g1
     for step in range(61, 100):
         c.update(step, 0.0)
-    assert c.gain == c.max_gain and c.scale() == c.max_gain
+    assert c.gain == c.max_gain == 1.0 and c.scale() == 1.0  # lambda never exceeds peak
 
 
 def test_reaching_the_target_freezes_lambda_and_noise_at_zero() -> None:
@@ -110,9 +110,11 @@ def test_budget_mode_lands_near_its_target_on_digits(tmp_path) -> None:
 def test_a_stall_behind_the_plan_doubles_the_gain_on_top() -> None:
     from compressor.training.mechanics.budget import STALL_FACTOR
 
-    c = BudgetController(target=0.5, total_steps=100, reach_by=0.5)
+    c = BudgetController(target=0.5, total_steps=100, reach_by=0.5, gain=0.01)
     c.update(10, 0.1)
-    c.update(30, 0.2)  # behind (planned 0.25), but progressing
+    c.update(30, 0.1)  # behind, nothing died, but before reach_by: no stall factor yet
+    assert c.gain == pytest.approx(0.01 * math.exp(c.rate * (c.planned(30) - 0.1) / 0.5))
+    c.update(55, 0.2)  # past reach_by, behind but progressing
     g = c.gain
-    c.update(40, 0.2)  # behind and nothing died since: the stall factor on top
-    assert c.gain == pytest.approx(g * math.exp(c.rate * (c.planned(40) - 0.2) / 0.5) * STALL_FACTOR)
+    c.update(60, 0.2)  # past reach_by, behind and nothing died since: the stall factor on top
+    assert c.gain == pytest.approx(g * math.exp(c.rate * (0.5 - 0.2) / 0.5) * STALL_FACTOR)
