@@ -24,8 +24,8 @@ the same training budget; only ``method`` and its section differ. How sparsities
   knob); with ``--macs R1,R2`` also ``demp.target_macs = R`` rows, the MAC-matched points.
 - ``dense``: the same recipe with ``method: none`` (one row, the reference of the MACs plot).
 
-``--recipe`` picks the base recipe (default the digits CNN's; e.g. ``samples/recipes/demp-cnn-mnist.yaml``
-with ``--data mnist:ROOT``). Every row also reports the training cost: training MACs over dense
+``--recipe`` picks the base recipe whose data/train/demp sections every run uses (default the digits
+CNN's). Every row also reports the training cost: training MACs over dense
 training's (``train_macs_ratio``) and the run's wall-clock.
 
 ``--lr`` replaces the base recipe's learning rate for every method (same budget, same optimizer).
