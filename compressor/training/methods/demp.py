@@ -78,7 +78,7 @@ class DemPConfig:
     min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
     round_to: int = field(default=1, metadata={"help": "keep channel counts a multiple of this (keeps a few dead channels)"})
     ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
-    target_sparsity: float | None = field(default=None, metadata={"help": "budget mode (beyond the papers): the neuron sparsity (removed share) to reach; lambda is adapted online up to peak, and lambda and noise stop once it is reached (null: fixed lambda)"})
+    target_sparsity: float | None = field(default=None, metadata={"help": "budget mode (experimental, beyond the papers; docs/demp.md section 8): the neuron sparsity (removed share) to reach; lambda is adapted online up to peak, and lambda and noise stop once it is reached (null: fixed lambda)"})
     target_macs: float | None = field(default=None, metadata={"help": "budget mode: the MAC ratio compact/dense to reach (e.g. 0.3), instead of target_sparsity"})
     reach_by: float = field(default=0.5, metadata={"help": "budget mode: share of the training steps by which the target is planned to be reached"})
     prune: bool = field(default=True, metadata={"help": "false: measure and record deaths but never remove"})
@@ -120,7 +120,7 @@ class DemPConfig:
               "null when demp.target_sparsity is set (choose one budget)")
         check(finite(self.reach_by) and 0 < self.reach_by <= 1, "reach_by", "a fraction 0 < reach_by <= 1")
         check(self.budget_share is None or (self.regularizer != "none" and self.peak > 0), "peak",
-              "> 0 with a regularizer in budget mode (the starting lambda the controller adapts)")
+              "> 0 with a regularizer in budget mode (the largest lambda the controller may use)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
