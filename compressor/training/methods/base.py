@@ -242,6 +242,20 @@ class AnalyzerPruner(TrainingMethod):
             out[g.root] = int(g.size) if mask is None or mask.numel() != g.size else int(mask.sum())
         return out
 
+    def rooted_groups(self, accept: Callable[[nn.Module, Any], bool]) -> list[Any]:
+        """Unblocked neuron groups whose root module passes ``accept(module, group)``, in analyzer order."""
+        out = []
+        for g in self.analyzer.neuron_groups:
+            if g.blocked is not None:
+                continue
+            try:
+                module = self.model.get_submodule(g.root)
+            except AttributeError:
+                continue
+            if accept(module, g):
+                out.append(g)
+        return out
+
     def measured_live(self, stats: ActivityStats, criterion: Any) -> int:
         """Set the live masks of the neuron groups from ``stats``; returns the channels measured dead."""
         roots = {g.root for g in self.analyzer.neuron_groups}

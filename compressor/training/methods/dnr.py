@@ -148,18 +148,9 @@ class DNRPruning(AnalyzerPruner):
 
     # ------------------------------------------------------------------ structure
     def _groups(self) -> list[Any]:
-        """Prunable neuron groups whose root is a Conv/Linear layer."""
-        out = []
-        for g in self.analyzer.neuron_groups:
-            if g.blocked is not None:
-                continue
-            try:
-                module = self.model.get_submodule(g.root)
-            except AttributeError:
-                continue
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.weight.shape[0] == g.size:
-                out.append(g)
-        return out
+        """Prunable neuron groups whose root is a Conv/Linear layer producing all of the group's channels."""
+        return self.rooted_groups(lambda module, g: isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                                  and module.weight.shape[0] == g.size)
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

@@ -178,17 +178,7 @@ class SynapticStripping(AnalyzerPruner):
         A blocked group is never a hidden layer: a transformer's residual stream, for one, has its
         root at a Linear (the last block's second MLP layer) but is read by every LayerNorm and head.
         """
-        out = []
-        for g in self.analyzer.neuron_groups:
-            if g.blocked is not None:
-                continue
-            try:
-                module = self.model.get_submodule(g.root)
-            except AttributeError:
-                continue
-            if self._strippable(module) and g.root not in self.ignore:
-                out.append(g)
-        return out
+        return self.rooted_groups(lambda module, g: self._strippable(module) and g.root not in self.ignore)
 
     def _rows(self, group: Any) -> list[tuple[str, list[int], list[int]]]:
         """(weight name, rows, root channels) of the stripped layers holding the group's incoming weights."""
