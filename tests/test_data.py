@@ -172,6 +172,7 @@ def test_augmentation_follows_the_recipe_at_any_input_size(tmp_path: Path, recip
     assert any(not torch.equal(views[0], v) for v in views[1:])
     assert bundle.info["augment"] == f"random {side}x{side} crop with {side // 8}-pixel padding + horizontal flip"
     assert all(torch.equal(v, bundle.test[0][0]) for v in _views(bundle.test, 3))  # the test split: never
+    assert any(type(t).__name__ == "RandomHorizontalFlip" for t in bundle.train.transform.transforms)
 
 
 def test_digits_augmentation_shifts_but_never_mirrors() -> None:
@@ -181,6 +182,10 @@ def test_digits_augmentation_shifts_but_never_mirrors() -> None:
     assert any(not torch.equal(views[0], v) for v in views[1:])
     plain = load_data("digits").train[0][0]
     assert not any(torch.equal(v, plain.flip(-1)) and not torch.equal(v, plain) for v in views)
+    from torchvision.transforms import RandomCrop, RandomHorizontalFlip
+
+    steps = [type(t) for t in bundle.train.transform.transforms]
+    assert steps == [RandomCrop] and RandomHorizontalFlip not in steps
     assert "augment" not in load_data("digits").info
 
 

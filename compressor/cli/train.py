@@ -248,7 +248,7 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
         lines.append(f"  weight sparsity (stripped weights, kept as zeros): {_pct(s.get('weight_sparsity'))}"
                      + (f"; dead neurons {s['dead_neurons']}, active params {_pct(s.get('active_params'))}"
                         if s.get("dead_neurons") is not None else ""))
-    from exporters.render import removal_error_lines
+    from exporters.render import removal_error_lines, speed_verdicts
 
     lines += [f"  {line}" for line in removal_error_lines({"methods": s.get("methods")})]
     if s.get("params_before"):
@@ -263,8 +263,6 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
         lines.append(f"  training cost: {s['train_macs'] / 1e9:.3g} GMACs forward+backward, {s['train_macs_ratio']:.2f}x "
                      f"of dense training{speed}")
     if report:
-        from exporters.render import speed_verdicts
-
         lines += [f"  {v}" for v in speed_verdicts(report)]
     lines.append(f"  files: {result.out_dir}/ (metrics.jsonl, plots/, checkpoints/), compact model in {result.compact_dir}/")
     return "\n".join(lines)

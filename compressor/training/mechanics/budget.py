@@ -16,8 +16,9 @@ any data. :class:`BudgetController` turns the measured progress into a multiplic
   with no neuron dead since the last measurement (a stall: late in training λ must grow to kill at
   all) it is doubled on top. The gain stays within ``[min_gain, max_gain]`` = [1e-3, 1]: in budget
   mode the recipe's ``peak`` is the largest λ the controller may use (a runaway λ wrecks the model
-  faster than it kills neurons: measured on a 4,000-image MNIST run, where a gain of 10 ended at chance). Controlling the logarithm of λ suits a quantity whose useful values span
-  decades (the authors sweep 5e-8 ... 0.35).
+  faster than it kills neurons: on a 4,000-image MNIST run a gain of 10 ended at chance accuracy).
+  Controlling the logarithm of λ suits a quantity whose useful values span decades (the authors sweep
+  5e-8 ... 0.35).
 - **Approach from above, then stop.** Death is irreversible: a neuron killed too many cannot be
   brought back. The plan reaches the target only at ``reach_by``, so the live fraction comes down to
   the target from above; once the measured share reaches the target the controller **freezes**:
