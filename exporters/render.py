@@ -84,9 +84,34 @@ def removal_error_lines(pruning: Mapping[str, Any]) -> list[str]:
     for m in pruning.get("methods") or []:
         err = m.get("removal_error") if isinstance(m, Mapping) else None
         if err:
-            lines.append(f"{m.get('method')} removed neurons by a lossy criterion (`{m.get('criterion')}`): the largest "
+            deadline = (m.get("budget") or {}).get("closed_step") is not None
+            how = ("a lossy criterion (`{}`)".format(m.get("criterion")) if not m.get("lossless") else
+                   "its budget's deadline (live neurons closest to dead)" if deadline else "a lossy removal")
+            lines.append(f"{m.get('method')} removed neurons by {how}: the largest "
                          f"change of the outputs at a removal was {err['max_abs_diff']:.3g} ({err['rel_diff']:.2%} of "
                          f"the output scale) on {err['samples']} measurement samples, over {err['removals']} removals")
+    return lines
+
+
+def budget_lines(pruning: Mapping[str, Any]) -> list[str]:
+    """One line per training method with a budget (DemP's target mode): asked, reached, and how."""
+    lines = []
+    for m in pruning.get("methods") or []:
+        b = m.get("budget") if isinstance(m, Mapping) else None
+        if not b or not is_number(b.get("target")):
+            continue
+        what = "of the MACs removed" if b.get("kind") == "macs_removed" else "neuron sparsity"
+        head = f"{m.get('method')} budget: {100 * b['target']:.1f}% {what} asked"
+        if b.get("closed_step") is not None:
+            lines.append(f"{head}; lambda reached {100 * b['closed_from']:.1f}% by the deadline (step "
+                         f"{b['closed_step']}), then the {b.get('closed_neurons', 0)} live neurons closest to dead "
+                         "were removed to close the gap")
+        elif b.get("reached_step") is not None:
+            lines.append(f"{head}; lambda reached it at step {b['reached_step']}")
+        else:
+            measured = b.get("measured")
+            lines.append(f"{head}; not reached ({'-' if measured is None else f'{100 * measured:.1f}%'} at the "
+                         "last measurement)")
     return lines
 
 
@@ -105,7 +130,7 @@ def _header(report: Mapping[str, Any]) -> list[str]:
         crit = pruning["criterion"]
         desc.append(f"criterion `{crit.get('name', crit) if isinstance(crit, Mapping) else crit}`")
     verdicts = [f"**{v}**" for v in speed_verdicts(report)]
-    verdicts += [f"**{line}**" for line in removal_error_lines(pruning)]
+    verdicts += [f"**{line}**" for line in removal_error_lines(pruning)] + budget_lines(pruning)
     return ["# demp compression report", "", *verdicts, *([""] if verdicts else []), (", ".join(desc) + ". ") if desc else "",
             f"demp {tool.get('version', '?')}, torch {tool.get('torch', '?')}, onnx {tool.get('onnx', '?')}, "
             f"onnxruntime {tool.get('onnxruntime', '?')}. MACs are multiply-accumulates per sample "
@@ -307,7 +332,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     """A compact terminal summary: the speed verdicts first, then size, MACs, parity and p50 latency."""
     model = report.get("model", {})
     pruning = report.get("pruning", {})
-    lines = speed_verdicts(report) + removal_error_lines(pruning)
+    lines = speed_verdicts(report) + removal_error_lines(pruning) + budget_lines(pruning)
     lines += [""] if lines else []
     lines += [f"{'':<22} {'dense':>14} {'pruned':>14} {'ratio':>7}"]
     lines.append(f"{'parameters':<22} {_fmt(model.get('params_before')):>14} {_fmt(model.get('params_after')):>14} "

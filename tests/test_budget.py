@@ -107,14 +107,58 @@ def test_budget_mode_lands_near_its_target_on_digits(tmp_path) -> None:
     assert abs(s["neuron_sparsity"] - 0.5) <= 0.03 and s["test_accuracy"] >= 0.97
 
 
-def test_a_stall_behind_the_plan_doubles_the_gain_on_top() -> None:
-    from compressor.training.mechanics.budget import STALL_FACTOR
+def test_the_deadline_removes_the_live_neurons_closest_to_dead_and_reports_the_change() -> None:
+    torch.manual_seed(1)
+    death = [(torch.rand(64, 1, 4, 4), None)]
+    cfg = DemPConfig(regularizer="lasso", target="weights", peak=1e-9, noise=0.0, interval=5, target_sparsity=0.75,
+                     reach_by=0.5)
+    net = _mlp()
+    demp = DemP(net, cfg, example_inputs=death[0][0][:2], death_loader=death, total_steps=20)
+    first = demp.after_step(4, None)  # the 6 planted dead (and any that never fire on these samples)
+    assert first.removed >= 6 and not demp.budget.frozen and demp.budget.closed_step is None
+    gap = 9 - first.removed  # 75% of 12; a lambda of 1e-9 kills nothing more
+    x = death[0][0]
+    with torch.no_grad():
+        hidden = torch.relu(net[1](net[0](x)))  # the 6 live neurons' activations at their reader
+        scores = hidden.abs().mean(0) / hidden.abs().mean()
+        before = net(x)
+    expected = sorted(scores.argsort()[:gap].tolist())  # the lowest ReDo scores
+    event = demp.after_step(9, None)  # 10 steps = reach_by * total_steps: the deadline
+    assert event.plan_delta.groups[0].removed == expected
+    b = demp.budget
+    assert (b.closed_step, b.closed_neurons) == (10, gap) and b.frozen
+    assert b.closed_from == pytest.approx(first.removed / 12)
+    assert demp.live_neurons() == {"1": 3} and b.last_measured == pytest.approx(0.75)
+    with torch.no_grad():
+        change = (net(x) - before).abs().max().item()
+    assert event.error is not None and event.error["max_abs_diff"] == pytest.approx(change, rel=1e-5) and change > 0
+    described = demp.describe()
+    assert described["budget"]["closed_neurons"] == gap
+    from exporters.render import removal_error_lines
 
-    c = BudgetController(target=0.5, total_steps=100, reach_by=0.5, gain=0.01)
-    c.update(10, 0.1)
-    c.update(30, 0.1)  # behind, nothing died, but before reach_by: no stall factor yet
-    assert c.gain == pytest.approx(0.01 * math.exp(c.rate * (c.planned(30) - 0.1) / 0.5))
-    c.update(55, 0.2)  # past reach_by, behind but progressing
-    g = c.gain
-    c.update(60, 0.2)  # past reach_by, behind and nothing died since: the stall factor on top
-    assert c.gain == pytest.approx(g * math.exp(c.rate * (0.5 - 0.2) / 0.5) * STALL_FACTOR)
+    (line,) = removal_error_lines({"methods": [described]})
+    assert "budget's deadline" in line and f"{change:.3g}" in line
+    assert demp.lam(15) == 0.0
+
+
+def test_the_deadline_reaches_a_mac_target_with_the_fewest_neurons() -> None:
+    death = [(torch.rand(64, 1, 4, 4), None)]
+    cfg = DemPConfig(regularizer="lasso", target="weights", peak=1e-9, noise=0.0, interval=10, target_macs=0.3)
+    demp = DemP(_mlp(), cfg, example_inputs=death[0][0][:2], death_loader=death, total_steps=20)
+    demp.after_step(9, None)  # the deadline at the first measurement: dead and closest-to-dead in one removal
+    # Linear MACs are 19 per hidden neuron (16 in, 3 out): a ratio <= 0.3 of 12 * 19 needs <= 3 neurons
+    assert sum(demp.present_neurons().values()) == 3
+    assert demp.budget.last_measured == pytest.approx(1 - 3 / 12) and demp.budget.closed_neurons == 3
+
+
+@pytest.mark.parametrize("budget, expected", [
+    ({"kind": "neuron_sparsity", "target": 0.7, "reached_step": 40, "closed_step": None}, "lambda reached it at step 40"),
+    ({"kind": "neuron_sparsity", "target": 0.7, "reached_step": 50, "closed_step": 50, "closed_from": 0.4,
+      "closed_neurons": 12}, "lambda reached 40.0% by the deadline (step 50), then the 12 live neurons closest"),
+    ({"kind": "macs_removed", "target": 0.7, "reached_step": None, "measured": 0.25}, "not reached (25.0% at"),
+])
+def test_the_budget_outcome_is_one_line_in_the_summaries(budget: dict, expected: str) -> None:
+    from exporters.render import budget_lines
+
+    lines = budget_lines({"methods": [{"method": "demp", "budget": budget}, {"method": "dnr"}]})
+    assert len(lines) == 1 and expected in lines[0] and "70.0%" in lines[0]

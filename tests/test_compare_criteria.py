@@ -30,3 +30,13 @@ def test_compare_criteria_quick_smoke_run(tmp_path: Path):
     assert (out / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)  # never overwrites silently
     assert again.returncode != 0 and "overwrite" in again.stderr.lower()
+
+    # --resume: the recorded runs are reused (same recipe), an added method runs, one table holds all
+    more = [*cmd[:cmd.index("--methods") + 1], "dense,demp,baseline:magnitude-l1,stripping",
+            *cmd[cmd.index("--methods") + 2:], "--resume"]
+    resumed = subprocess.run(more, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("reused") == 3 and "dense" in resumed.stdout
+    merged = json.loads((out / "results.json").read_text())
+    assert len(merged["runs"]) == 4 and {r["method"] for r in merged["rows"]} == {*rows, "dense"}
+    assert [r for r in merged["runs"] if r["method"] == "demp"] == [r for r in result["runs"] if r["method"] == "demp"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Compare DemP with other neuron-pruning criteria at matched neuron sparsity (docs/training.md, importance baselines).
 
-    python tools/compare_criteria.py --data digits --model cnn --sparsity 0.5,0.7 --seeds 3 --out cmp/ \\
-        [--epochs N] [--methods demp,stripping,dnr,dormant,baseline:magnitude-l1,...] [--quick]
+    python tools/compare_criteria.py --data digits --sparsity 0.5,0.7 --seeds 3 --out cmp/ \\
+        [--recipe R.yaml] [--model ARCH] [--epochs N] [--methods demp,demp-target,baseline:taylor,...]
+        [--macs 0.3] [--resume] [--threads 1] [--quick]
 
 Every run uses the same training recipe (the ``train``/``data`` sections of
 ``samples/recipes/demp-cnn-digits.yaml``: Adam, cosine LR, ``--epochs`` epochs), so every method gets
@@ -29,6 +30,11 @@ CNN's). Every row also reports the training cost: training MACs over dense
 training's (``train_macs_ratio``) and the run's wall-clock.
 
 ``--lr`` replaces the base recipe's learning rate for every method (same budget, same optimizer).
+
+Each finished run is recorded in ``--out/records/`` with its whole recipe; ``--resume`` keeps ``--out``
+and reuses every recorded run whose recipe is unchanged, so an interrupted grid continues where it
+stopped and methods can be added in later invocations (one table and plot for all). ``--threads 1``
+lets two grids share a 2-core machine (the default is up to 2).
 
 Outputs in ``--out``: ``results.json`` (every run), ``results.md`` (accuracy mean ± std, neuron
 sparsity, weight sparsity = 1 - non-zero parameters / dense parameters, parameters, MACs, wall-clock)
@@ -64,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="digits", help="dataset spec (default digits)")
-    p.add_argument("--model", default="cnn", help="architecture (default cnn)")
+    p.add_argument("--model", default=None, help="architecture (default: the base recipe's model section, with "
+                   "its kwargs; a name here replaces it without kwargs)")
     p.add_argument("--recipe", default=str(BASE_RECIPE), help="base recipe: its data/train/demp sections (default: "
                    "the digits CNN's)")
     p.add_argument("--macs", default="", help="comma-separated MAC ratios for demp-target's target_macs rows")
@@ -77,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dormant-taus", default="0.2,0.3,0.45,0.6", help="dormant.tau sweep")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--resume", action="store_true", help="keep --out and reuse every run already recorded there "
+                   "(same method, setting, seed and base recipe): finish an interrupted grid, or add methods to it")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: up to 2); 1 when "
+                   "two grids share a 2-core machine")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, first target, 2-point sweeps")
     return p.parse_args(argv)
 
@@ -93,13 +104,15 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace, out: Path, bundle: Any) -> None:
         base = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8"))
-        self.base = {"model": {"arch": args.model}, "data": {**base["data"], "spec": args.data},
+        model = {"arch": args.model} if args.model else dict(base["model"])
+        self.model_name = str(model["arch"]) + "".join(f" {k}={v}" for k, v in model.get("kwargs", {}).items())
+        self.base = {"model": model, "data": {**base["data"], "spec": args.data},
                      "train": dict(base["train"]), "demp": dict(base["demp"]), "export": {"onnx": False}}
         if args.epochs is not None:
             self.base["train"]["epochs"] = int(args.epochs)
         if args.lr is not None:
             self.base["train"]["lr"] = float(args.lr)
-        self.conv = args.model != "mlp"
+        self.conv = model["arch"] != "mlp"
         self.epochs = int(self.base["train"]["epochs"])
         self.out, self.bundle = out, bundle
         self.runs: list[dict[str, Any]] = []
@@ -126,7 +139,16 @@ class Runner:
             raw.pop("demp")
         if name != "none":
             raw[name] = {**raw.get(name, {}), **sec}
-        run_dir = self.out / "runs" / f"{method.replace(':', '-')}-{label}-s{seed}"
+        run_name = f"{method.replace(':', '-')}-{label}-s{seed}"
+        run_dir, record = self.out / "runs" / run_name, self.out / "records" / f"{run_name}.json"
+        full_key = json.dumps(raw, sort_keys=True)  # the whole recipe of this run: any change runs it again
+        if record.is_file():  # --resume: a run finished earlier with the same inputs is not run again
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            if saved.get("key") == full_key:
+                print(f"  {method:24s} {label:14s} seed {seed}: reused {record}", flush=True)
+                self._cache[key] = saved["record"]
+                self.runs.append(saved["record"])
+                return saved["record"]
         t0 = time.perf_counter()
         result = train(load_recipe(raw), run_dir, progress=False, plots=False, tensorboard=False,
                        save_model=False, data=self.bundle, overwrite=True)
@@ -140,6 +162,9 @@ class Runner:
                "train_macs_ratio": s.get("train_macs_ratio"), "wall_s": wall}
         print(f"  {method:24s} {label:14s} seed {seed}: acc {100 * rec['test_accuracy']:.2f}%  "
               f"neuron sparsity {100 * rec['neuron_sparsity']:.1f}%  ({wall:.1f}s)", flush=True)
+        from compressor.fileio import atomic_write_json
+
+        atomic_write_json(record, {"key": full_key, "record": rec})
         self._cache[key] = rec
         self.runs.append(rec)
         return rec
@@ -147,7 +172,7 @@ class Runner:
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     from compressor.data import load_data
-    from compressor.fileio import atomic_write_json, atomic_write_text, prepare_output_dir
+    from compressor.fileio import atomic_write_json, atomic_write_text, check_output_dir, prepare_output_dir
 
     targets = _floats(args.sparsity, "sparsity")
     peaks, taus = _floats(args.demp_peaks, "demp-peaks"), _floats(args.dormant_taus, "dormant-taus")
@@ -161,10 +186,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         targets, peaks, taus = targets[:1], peaks[-2:], taus[-2:]
         args.epochs = 1 if args.epochs is None else args.epochs
-    out = prepare_output_dir(args.out, overwrite=args.overwrite,
-                             outputs=("runs", "results.json", "results.md", "accuracy_vs_sparsity.png",
-                                      "accuracy_vs_macs.png"))
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    outputs = ("runs", "records", "results.json", "results.md", "accuracy_vs_sparsity.png", "accuracy_vs_macs.png")
+    if args.resume and Path(args.out).is_dir():
+        out = check_output_dir(args.out, overwrite=True, outputs=outputs)  # refuses a folder demp did not write
+    else:
+        out = prepare_output_dir(args.out, overwrite=args.overwrite, outputs=outputs)
+    torch.set_num_threads(args.threads if args.threads else max(1, min(2, torch.get_num_threads())))
     runner = Runner(args, out, load_data(args.data))
     seeds = list(range(args.seeds))
     ep = runner.epochs
@@ -200,7 +227,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     result = {"command": "python tools/compare_criteria.py " + " ".join(sys.argv[1:]),
-              "data": args.data, "model": args.model, "recipe": str(args.recipe), "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
+              "data": args.data, "model": runner.model_name, "recipe": str(args.recipe), "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
               "rows": rows, "runs": runner.runs, "env": env, "total_seconds": total}
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", markdown(result))

@@ -248,9 +248,10 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
         lines.append(f"  weight sparsity (stripped weights, kept as zeros): {_pct(s.get('weight_sparsity'))}"
                      + (f"; dead neurons {s['dead_neurons']}, active params {_pct(s.get('active_params'))}"
                         if s.get("dead_neurons") is not None else ""))
-    from exporters.render import removal_error_lines, speed_verdicts
+    from exporters.render import budget_lines, removal_error_lines, speed_verdicts
 
-    lines += [f"  {line}" for line in removal_error_lines({"methods": s.get("methods")})]
+    methods = {"methods": s.get("methods")}
+    lines += [f"  {line}" for line in removal_error_lines(methods) + budget_lines(methods)]
     if s.get("params_before"):
         lines.append(f"  params:  {s['params_before']:,} -> {s['params_after']:,} "
                      f"({s['params_after'] / s['params_before']:.2f}x)")

@@ -25,14 +25,14 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 from torch_pruning import ops as tp_ops
 
-from ..activity import CONSUMER_TYPES, ActivityStats
+from ..activity import CONSUMER_TYPES, ActivityStats, ChannelStats
 from ..criteria import Criterion
 from ..errors import CheckpointError, DempError, UsageError
 from ..plan import GroupRemoval, PruningPlan
@@ -319,6 +319,23 @@ class DependencyAnalyzer:
             ok.scatter_reduce_(0, root_idxs, removable[idxs].to(torch.uint8), reduce="amin")
             covered[root_idxs] = True
         return ok.bool() & covered
+
+    def channel_scores(self, group: ChannelGroup, stats: ActivityStats,
+                       score: Callable[[ChannelStats], Tensor]) -> Tensor:
+        """Per root channel of ``group``: the largest ``score`` over every consumer channel that reads it.
+
+        A channel is only as inactive as its most active reader (a Flatten maps one channel to many
+        consumer features); channels no consumer reads get +inf (never "least active").
+        """
+        out = torch.full((group.size,), -torch.inf, dtype=torch.float64)
+        for name, idxs, root_idxs in group.consumers:
+            values = score(stats[name]).to(torch.float64)
+            if values.numel() <= int(idxs.max()):
+                raise DempError(f"activity of {name} was measured on {values.numel()} channels but the graph "
+                                f"expects more: measure again after the last removal")
+            out.scatter_reduce_(0, root_idxs, values[idxs], reduce="amax")
+        out[out == -torch.inf] = torch.inf
+        return out
 
     def decide(self, stats: ActivityStats, criterion: Criterion) -> PruningPlan:
         """The removal plan (numbering of the current model) for ``criterion`` on ``stats``."""

@@ -280,16 +280,17 @@ class AnalyzerPruner(TrainingMethod):
 
     # ------------------------------------------------------------------ removal
     def plan_from_ranking(self, ranked: Iterable[tuple[float, str, int]], budget: int,
-                          groups: dict[str, Any]) -> PruningPlan:
+                          groups: dict[str, Any], base: PruningPlan | None = None) -> PruningPlan:
         """Take up to ``budget`` channels ``(score, root, index)`` in the given order, every group keeping
-        at least ``max(min_channels, 1)`` channels; the removals as a plan (current numbering)."""
-        chosen: dict[str, list[int]] = {}
+        at least ``max(min_channels, 1)`` channels; the removals as a plan (current numbering). ``base``'s
+        removals (same numbering) come first and do not count against ``budget``."""
+        chosen: dict[str, list[int]] = {g.root: list(g.removed) for g in base.groups} if base is not None else {}
         for _, root, i in ranked:
             if budget <= 0:
                 break
             g = groups[root]
             picked = chosen.setdefault(root, [])
-            if g.size - len(picked) <= max(g.min_channels, 1):
+            if g.size - len(picked) <= max(g.min_channels, 1) or i in picked:
                 continue
             picked.append(i)
             budget -= 1
@@ -297,14 +298,16 @@ class AnalyzerPruner(TrainingMethod):
         return PruningPlan(groups=removals, criterion=self.plan.criterion)
 
     def remove(self, delta: PruningPlan, optimizer: torch.optim.Optimizer | None, *, step: int, dead: int,
-               final: bool, t0: float) -> RemovalEvent:
+               final: bool, t0: float, exact: bool | None = None) -> RemovalEvent:
         """Apply ``delta`` (current numbering) in place, slice optimizer state, compose the plan.
 
-        With a lossy criterion and measurement samples (a method that reads weights only has none), the
-        outputs on up to :data:`ERROR_SAMPLES` of them are compared just before and after (``error``;
-        under DDP on each rank's own share, a diagnostic: rank 0's is the one written).
+        With a lossy criterion (or ``exact=False``: this removal takes live channels) and measurement
+        samples (a method that reads weights only has none), the outputs on up to :data:`ERROR_SAMPLES`
+        of them are compared just before and after (``error``; under DDP on each rank's own share, a
+        diagnostic: rank 0's is the one written).
         """
-        probe = self._probe_inputs() if not delta.is_empty() and not self.lossless else None
+        exact = self.lossless if exact is None else exact
+        probe = self._probe_inputs() if not delta.is_empty() and not exact else None
         before = run_model(self.model, probe, batch_size=256) if probe is not None else None
         if not delta.is_empty():
             for g in delta.groups:  # keep the live masks in the new numbering

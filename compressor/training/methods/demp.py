@@ -29,7 +29,9 @@ that holds parameters (an EMA copy, a DDP wrapper) must be refreshed by the call
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -38,9 +40,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...criteria import parse_criterion
+from ...criteria import Dormant, parse_criterion
 from ...errors import UsageError
-from ...graph import ApplyResult
+from ...graph import ApplyResult, DependencyAnalyzer
 from ...plan import PruningPlan
 from ...measure import count_macs, neuron_sparsity
 from ..mechanics.budget import BudgetController
@@ -56,6 +58,8 @@ __all__ = ["DemPConfig", "DemP"]
 STATE_VERSION = 1
 #: How DemP decides that a neuron died (``compressor.criteria``): exact or thresholded zeros, or never positive.
 DEATH_CRITERIA = ("dead", "saturated")
+#: Budget mode's deadline removes the live neurons with the lowest ReDo score (mean |activation| over the layer's).
+CLOSEST_TO_DEAD = Dormant()
 
 
 @dataclass
@@ -247,18 +251,74 @@ class DemP(AnalyzerPruner):
     def _measure(self, done: int, optimizer: torch.optim.Optimizer | None, *, remove: bool,
                  final: bool) -> RemovalEvent:
         t0 = time.perf_counter()
-        stats = self.collect(self.criterion.fields)
+        budget = self.budget
+        deadline = budget is not None and remove and not budget.frozen and done >= budget.deadline
+        fields = self.criterion.fields + tuple(f for f in CLOSEST_TO_DEAD.fields if deadline and
+                                               f not in self.criterion.fields)
+        stats = self.collect(fields)
         dead = self.measured_live(stats, self.criterion)
         delta = self.analyzer.decide(stats, self.criterion) if remove else PruningPlan(criterion=self.criterion.to_dict())
-        event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0)
-        if self.budget is not None and not final:
-            self.budget.update(done, self.budget_measured())
+        closed_from, dead_removed = None, delta.removed_channels
+        if deadline and budget is not None and budget.due(done, self.share_after(delta)):
+            closed_from = self.share_after(delta)
+            delta = self.close_gap(stats, delta, budget.target)
+        event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0,
+                            exact=False if closed_from is not None else None)
+        if budget is not None and closed_from is not None:
+            budget.close(done, closed_from, self.budget_measured(), delta.removed_channels - dead_removed)
+            log.info("DemP budget: lambda reached %.1f%% of the %.1f%% target by the deadline (step %d); the %d "
+                     "live neurons closest to dead were removed to close the gap (output change: %s)",
+                     100 * closed_from, 100 * budget.target, done, budget.closed_neurons,
+                     "not measured" if event.error is None else f"max |diff| {event.error['max_abs_diff']:.3g}")
+        elif budget is not None and not final:
+            budget.update(done, self.budget_measured())
         self._refresh_noise()
         self.measurements += 1
         self.last_measure_step = done
         log.debug("DemP step %d: %d dead, %d removed, %d/%d present (%.2fs)", done, dead, event.removed,
                   event.present, self.total_neurons, event.seconds)
         return event
+
+    # ------------------------------------------------------------------ budget mode's deadline
+    def share_after(self, delta: PruningPlan) -> float:
+        """The budget's share (neurons not live, or MACs removed) once ``delta`` is applied; nothing changes."""
+        if self._dense_macs is not None:
+            if delta.is_empty():
+                return 1.0 - self._macs() / self._dense_macs
+            trial = copy.deepcopy(self.model)
+            DependencyAnalyzer(trial, self.example_inputs, ignore=self.ignore, min_channels=self.min_channels,
+                               round_to=self.round_to).apply(delta, track_indices=False)
+            return 1.0 - count_macs(trial, self.example_inputs[:1]).total_macs / self._dense_macs
+        live = sum(self.live_neurons().values())
+        for g in delta.groups:  # live channels the delta takes (the dead ones already count as gone)
+            mask = self._live.get(g.root)
+            live -= len(g.removed) if mask is None else int(mask[torch.as_tensor(g.removed, dtype=torch.long)].sum())
+        return 1.0 - live / self.total_neurons if self.total_neurons else 0.0
+
+    def close_gap(self, stats: Any, delta: PruningPlan, target: float) -> PruningPlan:
+        """``delta`` plus the fewest live neurons closest to dead (lowest ReDo score at their most active
+        reader, ranked over every prunable group) that bring the budget's share to ``target``.
+
+        Neurons: the count follows from the share. MACs: a bisection over the ranking, each trial applied
+        to a copy of the model and counted (:meth:`share_after`). Groups keep ``min_channels``, so a
+        target beyond what they allow ends as close as they permit."""
+        groups = {g.root: g for g in self.analyzer.neuron_groups if g.blocked is None}
+        ranked: list[tuple[float, str, int]] = []
+        for root, g in groups.items():
+            scores = self.analyzer.channel_scores(g, stats, CLOSEST_TO_DEAD.scores)
+            live = self._live.get(root, torch.ones(g.size, dtype=torch.bool))
+            ranked += [(float(v), root, i) for i, v in enumerate(scores.tolist()) if live[i] and math.isfinite(v)]
+        ranked.sort()
+        take = lambda k: self.plan_from_ranking(ranked, k, groups, base=delta)  # noqa: E731
+        if self._dense_macs is None:
+            return take(max(0, math.ceil(round((target - self.share_after(delta)) * self.total_neurons, 6))))
+        lo, hi = 0, len(ranked)  # the fewest channels whose removal reaches the MAC target
+        if self.share_after(take(hi)) < target:
+            return take(hi)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.share_after(take(mid)) >= target else (mid + 1, hi)
+        return take(lo)
 
     def _after_own_removal(self, result: ApplyResult) -> None:
         self.regularizer.refresh()  # the regularized tensors are new parameter objects
@@ -314,7 +374,9 @@ class DemP(AnalyzerPruner):
             return {}
         kind = "macs_removed" if self.config.target_macs is not None else "neuron_sparsity"
         return {"budget_kind": kind, "budget_target": b.target, "budget_planned": b.last_planned,
-                "budget_measured": b.last_measured, "budget_gain": b.gain, "budget_reached_step": b.reached_step}
+                "budget_measured": b.last_measured, "budget_gain": b.gain, "budget_reached_step": b.reached_step,
+                "budget_closed_step": b.closed_step, "budget_closed_from": b.closed_from,
+                "budget_closed_neurons": b.closed_neurons}
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
