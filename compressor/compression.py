@@ -3,8 +3,10 @@
 ``compress(model, calib_loader)`` never modifies ``model``: it prunes a copy and returns both, the
 plan (in the original numbering, composed onto an earlier plan when the model was compressed before),
 the statistics and the verification figures. With a lossless criterion (``dead`` at eps 0) any output
-difference above ``tolerance`` of the output scale on the calibration samples is a bug, and the error
-names the group(s) responsible. The report of a compression is built by :mod:`exporters.report`.
+difference above ``tolerance`` of the output scale on the calibration samples, and for any criterion a
+pruned model that no longer runs, starts a search for the groups responsible (:mod:`.culprits`): they
+are blocked, with the reason in the group table and the report, and the rest is compressed; only when
+nothing can be kept does compression fail. The report of a compression is built by :mod:`exporters.report`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from . import __version__
 from .activity import ActivityStats, batch_input, collect_activity
 from .criteria import Criterion, parse_criterion
 from .errors import DataError, VerificationError
-from .graph import DependencyAnalyzer, execute_actions
+from .culprits import find_culprits
+from .graph import DependencyAnalyzer
+from .graph.apply import apply_actions, merge_actions
 from .graph.tp_compat import version as torch_pruning_version
 from .measure import compare_outputs, run_model
 from .plan import PruningPlan
@@ -161,14 +165,38 @@ def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, s
     """Decide on ``stats``, remove from ``pruned`` (a copy of ``dense``), verify, and package the result."""
     t0 = time.perf_counter()
     plan = analyzer.decide(stats, crit)
-    groups = group_table(analyzer, plan)
     actions = analyzer.actions(plan)
-    analyzer.apply(plan, track_indices=False)
-    timings["decide_apply_s"] = time.perf_counter() - t0
+    roots = [g.root for g in plan.groups if g.removed]
+    dense_out = torch.cat(stats.outputs)
+    failure = None
+    try:
+        analyzer.apply(plan, track_indices=False)
+        timings["decide_apply_s"] = time.perf_counter() - t0
+        verification = _verify(dense, pruned, crit, dense_out, calib_x, heldout_x, tolerance)
+        if crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
+            failure = f"the outputs changed by {verification['calibration']['rel_diff']:.3g} of their scale"
+    except Exception as exc:  # noqa: BLE001 - a pruned model that no longer runs: find the groups responsible
+        failure = f"the pruned model failed ({type(exc).__name__}: {str(exc).strip()[:200]})"
+    blocked: dict[str, str] = {}
+    if failure is not None:  # apply, verify, and keep what is safe
+        log.info("%s; searching for the group removals responsible", failure)
+        blocked = find_culprits(dense, roots, actions, calib_x, tolerance=tolerance if crit.lossless else None,
+                                progress=log.info)
+        kept = [g for g in plan.groups if g.root not in blocked]
+        if not blocked or not any(g.removed for g in kept):
+            raise VerificationError(_nothing_kept_message(failure, blocked))
+        plan = PruningPlan(groups=kept, criterion=plan.criterion)
+        pruned = copy.deepcopy(dense)
+        apply_actions(pruned, merge_actions([a for r, a in zip(roots, actions) if r not in blocked]),
+                      removed=plan.removed_channels, track_indices=False)
+        timings["decide_apply_s"] = time.perf_counter() - t0
+        verification = _verify(dense, pruned, crit, dense_out, calib_x, heldout_x, tolerance)
+        if crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
+            raise VerificationError(_nothing_kept_message(failure, blocked))
+        for root, reason in blocked.items():
+            log.warning("blocked group %s: %s", root, reason)
     timings["analyzer_s"] = timings["graph_s"] + timings["decide_apply_s"]
-    verification = _verify(dense, pruned, crit, torch.cat(stats.outputs), calib_x, heldout_x, tolerance)
-    if crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
-        _raise_culprits(dense, plan, actions, calib_x, tolerance, verification["calibration"]["rel_diff"])
+    groups = group_table(analyzer, plan, blocked)
     plan = _final_plan(dense, pruned, plan, crit, calib_x, source)
     return CompressResult(
         model=pruned, dense=dense, plan=plan, stats=stats, criterion=crit, verification=verification,
@@ -215,39 +243,34 @@ def _final_plan(dense: nn.Module, pruned: nn.Module, plan: PruningPlan, crit: Cr
     return plan
 
 
-def group_table(analyzer: DependencyAnalyzer, plan: PruningPlan) -> list[dict[str, Any]]:
-    """One entry per coupling group: channels before/after, removed indices, members, blocked reason,
-    and whether its channels count as neurons (read by some Conv/Linear, not the model's outputs)."""
+def group_table(analyzer: DependencyAnalyzer, plan: PruningPlan,
+                blocked: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One entry per coupling group: channels before/after, removed indices, members, blocked reason
+    (the analyzer's, or ``blocked``'s: groups whose removal broke the model), and whether its channels
+    count as neurons (read by some Conv/Linear, not the model's outputs)."""
     removals = {g.root: g for g in plan.groups}
     neuron_roots = {g.root for g in analyzer.neuron_groups}
+    blocked = blocked or {}
     out = []
     for g in analyzer.groups:
         r = removals.get(g.root)
         entry: dict[str, Any] = {"root": g.root, "before": g.size, "after": r.after if r else g.size,
                                  "removed": r.removed if r else [], "members": g.members,
                                  "neurons": g.root in neuron_roots}
-        if g.blocked:
-            entry["blocked"] = g.blocked
+        reason = g.blocked or blocked.get(g.root)
+        if reason:
+            entry["blocked"] = reason
         out.append(entry)
     return out
 
 
-def _raise_culprits(dense: nn.Module, plan: PruningPlan, actions: list[list[Any]], inputs: Tensor,
-                    tolerance: float, calib_diff: float) -> None:
-    """Apply each group's removal alone to a fresh copy and name the groups that change outputs."""
-    inputs = inputs[:16]
-    reference = run_model(dense, inputs)
-    roots = [g.root for g in plan.groups if g.removed]
-    culprits = []
-    for root, acts in zip(roots, actions):
-        trial = copy.deepcopy(dense)
-        with torch.no_grad():
-            execute_actions(trial, acts)
-        if compare_outputs(reference, run_model(trial, inputs))["rel_diff"] > tolerance:
-            culprits.append(root)
-    raise VerificationError(
-        f"lossless removal changed the outputs on the calibration samples (relative difference "
-        f"{calib_diff:.3g} > {tolerance:g}); group(s) responsible: {', '.join(culprits) or 'their combination'}. "
-        f"This is a bug in the analyzer for this architecture: rerun with --ignore "
-        f"{culprits[0] if culprits else 'LAYER'} to skip it, and please report the model"
-    )
+def _nothing_kept_message(failure: str, blocked: dict[str, str]) -> str:
+    """Why compression kept nothing: every group whose removal breaks the model, with its reason."""
+    if not blocked:
+        return (f"lossless removal failed ({failure}) and no single group or combination of groups reproduces it on "
+                f"the first calibration samples; rerun with --ignore LAYER for the layers named in the error, and "
+                "please report the model")
+    lines = "; ".join(f"{root}: {reason}" for root, reason in blocked.items())
+    return (f"no removal could be kept: {failure}, and every group with dead channels breaks the model when "
+            f"removed ({lines}). Rerun with --ignore {next(iter(blocked))} (and the others named) to keep those "
+            "layers whole")

@@ -167,6 +167,12 @@ def _groups_section(report: Mapping[str, Any], images: Sequence[str]) -> list[st
                           (g.get("before", 0) or 0) - (g.get("after", 0) or 0)] for g in groups])
     else:
         lines.append("No coupling groups were recorded.")
+    blocked = [g for g in groups if g.get("blocked")]
+    if blocked:
+        lines += ["", f"### Blocked groups ({len(blocked)}, kept whole)", "",
+                  "Pass `--ignore NAME` to keep a layer whole yourself; a group blocked because its removal broke "
+                  "the model was found by checking the removals on a copy, and the rest was compressed.", ""]
+        lines += [f"- `{g.get('root')}`: {g['blocked']}" for g in blocked]
     if PLOT_CHANNELS in images:
         lines += ["", f"![channels per group]({PLOT_CHANNELS})"]
     return lines

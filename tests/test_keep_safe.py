@@ -1,0 +1,155 @@
+"""Apply, verify, keep what is safe: a group whose removal breaks the model is found, blocked with a
+reason that names the construct and the module, and everything else is still compressed losslessly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import compressor
+from compressor.culprits import explain_failure, find_culprits
+from compressor.errors import VerificationError
+
+
+def _kill(conv: nn.Conv2d, channels: list[int]) -> None:
+    """Make ``channels`` of ``conv`` dead after a ReLU: zero weights, negative bias."""
+    with torch.no_grad():
+        conv.weight[channels] = 0.0
+        conv.bias[channels] = -1.0
+
+
+class BlurPool(nn.Module):
+    """An anti-aliasing blur whose ``groups`` is the channel count of a buffer set at construction time."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("filt", torch.ones(channels, 1, 3, 3) / 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.filt, padding=1, groups=self.filt.shape[0])
+
+
+class Constructs(nn.Module):
+    """Three paths with dead channels: a blur pool with a constant ``groups``, a split with constant sizes,
+    and a plain conv the analyzer handles; their features are concatenated for the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blur_in = nn.Conv2d(3, 8, 3, padding=1)
+        self.blur = BlurPool(8)
+        self.blur_out = nn.Conv2d(8, 4, 1)
+        self.split_in = nn.Conv2d(3, 8, 3, padding=1)
+        self.sizes = [4, 4]
+        self.left, self.right = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.plain = nn.Conv2d(3, 8, 3, padding=1)
+        self.plain_out = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(16, 5)
+        for conv in (self.blur_in, self.split_in, self.plain):
+            _kill(conv, [1, 6])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.blur_out(self.blur(F.relu(self.blur_in(x))))
+        left, right = torch.split(F.relu(self.split_in(x)), self.sizes, dim=1)
+        b = torch.cat([self.left(left), self.right(right)], dim=1)
+        c = self.plain_out(F.relu(self.plain(x)))
+        return self.head(torch.cat([a, b, c], dim=1).mean((2, 3)))
+
+
+def _loader() -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [torch.randn(8, 3, 12, 12) for _ in range(4)]
+
+
+def test_groups_that_break_the_model_are_blocked_with_the_construct_and_the_rest_is_compressed() -> None:
+    torch.manual_seed(0)
+    model = Constructs().eval()
+    x = torch.randn(8, 3, 12, 12)
+    with torch.no_grad():
+        before = model(x)
+    result = compressor.compress(model, _loader(), progress=False)
+    groups = {g["root"]: g for g in result.groups}
+    assert groups["plain"]["removed"] == [1, 6] and groups["plain"]["after"] == 6
+    assert "groups= is a constant" in groups["blur_in"]["blocked"] and groups["blur_in"]["after"] == 8
+    assert "torch.split with constant sizes" in groups["split_in"]["blocked"] and groups["split_in"]["after"] == 8
+    assert result.verification["passed"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), before, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # the input model is untouched
+
+
+def test_the_report_lists_each_blocked_group_with_its_reason() -> None:
+    from exporters.render import render_markdown
+    from exporters.report import compress_report
+
+    result = compressor.compress(Constructs().eval(), _loader(), progress=False)
+    report = compress_report(result)
+    blocked = {g["root"]: g["blocked"] for g in report["pruning"]["groups"] if g.get("blocked")}
+    assert "torch.split with constant sizes" in blocked["split_in"]
+    assert "groups= is a constant" in blocked["blur_in"]
+    markdown = render_markdown(report)
+    assert "### Blocked groups" in markdown and f"- `split_in`: {blocked['split_in']}" in markdown
+
+
+def test_bisection_finds_several_culprits_in_few_checks() -> None:
+    """64 independent 1x1 paths, three of them broken by a constant-size view: exactly those three are
+    found, with fewer checks than half the groups (about 2 c log2 n: one check per group would be 64)."""
+
+    class Paths(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(3, 4, 1) for _ in range(64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = [c(x) for c in self.convs]
+            for i in (2, 9, 41):
+                outs[i] = outs[i].view(x.shape[0], 4, -1).mean(-1).view(x.shape[0], 4, 1, 1)
+            return torch.cat([o.mean((2, 3)) for o in outs], dim=1)
+
+    import torch_pruning as tp
+
+    from compressor.graph.apply import Action
+
+    model = Paths().eval()
+    roots = [f"convs.{i}" for i in range(64)]
+    # removing output channel 0 of every conv; the broken paths reshape with a constant 4 channels
+    actions = [[Action(r, False, tp.prune_conv_out_channels, 0, {0})] for r in roots]
+    messages: list[str] = []
+    found = find_culprits(model, roots, actions, torch.randn(4, 3, 5, 5), tolerance=None, progress=messages.append)
+    assert set(found) == {"convs.2", "convs.9", "convs.41"}
+    assert all("view/reshape with constant channel sizes" in r for r in found.values())
+    checks = int(messages[0].split("(")[1].split()[0])
+    assert checks < 32
+
+
+def test_when_nothing_can_be_kept_compression_fails_cleanly_naming_every_group() -> None:
+    class SplitOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.a, self.b = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+            _kill(self.stem, [0])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            p, q = torch.split(F.relu(self.stem(x)), [4, 4], dim=1)
+            return torch.cat([self.a(p), self.b(q)], 1).mean((2, 3))
+
+    with pytest.raises(VerificationError, match=r"no removal could be kept.*stem: a torch.split with constant sizes"
+                                                r".*--ignore stem"):
+        compressor.compress(SplitOnly().eval(), _loader(), progress=False)
+
+
+@pytest.mark.parametrize("message, construct", [
+    ("split_with_sizes expects split_sizes to sum exactly to 72 (input tensor's size at dimension 1), but got "
+     "split_sizes=[48, 48]", "torch.split with constant sizes"),
+    ("Given groups=64, weight of size [64, 1, 3, 3], expected input[1, 48, 8, 8] to have 64 channels, but got 48 "
+     "channels instead", "groups= is a constant"),
+    ("shape '[2, 4, 16]' is invalid for input of size 96", "view/reshape with constant channel sizes"),
+    ("The size of tensor a (12) must match the size of tensor b (16) at non-singleton dimension 1",
+     "elementwise operation between channels pruned differently"),
+    ("mat1 and mat2 shapes cannot be multiplied (2x12 and 16x5)", "input size is a constant"),
+    ("something else entirely", "the pruned model fails (RuntimeError: something else entirely)"),
+])
+def test_failures_are_explained_as_constructs(message: str, construct: str) -> None:
+    assert construct in explain_failure(RuntimeError(message))
