@@ -26,6 +26,7 @@ from .criteria import Criterion, parse_criterion
 from .errors import DataError, VerificationError
 from .culprits import find_culprits
 from .graph import DependencyAnalyzer
+from .graph.analyzer import ANALYZER_TIME_BUDGET
 from .graph.apply import apply_actions, merge_actions
 from .graph.tp_compat import version as torch_pruning_version
 from .measure import compare_outputs, run_model
@@ -112,11 +113,13 @@ def compress(
     tolerance: float = 1e-4,
     progress: bool = True,
     source: dict[str, Any] | None = None,
+    analyzer_budget: float = ANALYZER_TIME_BUDGET,
 ) -> CompressResult:
     """Find the channels ``criterion`` marks removable at every consumer, remove them, verify.
 
     ``calib_loader`` yields tensors or (inputs, targets) batches used for decisions; ``heldout`` is a
-    batch (or loader) never used for decisions, on which the pruned model is checked too.
+    batch (or loader) never used for decisions, on which the pruned model is checked too;
+    ``analyzer_budget``: seconds the analyzer may spend mapping groups (those left are blocked).
     """
     crit = parse_criterion(criterion)
     timings: dict[str, float] = {}
@@ -127,7 +130,7 @@ def compress(
     pruned = copy.deepcopy(dense)
     t0 = time.perf_counter()
     analyzer = DependencyAnalyzer(pruned, calib_x[:1].to(next(dense.parameters()).device), ignore=ignore,
-                                  min_channels=min_channels, round_to=round_to)
+                                  min_channels=min_channels, round_to=round_to, time_budget=analyzer_budget)
     timings["graph_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     batch_size = max(1, getattr(calib_loader, "batch_size", None) or 64)
@@ -139,7 +142,7 @@ def compress(
     try:
         return _decide(dense, pruned, analyzer, stats, crit, calib_x, heldout_x, timings=timings, tolerance=tolerance,
                        options={"ignore": list(ignore), "min_channels": min_channels, "round_to": round_to,
-                                "tolerance": tolerance}, source=source)
+                                "tolerance": tolerance, "analyzer_budget": analyzer_budget}, source=source)
     finally:
         dense.train(was_training)
 
@@ -152,7 +155,8 @@ def rewidth(result: CompressResult, round_to: int) -> CompressResult:
     t0 = time.perf_counter()
     opts = {**result.options, "round_to": int(round_to)}
     analyzer = DependencyAnalyzer(pruned, result.calib_inputs[:1].to(next(pruned.parameters()).device),
-                                  ignore=opts["ignore"], min_channels=opts["min_channels"], round_to=opts["round_to"])
+                                  ignore=opts["ignore"], min_channels=opts["min_channels"], round_to=opts["round_to"],
+                                  time_budget=opts.get("analyzer_budget", ANALYZER_TIME_BUDGET))
     timings = {"graph_s": time.perf_counter() - t0, "stats_s": 0.0}
     return _decide(result.dense, pruned, analyzer, result.stats, result.criterion, result.calib_inputs,
                    result.heldout_inputs, timings=timings, tolerance=opts["tolerance"], options=opts,

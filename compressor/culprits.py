@@ -35,14 +35,16 @@ CHECK_SAMPLES = 16
 _CONSTRUCTS: tuple[tuple[str, str], ...] = (
     (r"split_sizes|split_with_sizes", "a torch.split with constant sizes (its sizes do not follow the pruned "
                                       "channels)"),
-    (r"groups", "a convolution whose groups= is a constant (set from a channel count at construction time)"),
+    (r"groups=(?!1,)\d+", "a convolution whose groups= is a constant (set from a channel count at construction "
+                          "time, e.g. a blur pool's filter buffer)"),
     (r"shape '\[.*\]' is invalid for input|view size is not compatible|cannot reshape",
      "a view/reshape with constant channel sizes"),
     (r"must match the size of tensor|The size of tensor a", "an elementwise operation between channels pruned "
                                                            "differently (e.g. a partial residual or a "
                                                            "constant-sized buffer)"),
     (r"expected input.*to have \d+ channels|size mismatch|mat1 and mat2 shapes",
-     "a layer whose input size is a constant (it does not follow the pruned channels)"),
+     "a layer whose input no longer matches the pruned channels (its size is a constant, or a split/chunk or "
+     "partial channel operation was mapped wrongly)"),
 )
 
 

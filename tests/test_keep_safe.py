@@ -148,8 +148,118 @@ def test_when_nothing_can_be_kept_compression_fails_cleanly_naming_every_group()
     ("shape '[2, 4, 16]' is invalid for input of size 96", "view/reshape with constant channel sizes"),
     ("The size of tensor a (12) must match the size of tensor b (16) at non-singleton dimension 1",
      "elementwise operation between channels pruned differently"),
-    ("mat1 and mat2 shapes cannot be multiplied (2x12 and 16x5)", "input size is a constant"),
+    ("mat1 and mat2 shapes cannot be multiplied (2x12 and 16x5)", "input no longer matches the pruned channels"),
+    ("Given groups=1, weight of size [4, 5, 1, 1], expected input[16, 7, 12, 12] to have 5 channels, but got 7 "
+     "channels instead", "input no longer matches the pruned channels"),
     ("something else entirely", "the pruned model fails (RuntimeError: something else entirely)"),
 ])
 def test_failures_are_explained_as_constructs(message: str, construct: str) -> None:
     assert construct in explain_failure(RuntimeError(message))
+
+
+class Split(nn.Module):
+    """``a, b = x.split(sizes)`` read by two convs: torch-pruning maps the readers in the wrong order."""
+
+    def __init__(self, sizes: tuple[int, int]) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.stem = nn.Conv2d(3, sum(sizes), 3, padding=1)
+        self.a, self.b = nn.Conv2d(sizes[0], 4, 1), nn.Conv2d(sizes[1], 4, 1)
+        self.head = nn.Linear(8, 3)
+        _kill(self.stem, [0, 1, 2])  # dead channels in the first part only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = torch.split(F.relu(self.stem(x)), self.sizes, dim=1)
+        return self.head(torch.cat([self.a(p), self.b(q)], 1).mean((2, 3)))
+
+
+def test_a_split_into_unequal_parts_is_blocked_before_applying() -> None:
+    from compressor.activity import collect_activity
+    from compressor.criteria import Dead
+    from compressor.graph import DependencyAnalyzer
+
+    model = Split((12, 18)).eval()
+    analyzer = DependencyAnalyzer(model, torch.randn(1, 3, 8, 8))
+    stem = analyzer.group("stem")
+    assert "split or partial channel operation" in stem.blocked and "input channel 17 of a layer with 12" in stem.blocked
+    stats = collect_activity(model, _loader(), layers=analyzer.consumer_names, progress=False)
+    assert analyzer.live_masks(stats, Dead())["stem"].all()  # refused mapping: counted live, never removed
+    assert not analyzer.decide(stats, Dead()).groups
+
+
+class Chunk(nn.Module):
+    """``a, b = x.chunk(2)`` read by two convs (equal halves: the wrong order goes unseen by the shapes),
+    beside a plain path with dead channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.plain = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b, self.c = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(12, 3)
+        _kill(self.stem, [0, 1, 2])  # dead in the first half only
+        _kill(self.plain, [5])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = F.relu(self.stem(x)).chunk(2, dim=1)
+        c = self.c(F.relu(self.plain(x)))
+        return self.head(torch.cat([self.a(p), self.b(q), c], 1).mean((2, 3)))
+
+
+def test_a_split_into_equal_parts_is_caught_after_applying_and_blocked() -> None:
+    torch.manual_seed(0)
+    model = Chunk().eval()
+    x = torch.randn(4, 3, 8, 8)
+    result = compressor.compress(model, _loader(), progress=False, heldout=x)
+    groups = {g["root"]: g for g in result.groups}
+    assert groups["stem"]["after"] == 16 and "split/chunk" in groups["stem"]["blocked"]
+    assert groups["plain"]["after"] == 7 and result.verification["passed"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x), rtol=0, atol=1e-6)
+
+
+class PartialResidual(nn.Module):
+    """ReXNet's partial residual ``cat([y[:, :c] + x, y[:, c:]])`` stacked: torch-pruning's group expansion
+    keeps re-adding layers with shifted index lists and never converges."""
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.cin, self.conv, self.bn = cin, nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.bn(self.conv(x))
+            return torch.cat([y[:, :self.cin] + x, y[:, self.cin:]], dim=1)
+
+    def __init__(self, blocks: int = 8) -> None:
+        super().__init__()
+        widths = [8 + 4 * i for i in range(blocks)]
+        self.stem = nn.Conv2d(3, widths[0], 3, padding=1)
+        self.blocks = nn.Sequential(*[self.Block(a, b) for a, b in zip(widths, widths[1:])])
+        self.head = nn.Linear(widths[-1], 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_a_group_that_never_converges_is_blocked_naming_the_construct(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from compressor.graph import DependencyAnalyzer, tp_compat
+
+    monkeypatch.setattr(tp_compat, "MAX_GROUP_ITEMS", 300)  # the default 3,000 takes seconds to reach here
+    t0 = time.perf_counter()
+    analyzer = DependencyAnalyzer(PartialResidual().eval(), torch.randn(1, 3, 8, 8))
+    assert time.perf_counter() - t0 < 30
+    diverged = [g for g in analyzer.groups if g.blocked and "past 300 layer entries" in g.blocked]
+    assert diverged and all("partial residual such as cat([x[:, :c] + shortcut, x[:, c:]])" in g.blocked
+                            for g in diverged)
+
+
+def test_the_analyzer_time_budget_blocks_what_it_could_not_map() -> None:
+    from compressor.graph import DependencyAnalyzer
+
+    analyzer = DependencyAnalyzer(Constructs().eval(), torch.randn(1, 3, 8, 8), time_budget=0.0)
+    assert analyzer.groups and not analyzer.prunable_groups
+    first, *rest = [g for g in analyzer.groups]
+    assert "time budget (0 s) ran out while mapping the channels of" in first.blocked
+    assert all("ran out before these channels were mapped" in g.blocked for g in rest)

@@ -17,6 +17,7 @@ import yaml
 from exporters.latency import DEFAULT_THREADS
 
 from ..errors import UsageError
+from ..graph.analyzer import ANALYZER_TIME_BUDGET
 
 log = logging.getLogger("demp")
 
@@ -65,6 +66,9 @@ def add_decision_args(p: argparse.ArgumentParser, *, auto: bool) -> None:
     p.add_argument("--ignore", action="append", default=[], metavar="NAME",
                    help="never prune groups touching this layer (repeatable; NAME or a prefix NAME.*)")
     p.add_argument("--min-channels", type=int, default=1, help="channels every group keeps")
+    p.add_argument("--analyzer-budget", type=float, default=ANALYZER_TIME_BUDGET, metavar="SECONDS",
+                   help="seconds the analyzer may spend mapping channel groups; groups not mapped by then are "
+                   f"blocked, with the reason in the report (default {ANALYZER_TIME_BUDGET:g})")
     if auto:
         p.add_argument("--round-to", type=_round_to, default="auto", metavar="auto|N",
                        help="widths after removal: auto times the exact widths, multiples of 8, 16 and 32 and the dense "
@@ -257,7 +261,8 @@ def run_compress(args: argparse.Namespace) -> int:
     model, data, calib_loader, heldout_x, source = load_inputs(args)
     result = compress(model, calib_loader, criterion=args.criterion, heldout=heldout_x, ignore=args.ignore,
                       min_channels=args.min_channels, round_to=1 if args.round_to == "auto" else args.round_to,
-                      tolerance=args.tolerance, source=source, progress=not args.no_progress)
+                      tolerance=args.tolerance, source=source, progress=not args.no_progress,
+                      analyzer_budget=args.analyzer_budget)
     if result.removed == 0:
         print(NOTHING_REMOVED.format(criterion=result.criterion.spec(), n=result.calib_inputs.shape[0],
                                      checkpoint=args.checkpoint or "CKPT"))
@@ -336,7 +341,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     model, data, calib_loader, heldout_x, source = load_inputs(args)
     example = next(iter(calib_loader))[0][:1].to(args.device)
     analyzer = DependencyAnalyzer(model, example, ignore=args.ignore, min_channels=args.min_channels,
-                                  round_to=args.round_to)
+                                  round_to=args.round_to, time_budget=args.analyzer_budget)
     stats = collect_activity(model, calib_loader, progress=True, desc="calibration")
     layers = []
     print(f"{'layer (input channels)':<44} {'chans':>6} {'dead':>6} {'saturated':>9} {'dormant<=0.1':>12}")

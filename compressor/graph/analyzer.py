@@ -38,6 +38,7 @@ from ..errors import CheckpointError, DempError, UsageError
 from ..plan import GroupRemoval, PruningPlan
 from .apply import Action, ApplyResult, apply_actions, expand_group, merge_actions
 from .tp_compat import (
+    AnalyzerTimeout,
     IndexBudget,
     IndexExplosion,
     bounded_index_mappings,
@@ -47,9 +48,12 @@ from .tp_compat import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DependencyAnalyzer", "ChannelGroup", "GroupItem"]
+__all__ = ["DependencyAnalyzer", "ChannelGroup", "GroupItem", "ANALYZER_TIME_BUDGET"]
 
 OPT = tp_ops.OPTYPE
+#: Seconds the analyzer may spend mapping channel groups (issue: no model may hang it); past them the
+#: groups not yet mapped are blocked. 60 s covers every torchvision/timm model measured (BENCHMARKS.md).
+ANALYZER_TIME_BUDGET = 60.0
 # node types whose parameters/buffers are sliced per channel (safe to shrink)
 _LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weight reads channels on dim 1
 _PER_CHANNEL_TYPES = {OPT.CONV, OPT.LINEAR, OPT.BN, OPT.DEPTHWISE_CONV, OPT.PRELU, OPT.IN, OPT.PARAMETER}
@@ -131,6 +135,7 @@ class DependencyAnalyzer:
         ignore: Sequence[str] = (),
         min_channels: int = 1,
         round_to: int = 1,
+        time_budget: float = ANALYZER_TIME_BUDGET,
     ) -> None:
         check_version()
         if min_channels < 1:
@@ -141,6 +146,7 @@ class DependencyAnalyzer:
         self.ignore = list(ignore)
         self.min_channels = min_channels
         self.round_to = round_to
+        self.time_budget = float(time_budget)
         self._stale = False
         names = {n for n, _ in model.named_modules()}
         unknown = [p for p in self.ignore if p not in names]
@@ -173,7 +179,8 @@ class DependencyAnalyzer:
         lists until memory runs out; such a group is recorded as blocked instead.
         """
         visited: set[int] = set()
-        budget = IndexBudget()
+        budget = IndexBudget(deadline=time.perf_counter() + self.time_budget)
+        timed_out = False
         with bounded_index_mappings(budget):
             for module in list(self.dg.module2node.keys()):
                 if not isinstance(module, CONSUMER_TYPES) or id(module) in visited:
@@ -182,14 +189,28 @@ class DependencyAnalyzer:
                 if pruner is None or pruner.get_out_channels(module) is None:
                     continue
                 size = pruner.get_out_channels(module)
+                name = self._module_names.get(module, "?")
                 budget.reset()
+                if timed_out:
+                    self.groups.append(ChannelGroup(name, size, [], f"the analyzer's time budget ({self.time_budget:g} "
+                                                    "s) ran out before these channels were mapped; raise it with "
+                                                    "--analyzer-budget, or --ignore the layers named in the other "
+                                                    "blocked groups"))
+                    continue
                 try:
                     tp_group = self.dg.get_pruning_group(module, pruner.prune_out_channels, list(range(size)))
                 except IndexExplosion as exc:
                     visited.add(id(module))
-                    name = self._module_names.get(module, "?")
-                    self.groups.append(ChannelGroup(name, size, [], f"torch-pruning cannot map these channels "
-                                                    f"through a chain of reshapes ({exc})"))
+                    self.groups.append(ChannelGroup(name, size, [], f"torch-pruning cannot map the channels of {name} "
+                                                    f"({exc}): a chain of reshapes (e.g. window partitions), or a "
+                                                    "partial residual such as cat([x[:, :c] + shortcut, x[:, c:]])"))
+                    continue
+                except AnalyzerTimeout:
+                    timed_out = True
+                    log.warning("the analyzer's time budget (%g s) ran out at %s; it and the groups not yet mapped "
+                                "are blocked", self.time_budget, name)
+                    self.groups.append(ChannelGroup(name, size, [], f"the analyzer's time budget ({self.time_budget:g} "
+                                                    f"s) ran out while mapping the channels of {name}"))
                     continue
                 for dep, _ in tp_group:
                     if self.dg.is_out_channel_pruning_fn(dep.handler):
@@ -241,6 +262,8 @@ class DependencyAnalyzer:
             if is_in and node.type in (OPT.CONV, OPT.LINEAR):
                 consumers.append((name, torch.as_tensor(item.idxs, dtype=torch.long),
                                   torch.as_tensor(item.root_idxs, dtype=torch.long)))
+                if blocked is None:
+                    blocked = self._mapping_mismatch(node.module, name, root, item.idxs)
             if node.type == OPT.DEPTHWISE_CONV:
                 # a depthwise conv left with one channel turns into an ordinary conv for torch-pruning
                 min_channels = max(min_channels, 2)
@@ -249,6 +272,22 @@ class DependencyAnalyzer:
         if blocked is None and not consumers:
             blocked = "no Conv/Linear layer reads these channels (they reach the output or an unmeasured op)"
         return ChannelGroup(root, size, items, blocked, consumers, min_channels)
+
+    @staticmethod
+    def _mapping_mismatch(module: nn.Module, name: str, root: str, idxs: Sequence[int]) -> str | None:
+        """Why torch-pruning's channel mapping into consumer ``name`` cannot be right, or None.
+
+        A consumer reads at most its own input channels; torch-pruning maps the readers of a
+        ``torch.split`` / ``chunk`` in the wrong order (for ``a, b = x.split([12, 18])`` the reader of
+        ``a`` gets root channels 12-29), which shows as indices beyond the consumer's inputs when the
+        parts differ in size. (Equal parts hide it: the verification after removal catches that case.)
+        """
+        inputs = getattr(module, "in_channels", None) or getattr(module, "in_features", None)
+        if inputs is None or not len(idxs) or max(idxs) < inputs:
+            return None
+        return (f"the channels of {root} reach {name} through a split or partial channel operation (e.g. "
+                f"torch.split/chunk, Res2Net's scales, a partial convolution) that torch-pruning maps to input "
+                f"channel {max(idxs)} of a layer with {inputs}; removal there would cut the wrong channels")
 
     def _block_reason(self, node: Any, name: str, is_out: bool) -> str | None:
         module = node.module
@@ -312,8 +351,11 @@ class DependencyAnalyzer:
                                 "pass (collect statistics with the analyzer's consumer_names)")
             removable = criterion.removable(stats[name])
             if removable.numel() <= int(idxs.max()):
-                raise DempError(f"statistics of {name} have {removable.numel()} channels but the graph "
-                                f"expects more; statistics are from another architecture state")
+                if group.blocked is not None:  # a mapping the analyzer refused (see _mapping_mismatch): all live
+                    return torch.zeros(group.size, dtype=torch.bool)
+                raise DempError(f"activity of {name} was measured on {removable.numel()} input channels, but the "
+                                f"model now maps channel {int(idxs.max())} into it: the statistics were measured "
+                                "before the last removal; measure again")
             # several consumer channels can map to one root channel (Flatten -> Linear maps each channel
             # to H*W features): AND over all of them; plain indexed assignment would keep only the last
             ok.scatter_reduce_(0, root_idxs, removable[idxs].to(torch.uint8), reduce="amin")

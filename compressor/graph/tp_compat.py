@@ -11,7 +11,12 @@ guard while it works; each lives here, is undone on exit, and has a test (``test
    ``index_mapping.update_index_mapping`` a no-op: ``get_pruning_group`` recomputes every concat /
    split / flatten mapping of the whole graph on each call, although the graph does not change while
    groups are expanded (``build_dependency`` computed them), which makes group enumeration quadratic
-   in the number of groups (DenseNet).
+   in the number of groups (DenseNet). It also bounds one group's growth: torch-pruning re-adds a
+   layer whenever it arrives with another index list, and a partial residual
+   (``cat([x[:, :c] + shortcut, x[:, c:]])``, ReXNet) makes the lists shift forever, each addition
+   scanning the whole group (quadratic: 12,000 items after 23 s, still growing). Past
+   :data:`MAX_GROUP_ITEMS` items, or past the analyzer's deadline (:class:`IndexBudget`), adding
+   raises :class:`IndexExplosion` / :class:`AnalyzerTimeout` and the analyzer blocks the group(s).
 2. :func:`pruning_dim` — torch-pruning's pruning functions are shared singletons whose
    ``pruning_dim`` attribute selects the dimension they cut; torch-pruning sets it before each call
    and never restores it. demp sets it for one call and restores the previous value.
@@ -25,22 +30,26 @@ the context is open; a process-wide lock keeps two contexts from interleaving.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch_pruning as tp
+from torch_pruning.dependency import group as _group
 from torch_pruning.dependency import index_mapping as _index_mapping
 
 from ..errors import DempError
 
-__all__ = ["VERIFIED_VERSIONS", "version", "check_version", "IndexBudget", "IndexExplosion", "bounded_index_mappings",
-           "pruning_dim", "trace_failure", "MAX_MAPPED_INDICES", "MAX_GROUP_INDICES"]
+__all__ = ["VERIFIED_VERSIONS", "version", "check_version", "IndexBudget", "IndexExplosion", "AnalyzerTimeout",
+           "bounded_index_mappings", "pruning_dim", "trace_failure", "MAX_MAPPED_INDICES", "MAX_GROUP_INDICES",
+           "MAX_GROUP_ITEMS"]
 
 #: torch-pruning releases (major.minor) whose internals this module was checked against.
 VERIFIED_VERSIONS = ("1.6",)
 MAX_MAPPED_INDICES = 100_000  # one mapping's output (VGG-16's flatten at 224 px: 25,088)
 MAX_GROUP_INDICES = 300_000  # all mappings while expanding one group
+MAX_GROUP_ITEMS = 3_000  # layer entries of one group (a ViT-L residual stream has about 150; ReXNet diverges)
 
 _LOCK = threading.RLock()
 
@@ -62,6 +71,7 @@ def check_version() -> None:
         ("index_mapping.update_index_mapping", callable(getattr(_index_mapping, "update_index_mapping", None))),
         ("index_mapping.*IndexMapping classes", bool(_mapping_classes())),
         ("DependencyGraph.get_pruning_group", hasattr(tp.DependencyGraph, "get_pruning_group")),
+        ("dependency.group.Group.add_dep", callable(getattr(_group.Group, "add_dep", None))),
     ) if not ok]
     if missing or major_minor not in VERIFIED_VERSIONS:
         raise DempError(
@@ -75,19 +85,38 @@ class IndexExplosion(Exception):
     """An index mapping produced more indices than the budget allows (the group is blocked)."""
 
 
-class IndexBudget:
-    """Counts the indices torch-pruning's index mappings produce while one group is expanded."""
+class AnalyzerTimeout(Exception):
+    """The analyzer's time budget ran out while a group was expanded (this and the remaining groups are blocked)."""
 
-    def __init__(self) -> None:
+
+class IndexBudget:
+    """Counts the indices torch-pruning's index mappings produce and the items one group gains while it is
+    expanded; ``deadline`` (a ``time.perf_counter()`` value, or None) bounds the whole enumeration."""
+
+    def __init__(self, deadline: float | None = None) -> None:
         self.used = 0
+        self.items = 0
+        self.deadline = deadline
 
     def reset(self) -> None:
         self.used = 0
+        self.items = 0
 
     def charge(self, n: int) -> None:
         self.used += n
         if n > MAX_MAPPED_INDICES or self.used > MAX_GROUP_INDICES:
             raise IndexExplosion(f"a mapping produced {n:,} indices, {self.used:,} for the group so far")
+        self._check_time()
+
+    def charge_item(self) -> None:
+        self.items += 1
+        if self.items > MAX_GROUP_ITEMS:
+            raise IndexExplosion(f"the group grew past {MAX_GROUP_ITEMS:,} layer entries without converging")
+        self._check_time()
+
+    def _check_time(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise AnalyzerTimeout("the analyzer's time budget ran out")
 
 
 def _bounded(original: Callable[..., Any], budget: IndexBudget) -> Callable[..., Any]:
@@ -109,12 +138,20 @@ def bounded_index_mappings(budget: IndexBudget) -> Iterator[IndexBudget]:
         classes = _mapping_classes()
         originals = {c: c.__dict__["__call__"] for c in classes if "__call__" in c.__dict__}
         update = _index_mapping.update_index_mapping
+        add_dep = _group.Group.__dict__["add_dep"]
+
+        def counted_add_dep(self: Any, dep: Any, idxs: Any) -> Any:
+            budget.charge_item()
+            return add_dep(self, dep, idxs)
+
         try:
             for c, original in originals.items():
                 c.__call__ = _bounded(original, budget)
             _index_mapping.update_index_mapping = lambda graph: None
+            _group.Group.add_dep = counted_add_dep
             yield budget
         finally:
+            _group.Group.add_dep = add_dep
             _index_mapping.update_index_mapping = update
             for c, original in originals.items():
                 c.__call__ = original
