@@ -94,6 +94,34 @@ def _worker(name: str, size: int, queue) -> None:
     queue.put(run_one(name, size))
 
 
+def sweep(names: list[str], worker, *, size: int, timeout: int, results_path: Path, resume: bool,
+          describe) -> list[dict]:
+    """Run ``worker(name, size, queue)`` for every model in its own spawned process (memory isolation, a
+    ``timeout`` in seconds), keeping the rows in ``results_path`` after each model; with ``resume``,
+    finished rows ("ok"/"error"/"refused") are kept and not run again. ``describe(row)`` prints a row."""
+    results = {r["model"]: r for r in json.loads(results_path.read_text())} if results_path.exists() else {}
+    ctx = mp.get_context("spawn")
+    for name in names:
+        if resume and results.get(name, {}).get("status") in ("ok", "error", "refused"):
+            continue
+        queue = ctx.Queue()
+        proc = ctx.Process(target=worker, args=(name, size, queue))
+        t0 = time.perf_counter()
+        proc.start()
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            row = {"model": name, "status": "timeout", "error": f"> {timeout} s"}
+        else:
+            row = queue.get() if not queue.empty() else {"model": name, "status": "crash",
+                                                         "error": f"exit code {proc.exitcode}"}
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        results[name] = row
+        print(describe(row), flush=True)
+        results_path.write_text(json.dumps(list(results.values()), indent=1))
+    return list(results.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     import torchvision
 
@@ -106,29 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models.split(",") if args.models else sorted(torchvision.models.list_models(module=torchvision.models))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "sweep.json"
-    results = {r["model"]: r for r in json.loads(results_path.read_text())} if results_path.exists() else {}
-    ctx = mp.get_context("spawn")
-    for name in names:
-        if name in results and results[name].get("status") in ("ok", "error") and not args.models:
-            continue  # resume: keep finished rows
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(name, args.size, queue))
-        t0 = time.perf_counter()
-        proc.start()
-        proc.join(args.timeout)
-        if proc.is_alive():
-            proc.kill()
-            row = {"model": name, "status": "timeout", "error": f"> {args.timeout} s"}
-        else:
-            row = queue.get() if not queue.empty() else {"model": name, "status": "crash",
-                                                         "error": f"exit code {proc.exitcode}"}
-        row["wall_s"] = round(time.perf_counter() - t0, 1)
-        results[name] = row
-        print(f"{name:<24} {row['status']:<9} removed={row.get('removed', '-')} "
-              f"diff={row.get('rel_diff_heldout', '-')} {row.get('error', '')[:100]}", flush=True)
-        results_path.write_text(json.dumps(list(results.values()), indent=1))
-    (out / "sweep.md").write_text(to_markdown(list(results.values())))
+    rows = sweep(names, _worker, size=args.size, timeout=args.timeout, results_path=out / "sweep.json",
+                 resume=not args.models,
+                 describe=lambda row: f"{row['model']:<24} {row['status']:<9} removed={row.get('removed', '-')} "
+                                      f"diff={row.get('rel_diff_heldout', '-')} {row.get('error', '')[:100]}")
+    (out / "sweep.md").write_text(to_markdown(rows))
     return 0
 
 

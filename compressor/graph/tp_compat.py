@@ -171,7 +171,8 @@ def pruning_dim(handler: Any, dim: int) -> Iterator[Any]:
 
 _CONSTRUCTS = {
     "update_reshape_index_mapping": "a reshape/view that regroups channels (e.g. a channel shuffle)",
-    "update_concat_index_mapping": "a torch.cat whose inputs cannot be traced",
+    "update_concat_index_mapping": "a torch.cat of inputs whose channel counts cannot be inferred (e.g. slices "
+                                   "x[:, :c] concatenated, as in DPN's dual paths)",
     "update_split_index_mapping": "a torch.split/chunk over channels",
     "update_unbind_index_mapping": "a torch.unbind over channels",
     "update_slice_index_mapping": "a slice over channels",
@@ -188,6 +189,36 @@ def trace_failure(exc: BaseException) -> str:
         return (f"the model's forward pass failed on the example input ({type(exc).__name__}: {exc}); check "
                 "that --input-size / the data's sample shape fits this architecture")
     construct = _CONSTRUCTS.get(func, f"torch-pruning's {func}")
-    return (f"cannot build the dependency graph of this model: it contains {construct}, which torch-pruning "
-            f"cannot map channels through ({type(exc).__name__}: {exc}). This architecture is not supported "
-            "for structural removal")
+    near = _layers_near_failure(exc)
+    where = f" after layer(s) {', '.join(near)}" if near else ""
+    return (f"cannot build the dependency graph of this model: it contains {construct}{where}, which "
+            f"torch-pruning cannot map channels through ({type(exc).__name__}: {exc}). The whole graph fails, so "
+            "--ignore cannot help: this architecture is not supported for structural removal")
+
+
+def _layers_near_failure(exc: BaseException, limit: int = 3) -> list[str]:
+    """Names of the nearest layers feeding the graph node torch-pruning failed on (from its frame)."""
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        graph = frame.f_locals.get("graph") or frame.f_locals.get("self")
+        node = frame.f_locals.get("cat_node") or frame.f_locals.get("node")
+        names = getattr(graph, "_module2name", None)
+        if node is None or not hasattr(node, "inputs") or not isinstance(names, dict):
+            continue
+        found: list[str] = []
+        queue, seen = list(node.inputs), set()
+        while queue and len(found) < limit:
+            n = queue.pop(0)
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            name = names.get(getattr(n, "module", None)) if not isinstance(getattr(n, "module", None), str) else None
+            if name:
+                found.append(name)
+            else:
+                queue.extend(getattr(n, "inputs", []))
+        return found
+    return []
