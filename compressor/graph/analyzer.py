@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ ANALYZER_TIME_BUDGET = 60.0
 # node types whose parameters/buffers are sliced per channel (safe to shrink)
 _LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weight reads channels on dim 1
 _PER_CHANNEL_TYPES = {OPT.CONV, OPT.LINEAR, OPT.BN, OPT.DEPTHWISE_CONV, OPT.PRELU, OPT.IN, OPT.PARAMETER}
+#: Autograd ops that multiply two activations (attention scores, attention-weighted values) of any
+#: implementation: torch.matmul/@ on batched tensors, baddbmm, einsum, scaled_dot_product_attention.
+#: torch-pruning treats them as elementwise and couples the channels on both sides.
+_ATTENTION_OPS = re.compile(r"(Bmm|Baddbmm|Einsum|ScaledDotProduct\w*Attention\w*|_?EfficientAttention)Backward\d*")
 _UNMEASURED_TYPES = {OPT.MHA: "MultiheadAttention", OPT.LSTM: "LSTM", OPT.EMBED: "Embedding",
                      OPT.CUSTOMIZED: "customized layer"}
 
@@ -301,6 +306,12 @@ class DependencyAnalyzer:
             return f"GroupNorm {name} normalizes across channels (removal would not be lossless)"
         if node.type in _UNMEASURED_TYPES:
             return f"{_UNMEASURED_TYPES[node.type]} {name} reads these channels and is not supported"
+        if node.type == OPT.ELEMENTWISE:
+            attention = _ATTENTION_OPS.search(str(getattr(node, "name", "")))
+            if attention:
+                return (f"attention: a product of activations ({attention.group(0)}) reads these channels, so "
+                        "torch-pruning couples query, key and value channels that are not dead together; the "
+                        "attention projections (query/key/value/output) are kept whole")
         if node.type == OPT.CONV and getattr(module, "groups", 1) > 1:
             return (f"grouped convolution {name} (groups={module.groups}) reads these channels; removing "
                     "single channels would break its groups")
