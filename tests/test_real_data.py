@@ -221,10 +221,21 @@ def test_cifar_training_augmentation_is_crop_and_flip(cifar_root: Path, cifar) -
     assert any(not torch.equal(views[0], v) for v in views[1:]), "the views do not vary"
 
 
-def test_cifar_at_another_input_size_keeps_the_resize_path(cifar_root: Path) -> None:
+def test_cifar_at_another_input_size_is_resized_whole_with_its_own_statistics(cifar_root: Path, cifar) -> None:
+    """VGG-16 at 64 on CIFAR (paper 000, J.2): each 32x32 image resized whole to 64 (no crop), the measured
+    statistics (not ImageNet's), and the CIFAR crop + flip at 64 (8-pixel padding) for training."""
+    from torchvision.transforms.functional import resize
+
     bundle = load_data(f"imagefolder:{cifar_root}", input_size=64)
-    assert bundle.mean == IMAGENET_MEAN and bundle.native_shape is None and bundle.input_shape == (3, 64, 64)
-    assert bundle.test[0][0].shape == (3, 64, 64)
+    assert bundle.mean == cifar.mean and bundle.mean != IMAGENET_MEAN
+    assert bundle.native_shape == (3, 32, 32) and bundle.input_shape == (3, 64, 64)
+    x, y = bundle.test[0]
+    pixels = resize(cifar.test.data[0].float() / 255, [64, 64], antialias=True)
+    expected = (pixels - torch.tensor(cifar.mean).view(3, 1, 1)) / torch.tensor(cifar.std).view(3, 1, 1)
+    assert x.shape == (3, 64, 64) and y == cifar.test[0][1] and torch.allclose(x, expected, atol=1e-5)
+    augmented = load_data(f"imagefolder:{cifar_root}", input_size=64, augment=True)
+    assert "random 64x64 crop with 8-pixel padding" in augmented.info["augment"]
+    assert augmented.train[0][0].shape == (3, 64, 64)
 
 
 @pytest.mark.slow

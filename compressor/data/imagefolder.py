@@ -1,17 +1,18 @@
 """``imagefolder:PATH``: class folders of image files, small images kept at their size, large ones resized.
 
 *Small images* (CIFAR-10 as JPEG files): when the probed images (:data:`SIZE_PROBE`, spread over the
-training folder) all have one size, no side above :data:`SMALL_IMAGE_MAX_SIDE`, and that size is the
-model's input (no ``input_size``, or ``input_size`` equal to both sides), nothing is resized or
+training folder) all have one size and no side above :data:`SMALL_IMAGE_MAX_SIDE`, nothing is
 cropped. The images are decoded once into a uint8 tensor in memory (up to :data:`IN_MEMORY_MAX_BYTES`;
-read per item from the files above that), normalized with the per-channel mean/std measured on the
-training split, and training augmentation is the CIFAR one (:func:`.augment.crop_flip_augment`).
-Decoded folders are cached in this process, so loading the same folder again (with and without
+read per item from the files above that) at their size, normalized with the per-channel mean/std
+measured on the training split, and training augmentation is the CIFAR one
+(:func:`.augment.crop_flip_augment`: side/8 padding, random crop, flip). With an ``input_size`` other
+than their size (VGG-16 at 64 on CIFAR, paper 000 appendix J.2), each image is resized whole to
+``input_size`` (no crop), and the crop and flip work at that size; the statistics stay the measured
+ones. Decoded folders are cached in this process, so loading the same folder again (with and without
 augmentation, as training does) costs a directory scan.
 
-*Other folders* (ImageNet-like: mixed or large sizes, or another ``input_size``): resize to
-``S * 256 / 224`` and center-crop ``S`` (default 224); training augmentation is a random-resized crop
-and a flip; ImageNet statistics.
+*Other folders* (ImageNet-like: mixed or large sizes): resize to ``S * 256 / 224`` and center-crop
+``S`` (default 224); training augmentation is a random-resized crop and a flip; ImageNet statistics.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ def load_imagefolder(path: Path, *, input_size: int | None, augment: bool) -> Da
         train = _scan(path)
         split = stratified_split(train.targets)
         info = {"layout": f"single folder, split {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (seed {SPLIT_SEED})"}
-    small = small_image_size([p for p, _ in train.samples], input_size)
+    small = small_image_size([p for p, _ in train.samples])
     if small is None:
         return _resized_bundle(train, test, split, input_size, augment, info)
-    return _small_bundle(train, test, split, small, augment, info)
+    return _small_bundle(train, test, split, small, augment, info, size=input_size)
 
 
 def _scan(root: Path) -> Any:
@@ -104,7 +105,7 @@ def _scan(root: Path) -> Any:
         ) from exc
 
 
-def small_image_size(paths: Sequence[str], input_size: int | None) -> tuple[int, int] | None:
+def small_image_size(paths: Sequence[str]) -> tuple[int, int] | None:
     """``(height, width)`` when the folder is a small-image one (see the module docstring), else None."""
     probe = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(SIZE_PROBE, len(paths))).round())]
     sizes = {_header_size(p) for p in probe}
@@ -112,10 +113,6 @@ def small_image_size(paths: Sequence[str], input_size: int | None) -> tuple[int,
         return None
     (h, w), = sizes
     if max(h, w) > SMALL_IMAGE_MAX_SIDE:
-        return None
-    if input_size is not None and (h, w) != (int(input_size), int(input_size)):
-        log.info("imagefolder: the images are %dx%d but input_size is %d, so they are resized and center-cropped "
-                 "with ImageNet statistics; leave input_size unset to keep them at their size", h, w, input_size)
         return None
     return h, w
 
@@ -172,10 +169,12 @@ def _resized_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | 
 
 
 def _small_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | None, hw: tuple[int, int],
-                  augment: bool, info: dict[str, Any]) -> DataBundle:
+                  augment: bool, info: dict[str, Any], size: int | None = None) -> DataBundle:
     h, w = hw
+    out = (int(size), int(size)) if size else hw  # the model's input: the images' size unless input_size
+    resized = out != hw
     count = len(train) + (len(test) if test is not None else 0)
-    transform, aug_info = augmentation("imagefolder", augment, hw, flip=True)
+    transform, aug_info = augmentation("imagefolder", augment, out, flip=True)
     train_idx = split[0] if split is not None else list(range(len(train)))
     if count * 3 * h * w <= IN_MEMORY_MAX_BYTES:
         key = _cache_key(train, hw)
@@ -186,19 +185,22 @@ def _small_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | No
         else:
             x_test, y_test = _decoded(test, hw) if test is not None else (None, None)
         mean, std = _cached(("stats", len(x), *key), lambda: channel_stats(x))
-        train_part: Dataset = TensorImageDataset(x, y, mean=mean, std=std, transform=transform)
-        test_part: Dataset | None = (TensorImageDataset(x_test, y_test, mean=mean, std=std)
+        per_item = out[0] if resized else None
+        train_part: Dataset = TensorImageDataset(x, y, mean=mean, std=std, transform=transform, size=per_item)
+        test_part: Dataset | None = (TensorImageDataset(x_test, y_test, mean=mean, std=std, size=per_item)
                                      if x_test is not None else None)
         storage = f"decoded into memory at {h}x{w} ({count} images, {count * 3 * h * w / 1e6:.0f} MB of uint8)"
     else:
         mean, std = _sampled_stats(train, train_idx, hw)
-        train_part, test_part = _streamed(train, test, split, hw, mean, std, transform)
+        train_part, test_part = _streamed(train, test, split, out, mean, std, transform)
         storage = f"read from the files at {h}x{w} ({count} images, over {IN_MEMORY_MAX_BYTES / 1e9:.1f} GB decoded)"
+    if resized:
+        storage += f", each resized whole to {out[0]}x{out[1]} (input_size; no crop)"
     info = {**info, "images": storage, "normalization": f"mean/std measured on {len(train_idx)} training images"
             + ("" if len(train_idx) <= STATS_SAMPLE or count * 3 * h * w <= IN_MEMORY_MAX_BYTES
                else f" (a sample of {STATS_SAMPLE})"), **aug_info}
     log.info("imagefolder: small images, %s; mean %s, std %s", storage, mean, std)
-    return DataBundle(name="imagefolder", train=train_part, test=test_part, input_shape=(3, h, w),
+    return DataBundle(name="imagefolder", train=train_part, test=test_part, input_shape=(3, *out),
                       num_classes=len(train.classes), mean=mean, std=std, classes=list(train.classes), info=info,
                       native_shape=(3, h, w))
 
@@ -342,7 +344,8 @@ class _PixelsAt:
 
 def _streamed(train: Any, test: Any, split: tuple[list[int], list[int]] | None, hw: tuple[int, int],
               mean: tuple[float, ...], std: tuple[float, ...], augment: Any) -> tuple[Dataset, Dataset | None]:
-    """A small-image folder too large for memory: read per item, at its size, with the same pixels."""
+    """A small-image folder too large for memory: read per item at ``hw`` (the images' size, or input_size),
+    with the same pixels as the in-memory path."""
     from torchvision import transforms
 
     normalize = transforms.Normalize(mean, std)

@@ -48,7 +48,8 @@ SPEC_FORMS = (
 def load_data(spec: str, *, input_size: int | None = None, augment: bool = False) -> DataBundle:
     """Load the dataset named by ``spec`` (see the module docstring for the forms).
 
-    ``input_size=S`` resizes images to SxS (imagefolder: resize to S*256/224, center-crop S).
+    ``input_size=S`` resizes images to SxS (an imagefolder of large or mixed-size images: resize to
+    S*256/224, center-crop S).
     ``augment`` adds random training augmentation (never to the test split).
     """
     if not isinstance(spec, str) or not spec.strip():
