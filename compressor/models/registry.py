@@ -29,7 +29,7 @@ from .user_file import (
 )
 from .vgg_cifar import build_vgg16_cifar
 from .vit import build_vit_tiny
-from .zoo import build_torchvision, torchvision_archs, torchvision_spec
+from .zoo import build_timm, build_torchvision, check_timm_arch, timm_name, timm_spec, torchvision_archs, torchvision_spec
 
 __all__ = ["BuiltinArch", "BUILTINS", "list_archs", "canonical_arch", "make_spec", "build_model",
            "infer_num_classes", "example_input"]
@@ -65,6 +65,8 @@ def list_archs() -> list[str]:
 
 def canonical_arch(arch: str) -> str:
     """Resolve ``arch`` case-insensitively and with ``_``/``-`` interchangeable; UsageError if unknown."""
+    if timm_name(arch) is not None:
+        return check_timm_arch(arch)
     names = list_archs()
     if arch in names:
         return arch
@@ -76,7 +78,7 @@ def canonical_arch(arch: str) -> str:
     hint = f"did you mean {', '.join(close)}?" if close else "see docs/models-data.md for the list"
     raise UsageError(
         f"unknown architecture {arch!r}; {hint} (built-ins: {', '.join(BUILTINS)}; any torchvision "
-        "classification model; or your own with --model-file PATH.py:FACTORY)"
+        "classification model; timm:NAME for a timm model; or your own with --model-file PATH.py:FACTORY)"
     )
 
 
@@ -117,6 +119,8 @@ def make_spec(
                 input_shape = (entry.input_shape[0], int(input_size), int(input_size))
         return ModelSpec(arch, int(num_classes or entry.num_classes), input_shape, kwargs)
 
+    if timm_name(arch) is not None:
+        return timm_spec(arch, num_classes=num_classes, input_size=input_size, input_shape=input_shape, kwargs=kwargs)
     return torchvision_spec(arch, num_classes=num_classes, input_size=input_size, input_shape=input_shape,
                             kwargs=kwargs)
 
@@ -148,6 +152,8 @@ def _instantiate(spec: ModelSpec) -> nn.Module:
         return builder(spec.num_classes, spec.input_shape, **spec.kwargs)
     if spec.arch in torchvision_archs():
         return build_torchvision(spec)
+    if timm_name(spec.arch) is not None:
+        return build_timm(spec)
     canonical_arch(spec.arch)  # raises the unknown-arch error
     raise UsageError(f"cannot build architecture {spec.arch!r}")  # pragma: no cover
 
