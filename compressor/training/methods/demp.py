@@ -253,15 +253,15 @@ class DemP(AnalyzerPruner):
         t0 = time.perf_counter()
         budget = self.budget
         deadline = budget is not None and remove and not budget.frozen and done >= budget.deadline
-        fields = self.criterion.fields + tuple(f for f in CLOSEST_TO_DEAD.fields if deadline and
-                                               f not in self.criterion.fields)
-        stats = self.collect(fields)
+        stats = self.collect(tuple(dict.fromkeys(self.criterion.fields + (CLOSEST_TO_DEAD.fields if deadline else ()))))
         dead = self.measured_live(stats, self.criterion)
         delta = self.analyzer.decide(stats, self.criterion) if remove else PruningPlan(criterion=self.criterion.to_dict())
         closed_from, dead_removed = None, delta.removed_channels
-        if deadline and budget is not None and budget.due(done, self.share_after(delta)):
-            closed_from = self.share_after(delta)
-            delta = self.close_gap(stats, delta, budget.target)
+        if deadline and budget is not None:  # the first measurement past reach_by: close the gap if any
+            share = self.share_after(delta)
+            if budget.due(done, share):
+                closed_from = share
+                delta = self.close_gap(stats, delta, budget.target)
         event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0,
                             exact=False if closed_from is not None else None)
         if budget is not None and closed_from is not None:
