@@ -56,14 +56,16 @@ def _mlp() -> nn.Sequential:
     return net
 
 
-def test_demp_follows_the_controller_and_stops_once_the_target_is_reached() -> None:
+def test_demp_follows_the_controller_and_stops_once_the_target_is_reached(caplog: pytest.LogCaptureFixture) -> None:
     death = [(torch.rand(32, 1, 4, 4), None)]
     cfg = DemPConfig(regularizer="lasso", target="weights", peak=1e-2, noise=1e-3, interval=5, target_sparsity=0.25)
     demp = DemP(_mlp(), cfg, example_inputs=death[0][0][:2], death_loader=death, total_steps=100)
     assert demp.lam(50) == pytest.approx(1e-2 * demp.budget.gain)  # peak held after the rise, times the gain
     assert demp.lam(0) < demp.lam(50)  # the one-cycle rise at the start
-    event = demp.after_step(4, None)  # measurement: 6 of 12 dead = 0.5 >= 0.25
+    with caplog.at_level("WARNING"):
+        event = demp.after_step(4, None)  # measurement: 6 of 12 dead = 0.5 >= 0.25
     assert event.removed == 6 and demp.budget.frozen and demp.budget.reached_step == 5
+    assert "50.0% gone at step 5, past the 25.0% target" in caplog.text and "warmup_epochs" in caplog.text
     assert demp.lam(10) == 0.0 and demp.sigma(10) == 0.0
     m = demp.metrics(10)
     assert (m["budget_kind"], m["budget_target"], m["budget_measured"]) == ("neuron_sparsity", 0.25, 0.5)

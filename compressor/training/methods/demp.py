@@ -58,6 +58,8 @@ __all__ = ["DemPConfig", "DemP"]
 STATE_VERSION = 1
 #: How DemP decides that a neuron died (``compressor.criteria``): exact or thresholded zeros, or never positive.
 DEATH_CRITERIA = ("dead", "saturated")
+#: Budget mode warns when one measurement interval carries the share past its target by more than this.
+OVERSHOOT_WARNING = 0.03
 #: Budget mode's deadline removes the live neurons with the lowest ReDo score (mean |activation| over the layer's).
 CLOSEST_TO_DEAD = Dormant()
 
@@ -272,6 +274,11 @@ class DemP(AnalyzerPruner):
                      "not measured" if event.error is None else f"max |diff| {event.error['max_abs_diff']:.3g}")
         elif budget is not None and not final:
             budget.update(done, self.budget_measured())
+            if budget.reached_step == done and budget.last_measured > budget.target + OVERSHOOT_WARNING:
+                log.warning("DemP budget: %.1f%% gone at step %d, past the %.1f%% target in one measurement interval "
+                            "(death is irreversible). Neurons died faster than lambda was steering them, usually "
+                            "from the learning rate: use train.warmup_epochs, a lower train.lr or a shorter "
+                            "demp.interval", 100 * budget.last_measured, done, 100 * budget.target)
         self._refresh_noise()
         self.measurements += 1
         self.last_measure_step = done
