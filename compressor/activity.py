@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DataError, DempError
+from .inputs import LABEL_KEYS, KeywordInputs, ModelInputs, call_model
 from .measure import output_tensor
 
 log = logging.getLogger(__name__)
@@ -234,15 +235,24 @@ def consumer_modules(model: nn.Module, names: Iterable[str] | None = None) -> di
     return {n: found[n] for n in names}
 
 
-def batch_input(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
+def batch_input(batch: Any) -> ModelInputs:
+    """The model input of a batch: a tensor, the first of an (inputs, targets) pair, a dict's ``x``, or
+    the tensors of a dict of keyword inputs (Hugging Face style; label keys left out)."""
+    if isinstance(batch, (Tensor, KeywordInputs)):
         return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], (Tensor, KeywordInputs)):
         return batch[0]
     if isinstance(batch, dict) and "x" in batch:
         return batch["x"]
+    if isinstance(batch, dict) and batch:
+        tensors = {k: v for k, v in batch.items() if k not in LABEL_KEYS and isinstance(v, Tensor)}
+        if tensors:
+            try:
+                return KeywordInputs(tensors)
+            except ValueError as exc:
+                raise DataError(f"cannot use this batch as keyword inputs: {exc}") from None
     raise DataError(f"cannot find the input tensor in a batch of type {type(batch).__name__}; "
-                    "yield tensors or (inputs, targets) pairs")
+                    "yield tensors, (inputs, targets) pairs, or dicts of keyword input tensors")
 
 
 def collect_activity(
@@ -304,7 +314,7 @@ def _run_batches(model: nn.Module, batches: Iterable[Any], recorder: _Recorder, 
         if x.shape[0] == 0:
             break
         recorder.new_batch()
-        out = model(x.to(device, non_blocking=True))
+        out = call_model(model, x.to(device, non_blocking=True))
         if outputs is not None:
             outputs.append(output_tensor(out).detach().float().cpu())
         samples += x.shape[0]

@@ -24,6 +24,7 @@ from . import __version__
 from .activity import ActivityStats, batch_input, collect_activity
 from .criteria import Criterion, parse_criterion
 from .errors import DataError, VerificationError
+from .inputs import KeywordInputs, ModelInputs, concat_inputs
 from .culprits import find_culprits
 from .graph import DependencyAnalyzer
 from .graph.analyzer import ANALYZER_TIME_BUDGET
@@ -62,9 +63,9 @@ class CompressResult:
     options: dict[str, Any]
     source: dict[str, Any] = field(default_factory=dict)
     analyzer_summary: str = ""
-    example_inputs: Tensor | None = None
-    calib_inputs: Tensor | None = None
-    heldout_inputs: Tensor | None = None
+    example_inputs: ModelInputs | None = None
+    calib_inputs: ModelInputs | None = None
+    heldout_inputs: ModelInputs | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -86,8 +87,8 @@ class CompressResult:
         return sum(g["before"] for g in self.groups if g.get("neurons") and not g.get("blocked"))
 
 
-def _stack_inputs(batches: Iterable[Any], limit: int | None = None) -> Tensor:
-    xs: list[Tensor] = []
+def _stack_inputs(batches: Iterable[Any], limit: int | None = None) -> ModelInputs:
+    xs: list[ModelInputs] = []
     n = 0
     for batch in batches:
         x = batch_input(batch)
@@ -97,7 +98,7 @@ def _stack_inputs(batches: Iterable[Any], limit: int | None = None) -> Tensor:
             break
     if not xs:
         raise DataError("the data set is empty: no samples to measure or verify on")
-    out = torch.cat(xs)
+    out = concat_inputs(xs)
     return out[:limit] if limit is not None else out
 
 
@@ -106,7 +107,7 @@ def compress(
     calib_loader: Iterable[Any],
     *,
     criterion: str | Criterion = "dead",
-    heldout: Iterable[Any] | Tensor | None = None,
+    heldout: Iterable[Any] | ModelInputs | None = None,
     ignore: Sequence[str] = (),
     min_channels: int = 1,
     round_to: int = 1,
@@ -138,7 +139,8 @@ def compress(
                              layers=analyzer.consumer_names or None, progress=progress, desc="calibration",
                              record_outputs=True, fields=crit.fields)
     timings["stats_s"] = time.perf_counter() - t0
-    heldout_x = None if heldout is None else heldout if isinstance(heldout, Tensor) else _stack_inputs(heldout)
+    heldout_x = None if heldout is None else heldout if isinstance(heldout, (Tensor, KeywordInputs)) else \
+        _stack_inputs(heldout)
     try:
         return _decide(dense, pruned, analyzer, stats, crit, calib_x, heldout_x, timings=timings, tolerance=tolerance,
                        options={"ignore": list(ignore), "min_channels": min_channels, "round_to": round_to,
@@ -164,7 +166,7 @@ def rewidth(result: CompressResult, round_to: int) -> CompressResult:
 
 
 def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, stats: ActivityStats, crit: Criterion,
-            calib_x: Tensor, heldout_x: Tensor | None, *, timings: dict[str, float], tolerance: float,
+            calib_x: ModelInputs, heldout_x: ModelInputs | None, *, timings: dict[str, float], tolerance: float,
             options: dict[str, Any], source: dict[str, Any] | None) -> CompressResult:
     """Decide on ``stats``, remove from ``pruned`` (a copy of ``dense``), verify, and package the result."""
     t0 = time.perf_counter()
@@ -212,8 +214,8 @@ def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, s
     )
 
 
-def _verify(dense: nn.Module, pruned: nn.Module, crit: Criterion, dense_calib_out: Tensor, calib_x: Tensor,
-            heldout_x: Tensor | None, tolerance: float) -> dict[str, Any]:
+def _verify(dense: nn.Module, pruned: nn.Module, crit: Criterion, dense_calib_out: Tensor, calib_x: ModelInputs,
+            heldout_x: ModelInputs | None, tolerance: float) -> dict[str, Any]:
     """Parity on the calibration samples (the decision saw them: a difference is a bug for a lossless
     criterion) and on held-out samples (a channel dead on the calibration set may fire there)."""
     verification: dict[str, Any] = {"criterion": crit.spec(), "lossless": crit.lossless, "tolerance": tolerance}
@@ -240,7 +242,7 @@ def _final_plan(dense: nn.Module, pruned: nn.Module, plan: PruningPlan, crit: Cr
         plan = prior.compose(plan)
         pruned.demp_plan = plan
     plan.criterion = crit.to_dict()
-    plan.input_shape = list(calib_x.shape[1:])
+    plan.input_shape = list(calib_x.shape[1:]) if isinstance(calib_x, Tensor) else None  # keyword inputs: none
     spec = getattr(dense, "demp_spec", None)
     if spec is not None:
         plan.model = spec.to_dict()

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import DempError
+from .inputs import KeywordInputs, ModelInputs, call_model
 
 __all__ = [
     "neuron_sparsity",
@@ -119,13 +120,14 @@ def output_tensor(value: Any) -> Tensor:
 
 
 @torch.no_grad()
-def run_model(model: nn.Module, inputs: Tensor, batch_size: int = 64) -> Tensor:
-    """The primary outputs of ``model`` (eval mode, restored after) on ``inputs``, batched, float32 on the CPU."""
+def run_model(model: nn.Module, inputs: ModelInputs, batch_size: int = 64) -> Tensor:
+    """The primary outputs of ``model`` (eval mode, restored after) on ``inputs`` (a tensor or keyword
+    inputs), batched, float32 on the CPU."""
     was_training = model.training
     model.eval()
     device = module_device(model)
     try:
-        outs = [output_tensor(model(inputs[i:i + batch_size].to(device))).float().cpu()
+        outs = [output_tensor(call_model(model, inputs[i:i + batch_size].to(device))).float().cpu()
                 for i in range(0, inputs.shape[0], batch_size)]
     finally:
         model.train(was_training)
@@ -257,9 +259,10 @@ class MacCount:
         return data
 
 
-def _example(model: nn.Module, example_input: Tensor | Sequence[int], device: str | torch.device | None) -> Tensor:
+def _example(model: nn.Module, example_input: ModelInputs | Sequence[int],
+             device: str | torch.device | None) -> ModelInputs:
     dev = torch.device(device) if device is not None else module_device(model)
-    if isinstance(example_input, Tensor):
+    if isinstance(example_input, (Tensor, KeywordInputs)):
         return example_input[:1].detach().to(dev)
     return torch.zeros((1, *[int(d) for d in example_input]), device=dev)
 
@@ -302,7 +305,7 @@ def _flop_counter_count(model: nn.Module, x: Tensor, why: str) -> MacCount:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
+        call_model(model, x)
     root = type(model).__name__
     by_module: dict[str, int] = {}
     by_operator: dict[str, int] = {}
@@ -324,7 +327,7 @@ def _flop_counter_count(model: nn.Module, x: Tensor, why: str) -> MacCount:
                     counter=FLOP_COUNTER_MODE)
 
 
-def count_macs(model: nn.Module, example_input: Tensor | Sequence[int], *,
+def count_macs(model: nn.Module, example_input: ModelInputs | Sequence[int], *,
                device: str | torch.device | None = None, counter: str | None = None) -> MacCount:
     """Count MACs and parameters of ``model`` for one sample (see the module docstring).
 
@@ -342,6 +345,8 @@ def count_macs(model: nn.Module, example_input: Tensor | Sequence[int], *,
     model.eval()
     try:
         why = "asked for"
+        if isinstance(x, KeywordInputs) and counter != FVCORE:  # fvcore traces positional inputs only
+            counter, why = FLOP_COUNTER_MODE, "the model takes keyword inputs, which fvcore cannot trace"
         if counter != FLOP_COUNTER_MODE:
             try:
                 return _fvcore_count(model, x)

@@ -1,6 +1,7 @@
 """What leaves the library: ONNX export with a parity check, MAC counts, latency benchmarks, reports.
 
-* :mod:`exporters.onnx` — :func:`export_onnx` (one checked ONNX file, written atomically)
+* :mod:`exporters.onnx` — :func:`export_onnx` (one checked ONNX file, written atomically; one input
+  tensor, or keyword inputs under their own names); :mod:`exporters.quiet` silences the exporters' output
 * :mod:`exporters.ort` — onnxruntime sessions, metadata, providers and :func:`check_parity`
 * :mod:`exporters.latency` — :func:`benchmark` (interleaved dense vs compact, percentiles)
 * :mod:`exporters.report` — ``report.json`` (``demp.report/1``) built from a compression or a training run

@@ -19,18 +19,15 @@ Running the file (sessions, metadata, the parity check against PyTorch) is :mod:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -40,6 +37,9 @@ from compressor.errors import (
     OutputExistsError,
     UsageError,
 )
+from compressor.inputs import KeywordInputs, ModelInputs, concat_inputs
+
+from .quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,6 @@ OUTPUT_NAME = "output"
 BATCH_DIM = "batch"
 META_PREFIX = "demp."
 
-# Loggers that print whole FX graphs while torch.export explains why it failed; the fallback path
-# reports the reason in one line instead.
-_NOISY_LOGGERS = (
-    "torch.export",
-    "torch._export",
-    "torch._dynamo",
-    "torch.fx.experimental.symbolic_shapes",
-    "torch.onnx",
-    "onnxscript",
-    "onnx_ir",
-)
-
-
 @dataclass
 class ExportInfo:
     """What :func:`export_onnx` produced and how."""
@@ -75,7 +62,7 @@ class ExportInfo:
     opset: int
     dynamic_batch: bool
     example_batch: int  # batch size of the traced example (the batch when static)
-    input_name: str
+    input_name: str  # the first input (the only one for a model that takes one tensor)
     input_shape: list[int | str]  # "batch" for the dynamic axis
     output_names: list[str]
     bytes: int  # model file plus external data
@@ -84,6 +71,7 @@ class ExportInfo:
     seconds: float
     fallback_reason: str | None = None  # why "auto" fell back to the TorchScript exporter
     metadata: dict[str, str] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=list)  # every input: keyword inputs keep their names
 
     def to_dict(self) -> dict[str, Any]:
         """Report section ``export`` (the file name, not the absolute path, under ``file``)."""
@@ -94,13 +82,15 @@ class ExportInfo:
 
 # ----------------------------------------------------------------------------------------- export
 def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+    model: nn.Module, example_input: ModelInputs, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True, metadata: Mapping[str, Any] | None = None, exporter: str = "auto",
     simplify: bool = False, overwrite: bool = False, external_data: bool | None = None,
 ) -> ExportInfo:
     """Export ``model`` to ``path`` as a checked ONNX file and return how it was done.
 
-    ``example_input`` is one batch (``(N, *input_shape)``); with ``dynamic_batch`` a batch of one is
+    ``example_input`` is one batch (``(N, *input_shape)``, or :class:`~compressor.inputs.KeywordInputs`
+    for a model called with keyword tensors, exported under their names with the batch axis dynamic in
+    each, the sequence length fixed at the example's); with ``dynamic_batch`` a batch of one is
     repeated to two samples, because ``torch.export`` specializes a size-1 dimension to a constant.
     ``exporter="auto"`` tries the ``torch.export``-based exporter and falls back to the TorchScript
     exporter, recording the reason. ``external_data=None`` stores weights in a side file
@@ -117,7 +107,7 @@ def export_onnx(
     _check_export_args(example_input, path, opset=opset, exporter=exporter, overwrite=overwrite, simplify=simplify)
     x = example_input.detach()
     if dynamic_batch and x.shape[0] == 1:
-        x = torch.cat([x, x], dim=0)
+        x = concat_inputs([x, x])
     big = _model_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
     data_name = f"{path.name}.data" if big else None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +124,7 @@ def export_onnx(
             proto = _finish_proto(onnx.load(str(raw), load_external_data=True), meta, used=used,
                                   dynamic_batch=dynamic_batch, simplify=simplify, infer=not big)
             staged = Path(tmp) / path.name
-            input_name, input_shape, output_names = _save_checked(proto, staged, used=used, data_name=data_name)
+            input_names, input_shape, output_names = _save_checked(proto, staged, used=used, data_name=data_name)
             del proto
             _move_into_place(staged, path, data_name=data_name, replacing=replacing)
     finally:
@@ -142,10 +132,10 @@ def export_onnx(
 
     size = path.stat().st_size + ((path.parent / data_name).stat().st_size if data_name else 0)
     info = ExportInfo(path=str(path), exporter=used, requested_exporter=exporter, opset=opset,
-                      dynamic_batch=dynamic_batch, example_batch=int(x.shape[0]), input_name=input_name,
+                      dynamic_batch=dynamic_batch, example_batch=int(x.shape[0]), input_name=input_names[0],
                       input_shape=input_shape, output_names=output_names, bytes=size, external_data=data_name,
                       simplified=simplify, seconds=time.perf_counter() - start, fallback_reason=fallback_reason,
-                      metadata=meta)
+                      metadata=meta, input_names=input_names)
     log.debug("exported %s with the %s exporter (opset %d, %.1f MB) in %.1f s", path, used, opset, size / 1e6, info.seconds)
     return info
 
@@ -158,14 +148,18 @@ def _export_metadata(used: str, opset: int, dynamic_batch: bool, example_batch: 
             f"{META_PREFIX}example_batch": str(example_batch), **{str(k): _meta_str(v) for k, v in (extra or {}).items()}}
 
 
-def _check_export_args(example_input: torch.Tensor, path: Path, *, opset: int, exporter: str, overwrite: bool,
+def _check_export_args(example_input: ModelInputs, path: Path, *, opset: int, exporter: str, overwrite: bool,
                        simplify: bool) -> None:
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if not isinstance(opset, int) or isinstance(opset, bool) or opset < 9:
         raise UsageError(f"opset {opset!r} is not supported; use opset 9 or newer (default {DEFAULT_OPSET})")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
-        raise UsageError("example_input must be a tensor with a non-empty batch dimension, e.g. torch.randn(2, 3, 224, 224)")
+    if isinstance(example_input, KeywordInputs):
+        if example_input.shape[0] < 1:
+            raise UsageError("example_input's keyword tensors must have a non-empty batch dimension")
+    elif not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
+        raise UsageError("example_input must be a tensor with a non-empty batch dimension, e.g. torch.randn(2, 3, 224, 224), "
+                         "or keyword inputs (compressor.inputs.KeywordInputs)")
     if path.suffix != ".onnx":
         raise UsageError(f"output file {path} must end in .onnx")
     if path.exists() and not overwrite:
@@ -198,9 +192,10 @@ def _finish_proto(proto: Any, meta: Mapping[str, str], *, used: str, dynamic_bat
     return proto
 
 
-def _save_checked(proto: Any, staged: Path, *, used: str, data_name: str | None) -> tuple[str, list[int | str], list[str]]:
+def _save_checked(proto: Any, staged: Path, *, used: str,
+                  data_name: str | None) -> tuple[list[str], list[int | str], list[str]]:
     """Save ``proto`` to ``staged`` (weights in ``data_name`` when set), run the full onnx checker on
-    the file; returns (input name, input shape, output names)."""
+    the file; returns (input names, the first input's shape, output names)."""
     import onnx
 
     if data_name:
@@ -214,8 +209,8 @@ def _save_checked(proto: Any, staged: Path, *, used: str, data_name: str | None)
     if data_name:
         onnx.shape_inference.infer_shapes_path(str(staged), str(staged), check_type=True, strict_mode=True)
     checked = onnx.load(str(staged), load_external_data=False)
-    input_name, input_shape = _graph_input(checked)
-    return input_name, input_shape, [o.name for o in checked.graph.output]
+    input_names, input_shape = _graph_inputs(checked)
+    return input_names, input_shape, [o.name for o in checked.graph.output]
 
 
 def _move_into_place(staged: Path, path: Path, *, data_name: str | None, replacing: bool) -> None:
@@ -230,7 +225,7 @@ def _move_into_place(staged: Path, path: Path, *, data_name: str | None, replaci
         stale.unlink()
 
 
-def _run_exporter(model: nn.Module, x: torch.Tensor, raw: Path, *, opset: int, dynamic_batch: bool,
+def _run_exporter(model: nn.Module, x: ModelInputs, raw: Path, *, opset: int, dynamic_batch: bool,
                   exporter: str) -> tuple[str, str | None]:
     """Run the requested exporter(s); return (exporter used, reason for falling back or None)."""
     if exporter in ("auto", "dynamo"):
@@ -263,21 +258,34 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, raw: Path, *, opset: int, d
     return "torchscript", fallback
 
 
-def _export_dynamo(model: nn.Module, x: torch.Tensor, raw: Path, *, opset: int, dynamic_batch: bool) -> None:
-    dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM, min=1)},) if dynamic_batch else None
-    with _quiet():
+def _call_args(x: ModelInputs) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    """(args, kwargs, input names) of the exported call: one tensor named ``input``, or keyword inputs
+    under their own names (``input_ids``, ``attention_mask``, ...)."""
+    if isinstance(x, KeywordInputs):
+        return (), dict(x), list(x)
+    return (x,), {}, [INPUT_NAME]
+
+
+def _export_dynamo(model: nn.Module, x: ModelInputs, raw: Path, *, opset: int, dynamic_batch: bool) -> None:
+    args, kwargs, names = _call_args(x)
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim(BATCH_DIM, min=1)
+        dynamic_shapes = {k: {0: batch} for k in kwargs} if kwargs else ({0: batch},)
+    with quiet():
         torch.onnx.export(
-            model, (x,), str(raw), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            model, args, str(raw), kwargs=kwargs or None, dynamo=True, opset_version=opset, input_names=names,
             output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, external_data=True, optimize=True,
             verbose=False,
         )
 
 
-def _export_torchscript(model: nn.Module, x: torch.Tensor, raw: Path, *, opset: int, dynamic_batch: bool) -> None:
-    axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}} if dynamic_batch else None
-    with _quiet():
+def _export_torchscript(model: nn.Module, x: ModelInputs, raw: Path, *, opset: int, dynamic_batch: bool) -> None:
+    args, kwargs, names = _call_args(x)
+    axes = {**{n: {0: BATCH_DIM} for n in names}, OUTPUT_NAME: {0: BATCH_DIM}} if dynamic_batch else None
+    with quiet():
         torch.onnx.export(
-            model, (x,), str(raw), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+            model, args, str(raw), kwargs=kwargs or None, dynamo=False, opset_version=opset, input_names=names,
             output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True, verbose=False,
         )
 
@@ -342,70 +350,6 @@ def first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence exporter chatter: progress prints, deprecation warnings, INFO logs and the FX / TorchScript
-    graph dumps that the exporters print (partly from C++, straight to file descriptors 1 and 2) when
-    they fail. The failure itself still raises and is summarized in one line; the captured text is
-    kept at DEBUG level."""
-    saved = {}
-    for name in _NOISY_LOGGERS:
-        logger = logging.getLogger(name)
-        saved[name] = logger.level
-        logger.setLevel(logging.CRITICAL)
-    with _capture_fds((1, 2)) as captured, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            for name, level in saved.items():
-                logging.getLogger(name).setLevel(level)
-    if captured:
-        log.debug("exporter output:\n%s", captured[0][-20000:])
-
-
-@contextlib.contextmanager
-def _capture_fds(fds: Sequence[int]) -> Iterator[list[str]]:
-    """Point the given OS-level file descriptors at a temporary file; yields a list that receives the
-    captured text on exit. Without real descriptors (some embedded interpreters) nothing is captured."""
-    import sys
-
-    out: list[str] = []
-    sink = tempfile.TemporaryFile(mode="w+b")
-    saved: dict[int, int] = {}
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        for fd in fds:
-            try:
-                saved[fd] = os.dup(fd)
-                os.dup2(sink.fileno(), fd)
-            except OSError:
-                saved.pop(fd, None)
-        yield out
-    finally:
-        _flush_c_stdio()
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-        sink.seek(0)
-        text = sink.read().decode("utf-8", "replace").strip()
-        sink.close()
-        if text:
-            out.append(text)
-
-
-def _flush_c_stdio() -> None:
-    """Flush C's stdio buffers so text printed by C++ lands in the capture, not after it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
-
-
 def _clear(directory: Path) -> None:
     for child in directory.iterdir():
         if child.is_dir():
@@ -464,16 +408,16 @@ def _name_batch_axis(proto: Any, dynamic_batch: bool) -> None:
             dims[0].dim_param = BATCH_DIM
 
 
-def _graph_input(proto: Any) -> tuple[str, list[int | str]]:
+def _graph_inputs(proto: Any) -> tuple[list[str], list[int | str]]:
+    """The graph's input names and the first input's shape."""
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if not inputs:
         raise DempError("the exported ONNX model has no inputs")
-    first = inputs[0]
     shape: list[int | str] = []
-    for dim in first.type.tensor_type.shape.dim:
+    for dim in inputs[0].type.tensor_type.shape.dim:
         shape.append(int(dim.dim_value) if dim.HasField("dim_value") else (dim.dim_param or "?"))
-    return first.name, shape
+    return [i.name for i in inputs], shape
 
 
 def _fsync(path: Path) -> None:
@@ -495,7 +439,7 @@ def _require_onnxslim() -> Any:
 def _simplify(proto: Any) -> Any:
     onnxslim = _require_onnxslim()
     try:
-        with _quiet():
+        with quiet():
             return onnxslim.slim(proto)
     except Exception as exc:  # onnxslim raises assorted types; the unsimplified export is still valid
         raise DempError(f"onnxslim failed to simplify the model ({first_line(exc)}); export without --simplify") from None

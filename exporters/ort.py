@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.activity import batch_input
 from compressor.errors import DempError, UsageError, VerificationError
+from compressor.inputs import KeywordInputs, ModelInputs, call_model, concat_inputs
 from compressor.measure import module_device, output_tensors, primary_output_index
 
 from .onnx import first_line
@@ -101,7 +103,7 @@ def onnx_input_shape(session: Any) -> tuple[str, list[int | str]]:
 def check_parity(
     onnx_path: str | os.PathLike,
     model: nn.Module,
-    batches: torch.Tensor | Iterable[Any],
+    batches: ModelInputs | Iterable[Any],
     *,
     atol_rel: float = 1e-4,
     chunk: int = 32,
@@ -109,8 +111,8 @@ def check_parity(
 ) -> ParityResult:
     """Compare ``onnx_path`` (onnxruntime, CPU EP) with ``model`` (PyTorch) on real samples.
 
-    ``batches`` is a tensor of samples or an iterable of tensors / ``(x, y)`` pairs (calibration and
-    held-out data). Samples run in chunks of ``chunk``; with a dynamic batch axis the first samples
+    ``batches`` is a tensor of samples (or keyword inputs) or an iterable of tensors / ``(x, y)`` pairs /
+    dicts of keyword input tensors (calibration and held-out data). Samples run in chunks of ``chunk``; with a dynamic batch axis the first samples
     also run alone and as a batch of three, so the file is exercised at batch sizes other than the
     one it was traced with. The difference is relative to the largest |output| of PyTorch. Raises
     :class:`VerificationError` when ``rel_diff > atol_rel`` (unless ``raise_on_failure`` is false).
@@ -141,12 +143,12 @@ def check_parity(
     return result
 
 
-def _paired_outputs(session: Any, model: nn.Module, samples: torch.Tensor,
+def _paired_outputs(session: Any, model: nn.Module, samples: ModelInputs,
                     chunk: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], set[int]]:
     """(PyTorch output, ONNX output) per chunk of ``samples``, and the batch sizes the file ran at."""
     input_name, shape = onnx_input_shape(session)
     static_batch = shape[0] if shape and isinstance(shape[0], int) else None
-    input_dtype = _ORT_DTYPES.get(session.get_inputs()[0].type, np.float32)
+    dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in session.get_inputs()}
     was_training = model.training
     model.eval()
     device = module_device(model)
@@ -156,10 +158,11 @@ def _paired_outputs(session: Any, model: nn.Module, samples: torch.Tensor,
         for idx in _parity_slices(samples.shape[0], chunk, static_batch):
             x = samples[idx]
             with torch.inference_mode():
-                ref = model(x.to(device))
+                ref = call_model(model, x.to(device))
             tensors, primary = output_tensors(ref), primary_output_index(ref)
             ref_np = tensors[primary].detach().float().cpu().numpy()
-            outs = session.run(None, {input_name: x.cpu().numpy().astype(input_dtype)})
+            feed = dict(x) if isinstance(x, KeywordInputs) else {input_name: x}
+            outs = session.run(None, {k: v.cpu().numpy().astype(dtypes[k]) for k, v in feed.items()})
             out = outs[primary] if len(outs) == len(tensors) else outs[0]
             if out.shape != ref_np.shape:
                 raise VerificationError(
@@ -179,18 +182,19 @@ _ORT_DTYPES = {
 }
 
 
-def _gather(batches: torch.Tensor | Iterable[Any]) -> torch.Tensor:
-    if isinstance(batches, torch.Tensor):
+def _gather(batches: ModelInputs | Iterable[Any]) -> ModelInputs:
+    if isinstance(batches, (torch.Tensor, KeywordInputs)):
         return batches.detach()
     parts = []
     for item in batches:
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, torch.Tensor):
-            raise UsageError(f"parity batches must be tensors or (x, y) pairs, got {type(x).__name__}")
-        parts.append(x.detach())
+        try:
+            parts.append(batch_input(item).detach())
+        except DempError:
+            raise UsageError(f"parity batches must be tensors, (x, y) pairs or dicts of keyword input tensors, got "
+                             f"{type(item).__name__}") from None
     if not parts:
         raise UsageError("parity check needs at least one batch of samples")
-    return torch.cat(parts, dim=0)
+    return concat_inputs(parts)
 
 
 def _parity_slices(n: int, chunk: int, static_batch: int | None) -> list[Any]:
