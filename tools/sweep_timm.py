@@ -14,7 +14,8 @@ trained network has them), then the product path, :func:`compressor.compress` wi
     python tools/sweep_timm.py --out sweep-timm/ [--models mixnet_s,ghostnet_100] [--size 64] [--list]
 
 Statuses: ``ok`` (lossless, channels removed; groups blocked with reasons are counted), ``none
-removable`` (lossless, but every group with planted channels is blocked, each with its reason), ``refused``
+removable`` (lossless, but every group with planted channels is blocked, each with its reason), ``no dead
+channels`` (the planting killed nothing: a BatchNorm after the activation), ``refused``
 (a DempError naming the construct: nothing could be kept), ``crash`` (a traceback: a defect),
 ``timeout`` (a hang: a defect), ``MISMATCH`` (outputs changed: a defect), ``skipped`` (too large,
 or the model cannot be built offline). Writes ``sweep.json`` and ``sweep.md``.
@@ -23,6 +24,7 @@ or the model cannot be built offline). Writes ``sweep.json`` and ``sweep.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import re
 import sys
@@ -126,9 +128,7 @@ def run_one(name: str, size: int, max_params: float = 100e6) -> dict:
         v = result.verification
         row["rel_diff_calib"] = v["calibration"]["rel_diff"]
         row["rel_diff_heldout"] = v.get("heldout", {}).get("rel_diff")
-        # "none removable": every group holding planted channels is blocked (reasons recorded), nothing removed
-        row["status"] = "ok" if v["passed"] and result.removed > 0 else "MISMATCH" if not v["passed"] else \
-            "none removable"
+        row["status"] = _status(row, v["passed"])
     except DempError as exc:
         row["status"] = "refused"
         row["error"] = str(exc)[:600]
@@ -137,6 +137,18 @@ def run_one(name: str, size: int, max_params: float = 100e6) -> dict:
         row["error"] = f"{type(exc).__name__}: {exc}"[:400]
         row["traceback"] = traceback.format_exc()[-2000:]
     return row
+
+
+def _status(row: dict, passed: bool | None) -> str:
+    """ok: lossless with channels removed; none removable: nothing removed, every group with planted
+    channels blocked (reasons recorded); no dead channels: nothing removed and nothing blocked, so the
+    planting did not kill (a BatchNorm after the activation, e.g. ConvMixer, turns -1e3 into a constant,
+    not a zero); MISMATCH: the verification failed."""
+    if not passed:
+        return "MISMATCH"
+    if row["removed"] > 0:
+        return "ok"
+    return "none removable" if row["blocked"] else "no dead channels"
 
 
 def _reestimate_bn(model, side: int) -> None:
@@ -163,15 +175,15 @@ def _kind(reason: str) -> str:
     return generic.split(":")[0].split(" (")[0][:100]
 
 
-def _worker(name: str, size: int, queue) -> None:
-    queue.put(run_one(name, size))
+def _worker(name: str, size: int, queue, max_params: float = 100e6) -> None:
+    queue.put(run_one(name, size, max_params))
 
 
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| model | input | params before | params after | groups | blocked | removed | compress s | "
              "rel. diff held-out | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["model"]):
-        if r.get("status") in ("ok", "MISMATCH", "none removable"):
+        if r.get("status") in ("ok", "MISMATCH", "none removable", "no dead channels"):
             held = r.get("rel_diff_heldout")
             lines.append(f"| {r['model']} | {r['input']} | {r['params_before']:,} | {r['params_after']:,} | "
                          f"{r['groups']} | {r['blocked']} | {r['removed']} | {r['compress_s']} | "
@@ -179,10 +191,13 @@ def to_markdown(rows: list[dict]) -> str:
         else:
             lines.append(f"| {r['model']} | {r.get('input', '')} | | | | | | | | {r['status']}: "
                          f"{r.get('error', '')[:200]} |")
+    for r in rows:  # rows written before "no dead channels" existed
+        if r.get("status") == "none removable" and not r.get("blocked"):
+            r["status"] = "no dead channels"
     counted = [r for r in rows if r.get("status") != "skipped"]
     ok = sum(r.get("status") == "ok" for r in counted)
-    bad = {s: sum(r.get("status") == s for r in counted) for s in ("none removable", "refused", "crash", "timeout",
-                                                                    "MISMATCH")}
+    bad = {s: sum(r.get("status") == s for r in counted) for s in ("none removable", "no dead channels", "refused",
+                                                                    "crash", "timeout", "MISMATCH")}
     reasons: dict[str, int] = {}
     for r in counted:
         for k in r.get("blocked_reasons", []):
@@ -201,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", help="comma-separated subset (default: the sample, see --list)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per model")
+    ap.add_argument("--max-params", type=float, default=100e6, help="skip larger models (default 100e6)")
     ap.add_argument("--list", action="store_true", help="print the sample and exit")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else sample()
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _shared.sweep(names, _worker, size=args.size, timeout=args.timeout, results_path=out / "sweep.json",
+    rows = _shared.sweep(names, functools.partial(_worker, max_params=args.max_params), size=args.size, timeout=args.timeout, results_path=out / "sweep.json",
                          resume=True,
                          describe=lambda r: f"{r['model']:<28} {r['status']:<9} removed={r.get('removed', '-')} "
                                             f"blocked={r.get('blocked', '-')} {r.get('wall_s')}s "
