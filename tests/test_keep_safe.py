@@ -263,3 +263,22 @@ def test_the_analyzer_time_budget_blocks_what_it_could_not_map() -> None:
     first, *rest = [g for g in analyzer.groups]
     assert "time budget (0 s) ran out while mapping the channels of" in first.blocked
     assert all("ran out before these channels were mapped" in g.blocked for g in rest)
+
+
+def test_a_torch_pruning_failure_while_mapping_a_group_blocks_it_naming_the_construct(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's EfficientViM made torch-pruning's split mapping raise IndexError inside get_pruning_group:
+    that group is blocked with the construct named, the others are mapped as usual."""
+    from torch_pruning.dependency import index_mapping
+
+    from compressor.graph import DependencyAnalyzer
+
+    namespace: dict = {}  # a raising __call__ whose frame is torch-pruning's, as the real failure's was
+    exec(compile("def call(self, idxs):\n    raise IndexError('list index out of range')\n",
+                 "/site-packages/torch_pruning/dependency/index_mapping.py", "exec"), namespace)
+    monkeypatch.setattr(index_mapping._SplitIndexMapping, "__call__", namespace["call"])
+    analyzer = DependencyAnalyzer(Split((12, 18)).eval(), torch.randn(1, 3, 8, 8))
+    stem = analyzer.group("stem")
+    assert stem.blocked == ("torch-pruning cannot map the channels of stem through a torch.split/chunk over channels "
+                            "(IndexError: list index out of range); they are kept whole")
+    assert analyzer.group("a").blocked is None and analyzer.group("b").blocked is None

@@ -44,6 +44,7 @@ from .tp_compat import (
     IndexExplosion,
     bounded_index_mappings,
     check_version,
+    failed_construct,
     trace_failure,
 )
 
@@ -216,6 +217,12 @@ class DependencyAnalyzer:
                                 "are blocked", self.time_budget, name)
                     self.groups.append(ChannelGroup(name, size, [], f"the analyzer's time budget ({self.time_budget:g} "
                                                     f"s) ran out while mapping the channels of {name}"))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - torch-pruning fails on constructs it cannot map
+                    visited.add(id(module))
+                    self.groups.append(ChannelGroup(name, size, [], f"torch-pruning cannot map the channels of {name} "
+                                                    f"through {failed_construct(exc)} ({type(exc).__name__}: "
+                                                    f"{str(exc)[:120]}); they are kept whole"))
                     continue
                 for dep, _ in tp_group:
                     if self.dg.is_out_channel_pruning_fn(dep.handler):

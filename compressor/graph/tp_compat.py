@@ -42,8 +42,8 @@ from torch_pruning.dependency import index_mapping as _index_mapping
 from ..errors import DempError
 
 __all__ = ["VERIFIED_VERSIONS", "version", "check_version", "IndexBudget", "IndexExplosion", "AnalyzerTimeout",
-           "bounded_index_mappings", "pruning_dim", "trace_failure", "MAX_MAPPED_INDICES", "MAX_GROUP_INDICES",
-           "MAX_GROUP_ITEMS"]
+           "bounded_index_mappings", "pruning_dim", "trace_failure", "failed_construct", "MAX_MAPPED_INDICES",
+           "MAX_GROUP_INDICES", "MAX_GROUP_ITEMS"]
 
 #: torch-pruning releases (major.minor) whose internals this module was checked against.
 VERIFIED_VERSIONS = ("1.6",)
@@ -181,14 +181,42 @@ _CONSTRUCTS = {
 }
 
 
+#: The index mappings torch-pruning applies while expanding a group, by class, in words.
+_MAPPINGS = {
+    "_SplitIndexMapping": "a torch.split/chunk over channels",
+    "_ConcatIndexMapping": "a torch.cat over channels",
+    "_SliceIndexMapping": "a slice over channels (x[:, a:b])",
+    "_FlattenIndexMapping": "a flatten or reshape that merges channels with other dimensions",
+    "_GQAIndexMapping": "grouped-query attention's key/value repetition",
+}
+
+
+def failed_construct(exc: BaseException) -> str:
+    """The construct torch-pruning failed on, in words, from its innermost frame (a graph update
+    function, or the index mapping whose ``__call__`` raised)."""
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        if "torch_pruning" in tb.tb_frame.f_code.co_filename:
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        name = frame.f_code.co_name
+        if name in _CONSTRUCTS:
+            return _CONSTRUCTS[name]
+        owner = type(frame.f_locals.get("self")).__name__
+        if owner in _MAPPINGS:
+            return _MAPPINGS[owner]
+    return f"an operation torch-pruning cannot follow (in its {frames[-1].f_code.co_name})" if frames else \
+        "an operation torch-pruning cannot follow"
+
+
 def trace_failure(exc: BaseException) -> str:
     """Name the construct torch-pruning failed on, from the innermost torch_pruning frame."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "torch_pruning" in f.filename]
-    func = next((f.name for f in reversed(frames) if f.name in _CONSTRUCTS), frames[-1].name if frames else "?")
-    if func == "_trace":
+    if frames and frames[-1].name == "_trace" and not any(f.name in _CONSTRUCTS for f in frames):
         return (f"the model's forward pass failed on the example input ({type(exc).__name__}: {exc}); check "
                 "that --input-size / the data's sample shape fits this architecture")
-    construct = _CONSTRUCTS.get(func, f"torch-pruning's {func}")
+    construct = failed_construct(exc)
     near = _layers_near_failure(exc)
     where = f" after layer(s) {', '.join(near)}" if near else ""
     return (f"cannot build the dependency graph of this model: it contains {construct}{where}, which "
