@@ -38,16 +38,19 @@ def test_an_unverified_torch_pruning_is_refused_clearly(monkeypatch: pytest.Monk
 
 
 def test_bounded_index_mappings_patch_only_inside_and_restore_after_an_error() -> None:
+    from torch_pruning.dependency import group as tp_group
+
     before_calls, before_update = _mapping_calls(), im.update_index_mapping
+    before_add = tp_group.Group.__dict__["add_dep"]
     budget = tp_compat.IndexBudget()
     with pytest.raises(tp_compat.IndexExplosion):
         with tp_compat.bounded_index_mappings(budget):
-            assert im.update_index_mapping is not before_update
+            assert im.update_index_mapping is not before_update and tp_group.Group.add_dep is not before_add
             assert all(c.__call__ is not f for c, f in before_calls.items())
             im.update_index_mapping(None)  # a no-op inside: no graph needed
             mapping = im._FlattenIndexMapping(stride=tp_compat.MAX_MAPPED_INDICES + 1)
             mapping([_helpers._HybridIndex(idx=0, root_idx=0)])  # charged before the list is built
-    assert im.update_index_mapping is before_update
+    assert im.update_index_mapping is before_update and tp_group.Group.__dict__["add_dep"] is before_add
     assert _mapping_calls() == before_calls
 
 
