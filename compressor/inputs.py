@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KeywordInputs", "ModelInputs", "LABEL_KEYS", "call_model", "concat_inputs", "num_samples"]
+__all__ = ["KeywordInputs", "ModelInputs", "LABEL_KEYS", "call_model", "concat_inputs"]
 
 #: Keys of a dict batch that hold targets, not model inputs.
 LABEL_KEYS = ("labels", "label", "y", "targets")
@@ -26,8 +26,8 @@ class KeywordInputs(dict):
 
     def __init__(self, tensors: Mapping[str, Tensor]) -> None:
         super().__init__((k, v) for k, v in tensors.items())
-        sizes = {int(v.shape[0]) for v in self.values()}
-        if not self or len(sizes) != 1 or any(not isinstance(v, Tensor) for v in self.values()):
+        ok = bool(self) and all(isinstance(v, Tensor) and v.dim() >= 1 for v in self.values())
+        if not ok or len({int(v.shape[0]) for v in self.values()}) != 1:
             raise ValueError(f"keyword inputs must be tensors sharing the batch size, got "
                              f"{ {k: tuple(getattr(v, 'shape', ())) for k, v in tensors.items()} }")
 
@@ -57,10 +57,6 @@ ModelInputs = Union[Tensor, KeywordInputs]
 def call_model(model: nn.Module, x: ModelInputs) -> Any:
     """``model(**x)`` for keyword inputs, ``model(x)`` for a tensor."""
     return model(**x) if isinstance(x, KeywordInputs) else model(x)
-
-
-def num_samples(x: ModelInputs) -> int:
-    return int(x.shape[0])
 
 
 def concat_inputs(parts: Iterable[ModelInputs]) -> ModelInputs:

@@ -95,3 +95,10 @@ def test_the_recipe_free_sample_runs_offline(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "removed 128 channels" in out and "inputs input_ids, attention_mask" in out
     assert (tmp_path / "slim" / "model.onnx").is_file()
+
+
+def test_keyword_inputs_must_share_a_batch_dimension() -> None:
+    with pytest.raises(ValueError, match="sharing the batch size"):
+        KeywordInputs({"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.zeros(3, 5)})
+    x = KeywordInputs({"input_ids": torch.arange(12).view(4, 3), "attention_mask": torch.ones(4, 3)})
+    assert x.shape[0] == 4 and x[1:3]["input_ids"].tolist() == [[3, 4, 5], [6, 7, 8]]
