@@ -301,7 +301,8 @@ def plot(result: dict[str, Any], path: Path, x: str = "neuron_sparsity") -> None
                     yerr=[100 * r["test_accuracy_std"] for r in rows], capsize=3, label=method, **style)
     ax.set_xlabel("neuron sparsity (%)" if x == "neuron_sparsity" else "MACs per sample")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['model']} on {result['data']}, {result['epochs']} epochs, {len(result['seeds'])} seed(s)")
+    data = str(result["data"]).split(":")[0]  # the kind, not the local path
+    ax.set_title(f"{result['model']} on {data}, {result['epochs']} epochs, {len(result['seeds'])} seed(s)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
