@@ -151,6 +151,8 @@ def test_when_nothing_can_be_kept_compression_fails_cleanly_naming_every_group()
     ("mat1 and mat2 shapes cannot be multiplied (2x12 and 16x5)", "input no longer matches the pruned channels"),
     ("Given groups=1, weight of size [4, 5, 1, 1], expected input[16, 7, 12, 12] to have 5 channels, but got 7 "
      "channels instead", "input no longer matches the pruned channels"),
+    ("Given normalized_shape=[384], expected input with shape [*, 384], but got input of size[16, 16, 368]",
+     "a LayerNorm whose normalized_shape is a constant"),
     ("something else entirely", "the pruned model fails (RuntimeError: something else entirely)"),
 ])
 def test_failures_are_explained_as_constructs(message: str, construct: str) -> None:
@@ -282,3 +284,25 @@ def test_a_torch_pruning_failure_while_mapping_a_group_blocks_it_naming_the_cons
     assert stem.blocked == ("torch-pruning cannot map the channels of stem through a torch.split/chunk over channels "
                             "(IndexError: list index out of range); they are kept whole")
     assert analyzer.group("a").blocked is None and analyzer.group("b").blocked is None
+
+
+def test_a_transposed_convolution_reader_blocks_its_group_and_compression_goes_on() -> None:
+    """LowFormer's upsampling: a ConvTranspose2d reads a group's channels; it cannot be measured, so the
+    group is kept whole (named) and the rest is compressed (it used to fail collecting statistics)."""
+
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down, self.up = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ConvTranspose2d(8, 4, 2, stride=2)
+            self.plain, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(12, 3)
+            _kill(self.down, [1])
+            _kill(self.plain, [2])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.up(F.relu(self.down(x))).mean((2, 3))
+            return self.head(torch.cat([a, F.relu(self.plain(x)).mean((2, 3))], 1))
+
+    result = compressor.compress(Up().eval(), _loader(), progress=False)
+    groups = {g["root"]: g for g in result.groups}
+    assert "transposed convolution up" in groups["down"]["blocked"] and groups["down"]["after"] == 8
+    assert groups["plain"]["after"] == 7 and result.verification["passed"] is True

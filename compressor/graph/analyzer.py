@@ -271,7 +271,7 @@ class DependencyAnalyzer:
             is_out = self.dg.is_out_channel_pruning_fn(handler)
             items.append(GroupItem(name, node.type.name, getattr(handler, "__qualname__", str(handler)),
                                    list(item.idxs), list(item.root_idxs)))
-            if is_in and node.type in (OPT.CONV, OPT.LINEAR):
+            if is_in and node.type in (OPT.CONV, OPT.LINEAR) and isinstance(node.module, CONSUMER_TYPES):
                 consumers.append((name, torch.as_tensor(item.idxs, dtype=torch.long),
                                   torch.as_tensor(item.root_idxs, dtype=torch.long)))
                 if blocked is None:
