@@ -39,6 +39,8 @@ _CONSTRUCTS: tuple[tuple[str, str], ...] = (
                           "time, e.g. a blur pool's filter buffer)"),
     (r"shape '\[.*\]' is invalid for input|view size is not compatible|cannot reshape",
      "a view/reshape with constant channel sizes"),
+    (r"weight should contain \d+ elements", "a weight-standardized convolution (ScaledStdConv2d, NF-Nets) whose "
+                                           "per-channel gain is not pruned with its weight"),
     (r"normalized_shape", "a LayerNorm whose normalized_shape is a constant (e.g. gMLP's spatial gating unit): "
                           "its channels cannot follow a removal"),
     (r"must match the size of tensor|The size of tensor a", "an elementwise operation between channels pruned "

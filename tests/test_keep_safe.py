@@ -153,6 +153,7 @@ def test_when_nothing_can_be_kept_compression_fails_cleanly_naming_every_group()
      "channels instead", "input no longer matches the pruned channels"),
     ("Given normalized_shape=[384], expected input with shape [*, 384], but got input of size[16, 16, 368]",
      "a LayerNorm whose normalized_shape is a constant"),
+    ("weight should contain 583 elements not 960", "weight-standardized convolution"),
     ("something else entirely", "the pruned model fails (RuntimeError: something else entirely)"),
 ])
 def test_failures_are_explained_as_constructs(message: str, construct: str) -> None:
