@@ -304,8 +304,10 @@ def test_imagefolder_train_val_layout(tmp_path: Path, write_pngs) -> None:
     assert (len(bundle.train), len(bundle.test), bundle.input_shape) == (5, 2, (3, 32, 32))
     x, y = bundle.test[1]
     assert x.shape == (3, 32, 32) and y == 1 and x.dtype == torch.float32
-    assert bundle.mean == IMAGENET_MEAN
-    assert float(x.min()) < 0  # ImageNet-normalized, not [0, 1]
+    # small images of one size (12x14) at another input size: resized whole, the folder's own statistics
+    assert bundle.native_shape == (3, 12, 14) and bundle.mean != IMAGENET_MEAN
+    assert "resized whole to 32x32" in bundle.info["images"]
+    assert float(x.min()) < 0  # normalized, not [0, 1]
 
 
 def test_imagefolder_single_folder_split_and_augment(tmp_path: Path, write_pngs) -> None:
@@ -314,7 +316,7 @@ def test_imagefolder_single_folder_split_and_augment(tmp_path: Path, write_pngs)
     assert (len(plain.train), len(plain.test)) == (12, 3)
     assert sorted(plain.test[i][1] for i in range(3)) == [0, 1, 2]  # stratified
     again = load_data(f"imagefolder:{tmp_path}", input_size=16)
-    assert plain.test.indices == again.test.indices
+    assert torch.equal(plain.test.data, again.test.data) and torch.equal(plain.test.targets, again.test.targets)
     augmented = load_data(f"imagefolder:{tmp_path}", input_size=16, augment=True)
     assert augmented.train[0][0].shape == (3, 16, 16)
     assert torch.equal(augmented.test[0][0], plain.test[0][0])  # test split not augmented
@@ -362,10 +364,11 @@ def test_small_images_stay_at_their_size_with_measured_statistics(tmp_path: Path
     assert torch.allclose(streamed.train[4][0], a, atol=1e-6)  # the same crop + flip, in the same order
 
 
-def test_mixed_or_other_size_images_are_resized_with_imagenet_statistics(tmp_path: Path, write_pngs) -> None:
+def test_mixed_size_images_are_resized_with_imagenet_statistics(tmp_path: Path, write_pngs) -> None:
     write_pngs(tmp_path / "same", {"a": 2, "b": 2})
-    assert load_data(f"imagefolder:{tmp_path / 'same'}", input_size=12).mean == IMAGENET_MEAN  # 12x14 is not 12x12
-    assert load_data(f"imagefolder:{tmp_path / 'same'}").mean != IMAGENET_MEAN
+    other = load_data(f"imagefolder:{tmp_path / 'same'}", input_size=12)  # one small size (12x14): resized whole
+    assert other.mean != IMAGENET_MEAN and other.input_shape == (3, 12, 12) and other.test[0][0].shape == (3, 12, 12)
+    assert load_data(f"imagefolder:{tmp_path / 'same'}").mean == other.mean
     write_pngs(tmp_path / "mixed" / "train", {"a": 2, "b": 2}, size=10)
     write_pngs(tmp_path / "mixed" / "train", {"c": 2}, size=20)
     write_pngs(tmp_path / "mixed" / "test", {"a": 1, "b": 1, "c": 1}, size=10)
