@@ -52,7 +52,7 @@ FAMILY_PICK = {"dla": "dla34", "dpn": "dpn68", "res2net": "res2net50_26w_4s", "r
                "senet": "legacy_seresnet18", "nfnet": "nf_regnet_b0", "convmixer": "convmixer_768_32",
                "regnet": "regnetx_002", "inception_resnet_v2": "inception_resnet_v2", "vgg": "vgg11_bn",
                "beit": "beit_base_patch16_224", "crossvit": "crossvit_9_240", "levit": "levit_128s"}
-#: Families with no model small enough for a CPU sweep or that need weights/downloads to build.
+#: Families of large vision towers (VLM encoders, SAM) left out of a CPU sweep by name (not measured).
 SKIP_FAMILIES = ("deepseek_vit", "gemma4_vit", "qwen3_vit", "naflexvit", "hieradet_sam2", "vision_transformer_sam")
 
 
