@@ -234,7 +234,7 @@ def _verify(dense: nn.Module, pruned: nn.Module, crit: Criterion, dense_calib_ou
     return verification
 
 
-def _final_plan(dense: nn.Module, pruned: nn.Module, plan: PruningPlan, crit: Criterion, calib_x: Tensor,
+def _final_plan(dense: nn.Module, pruned: nn.Module, plan: PruningPlan, crit: Criterion, calib_x: ModelInputs,
                 source: dict[str, Any] | None) -> PruningPlan:
     """The plan to save: composed onto an earlier plan (original numbering), with spec, shape, versions."""
     prior = getattr(dense, "demp_plan", None)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph.apply import Action, execute_actions, merge_actions
+from .inputs import ModelInputs
 from .measure import compare_outputs, run_model
 
 __all__ = ["find_culprits", "explain_failure", "CHECK_SAMPLES"]
@@ -61,7 +62,7 @@ def explain_failure(exc: BaseException) -> str:
     return f"the pruned model fails ({type(exc).__name__}: {message[:200]})"
 
 
-def _check(dense: nn.Module, actions: list[Action], inputs: Tensor, reference: Tensor,
+def _check(dense: nn.Module, actions: list[Action], inputs: ModelInputs, reference: Tensor,
            tolerance: float | None) -> str | None:
     """Apply ``actions`` to a fresh copy of ``dense``; the reason it fails, or None."""
     trial = copy.deepcopy(dense)
@@ -81,7 +82,7 @@ def _check(dense: nn.Module, actions: list[Action], inputs: Tensor, reference: T
     return None
 
 
-def find_culprits(dense: nn.Module, roots: Sequence[str], actions: Sequence[list[Action]], inputs: Tensor, *,
+def find_culprits(dense: nn.Module, roots: Sequence[str], actions: Sequence[list[Action]], inputs: ModelInputs, *,
                   tolerance: float | None, progress: Callable[[str], None] | None = None) -> dict[str, str]:
     """The groups (by root) whose removal breaks ``dense``, each with the reason.
 
