@@ -40,3 +40,33 @@ def test_compare_criteria_quick_smoke_run(tmp_path: Path):
     merged = json.loads((out / "results.json").read_text())
     assert len(merged["runs"]) == 4 and {r["method"] for r in merged["rows"]} == {*rows, "dense"}
     assert [r for r in merged["runs"] if r["method"] == "demp"] == [r for r in result["runs"] if r["method"] == "demp"]
+
+
+def test_compare_criteria_seeds_split_over_processes_merge_with_resume(tmp_path: Path):
+    """--first-seed runs later seeds in another folder; their records merge into one table with --resume."""
+    tool = [sys.executable, str(ROOT / "tools" / "compare_criteria.py"), "--quick", "--methods", "baseline:magnitude-l1",
+            "--sparsity", "0.5", "--lr", "0.02"]
+    first, second = tmp_path / "seed0", tmp_path / "seed1"
+    for out, extra in ((first, ["--seeds", "1"]), (second, ["--first-seed", "1", "--seeds", "1"])):
+        proc = subprocess.run([*tool, *extra, "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((second / "results.json").read_text())["seeds"] == [1]
+    assert [p.name for p in (second / "records").iterdir()] == ["baseline-magnitude-l1-S0.5-s1.json"]
+    for record in (second / "records").iterdir():
+        (first / "records" / record.name).write_bytes(record.read_bytes())
+    merged = subprocess.run([*tool, "--seeds", "2", "--resume", "--out", str(first)], capture_output=True, text=True,
+                            timeout=60)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    assert merged.stdout.count("reused") == 2  # nothing trained again
+    assert "2 runs," in (first / "results.md").read_text() and "2 reused" in (first / "results.md").read_text()
+    result = json.loads((first / "results.json").read_text())
+    assert result["seeds"] == [0, 1] and sorted(r["seed"] for r in result["runs"]) == [0, 1]
+    seed1 = json.loads((second / "results.json").read_text())["runs"]
+    assert [r for r in result["runs"] if r["seed"] == 1] == seed1
+
+
+def test_compare_criteria_refuses_a_negative_first_seed(tmp_path: Path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_criteria.py"), "--first-seed", "-1",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--first-seed" in proc.stderr
+    assert not (tmp_path / "x").exists()

@@ -3,7 +3,7 @@
 
     python tools/compare_criteria.py --data digits --sparsity 0.5,0.7 --seeds 3 --out cmp/ \\
         [--recipe R.yaml] [--model ARCH] [--epochs N] [--methods demp,demp-target,baseline:taylor,...]
-        [--macs 0.3] [--resume] [--threads 1] [--quick]
+        [--macs 0.3] [--first-seed K] [--resume] [--threads 1] [--quick]
 
 Every run uses the same training recipe (the ``train``/``data`` sections of
 ``samples/recipes/demp-cnn-digits.yaml``: Adam, cosine LR, ``--epochs`` epochs), so every method gets
@@ -34,7 +34,10 @@ training's (``train_macs_ratio``) and the run's wall-clock.
 Each finished run is recorded in ``--out/records/`` with its whole recipe; ``--resume`` keeps ``--out``
 and reuses every recorded run whose recipe is unchanged, so an interrupted grid continues where it
 stopped and methods can be added in later invocations (one table and plot for all). ``--threads 1``
-lets two grids share a 2-core machine (the default is up to 2).
+lets two grids share a 2-core machine (the default is up to 2). To split one grid's seeds over two
+processes, run ``--seeds 1`` (seed 0) and ``--first-seed 1 --seeds 1`` (seed 1) into two folders,
+copy both ``records/`` folders into one and run ``--seeds 2 --resume`` there: every run is reused and
+the table and plots hold both seeds.
 
 Outputs in ``--out``: ``results.json`` (every run), ``results.md`` (accuracy mean ± std, neuron
 sparsity, weight sparsity = 1 - non-zero parameters / dense parameters, parameters, MACs, wall-clock)
@@ -77,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--macs", default="", help="comma-separated MAC ratios for demp-target's target_macs rows")
     p.add_argument("--sparsity", default="0.5,0.7", help="comma-separated target neuron sparsities")
     p.add_argument("--seeds", type=int, default=3, help="seeds per point")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds FIRST .. FIRST+SEEDS-1 (split a grid's seeds over processes, then merge with --resume)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: the base recipe's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the base recipe's)")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
@@ -116,6 +121,7 @@ class Runner:
         self.epochs = int(self.base["train"]["epochs"])
         self.out, self.bundle = out, bundle
         self.runs: list[dict[str, Any]] = []
+        self.reused = 0  # runs taken from records of earlier invocations (--resume)
         self._cache: dict[str, dict[str, Any]] = {}
 
     def run(self, method: str, section: dict[str, Any], seed: int, label: str) -> dict[str, Any]:
@@ -148,6 +154,7 @@ class Runner:
                 print(f"  {method:24s} {label:14s} seed {seed}: reused {record}", flush=True)
                 self._cache[key] = saved["record"]
                 self.runs.append(saved["record"])
+                self.reused += 1
                 return saved["record"]
         t0 = time.perf_counter()
         result = train(load_recipe(raw), run_dir, progress=False, plots=False, tensorboard=False,
@@ -181,8 +188,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
-    if any(not 0 < t < 1 for t in targets) or args.seeds < 1:
-        raise SystemExit("error: --sparsity values must be in (0, 1) and --seeds >= 1")
+    if any(not 0 < t < 1 for t in targets) or args.seeds < 1 or args.first_seed < 0:
+        raise SystemExit("error: --sparsity values must be in (0, 1), --seeds >= 1 and --first-seed >= 0")
     if args.quick:
         targets, peaks, taus = targets[:1], peaks[-2:], taus[-2:]
         args.epochs = 1 if args.epochs is None else args.epochs
@@ -193,7 +200,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         out = prepare_output_dir(args.out, overwrite=args.overwrite, outputs=outputs)
     torch.set_num_threads(args.threads if args.threads else max(1, min(2, torch.get_num_threads())))
     runner = Runner(args, out, load_data(args.data))
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     ep = runner.epochs
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -228,7 +235,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     result = {"command": "python tools/compare_criteria.py " + " ".join(sys.argv[1:]),
               "data": args.data, "model": runner.model_name, "recipe": str(args.recipe), "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
-              "rows": rows, "runs": runner.runs, "env": env, "total_seconds": total}
+              "rows": rows, "runs": runner.runs, "reused": runner.reused, "env": env, "total_seconds": total}
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", markdown(result))
     plot(result, out / "accuracy_vs_sparsity.png")
@@ -251,12 +258,22 @@ def _aggregate(method: str, target: float | None, section: dict[str, Any], match
     return row
 
 
+def _time_line(result: dict[str, Any]) -> str:
+    """How long the grid took: every run's training, and this invocation (which may have reused runs)."""
+    runs, reused = result["runs"], result.get("reused", 0)
+    training = sum(r["wall_s"] for r in runs) / 60
+    line = f"{len(runs)} runs, {training:.1f} min of training in all"
+    if reused:
+        line += f" ({reused} reused from earlier invocations, --resume)"
+    return line + f"; this invocation {result['total_seconds'] / 60:.1f} min"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Command: `{result['command']}`  ",
              f"Data {result['data']}, model {result['model']}, {result['epochs']} epochs per run at lr "
              f"{result.get('lr', '?')}, seeds "
              f"{result['seeds']}; {result['env']['date']}, {result['env']['platform']}, torch {result['env']['torch']}, "
-             f"{result['env']['threads']} threads; total {result['total_seconds'] / 60:.1f} min.", "",
+             f"{result['env']['threads']} threads; {_time_line(result)}.", "",
              "| method | target S | setting | accuracy (%) | neuron sparsity (%) | weight sparsity (%) | params | MACs "
              "| training MACs (x dense) | wall-clock (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
