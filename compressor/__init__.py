@@ -6,6 +6,7 @@ The public API (kept small; everything else lives in submodules)::
     result = compressor.compress(model, calib_loader, criterion="dead")
     compressor.save_pruned(result, "resnet18-slim/")
     again = compressor.load_pruned("resnet18-slim/")
+    slim = compressor.compress_to_target(model, compressor.load_data("cifar10:/data"), "run/", target_macs=0.5)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "ModelSpec": ("compressor.models", "ModelSpec"),
     "load_data": ("compressor.data", "load_data"),
     "compress": ("compressor.compression", "compress"),
+    "compress_to_target": ("compressor.training.finetune", "compress_to_target"),
     "CompressResult": ("compressor.compression", "CompressResult"),
     "save_pruned": ("compressor.pruned", "save_pruned"),
     "load_pruned": ("compressor.pruned", "load_pruned"),

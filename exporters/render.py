@@ -85,33 +85,60 @@ def removal_error_lines(pruning: Mapping[str, Any]) -> list[str]:
         err = m.get("removal_error") if isinstance(m, Mapping) else None
         if err:
             deadline = (m.get("budget") or {}).get("closed_step") is not None
-            how = ("a lossy criterion (`{}`)".format(m.get("criterion")) if not m.get("lossless") else
-                   "its budget's deadline (live neurons closest to dead)" if deadline else "a lossy removal")
+            how = ("its budget's deadline (live neurons closest to dead)" if deadline else
+                   "a lossy criterion (`{}`)".format(m.get("criterion")) if not m.get("lossless") else "a lossy removal")
             lines.append(f"{m.get('method')} removed neurons by {how}: the largest "
                          f"change of the outputs at a removal was {err['max_abs_diff']:.3g} ({err['rel_diff']:.2%} of "
                          f"the output scale) on {err['samples']} measurement samples, over {err['removals']} removals")
     return lines
 
 
+#: What a budget's share counts, in words (``budget.kind`` of a method's report entry).
+BUDGET_KINDS = {"neuron_sparsity": "of the neurons", "macs_removed": "of the MACs", "params_removed": "of the parameters"}
+
+
+def _budget_breakdown(b: Mapping[str, Any]) -> str:
+    """Where a budget's share came from: lossless removal, deaths under the penalty, the deadline's cut."""
+    d = b.get("breakdown") or {}
+    if not is_number(d.get("final")):
+        return ""
+    parts = []
+    if is_number(d.get("lossless")) and d["lossless"] > 0:
+        parts.append(f"{100 * d['lossless']:.1f}% lossless removal of dead neurons before training")
+    parts.append(f"{100 * d.get('died', 0.0):.1f}% neurons that died under the penalty (removed losslessly)")
+    if d.get("cut_neurons"):
+        err = d.get("cut_error") or {}
+        change = f"; output change {100 * err['rel_diff']:.1f}% of the output scale" if is_number(err.get("rel_diff")) else ""
+        parts.append(f"{100 * d['cut']:.1f}% a forced cut of {d['cut_neurons']} live neurons at the deadline "
+                     f"(lossy{change})")
+    return f"{100 * d['final']:.1f}% removed = " + " + ".join(parts)
+
+
 def budget_lines(pruning: Mapping[str, Any]) -> list[str]:
-    """One line per training method with a budget (DemP's target mode): asked, reached, and how."""
+    """One line per training method with a budget (DemP's target mode, beyond the papers): asked, reached,
+    how (λ alone, or λ and the deadline's cut), and where the share came from."""
     lines = []
     for m in pruning.get("methods") or []:
         b = m.get("budget") if isinstance(m, Mapping) else None
         if not b or not is_number(b.get("target")):
             continue
-        what = "of the MACs removed" if b.get("kind") == "macs_removed" else "neuron sparsity"
-        head = f"{m.get('method')} budget: {100 * b['target']:.1f}% {what} asked"
+        what = BUDGET_KINDS.get(b.get("kind"), "of the neurons")
+        head = f"{m.get('method')} budget (beyond the papers): {100 * b['target']:.1f}% {what} asked"
         if b.get("closed_step") is not None:
-            lines.append(f"{head}; lambda reached {100 * b['closed_from']:.1f}% by the deadline (step "
-                         f"{b['closed_step']}), then the {b.get('closed_neurons', 0)} live neurons closest to dead "
-                         "were removed to close the gap")
+            how = (f"lambda reached {100 * b['closed_from']:.1f}% by the deadline (step {b['closed_step']}), then the "
+                   f"{b.get('closed_neurons', 0)} live neurons closest to dead were cut to close the gap")
         elif b.get("reached_step") is not None:
-            lines.append(f"{head}; lambda reached it at step {b['reached_step']}")
+            how = f"reached at step {b['reached_step']}"
         else:
             measured = b.get("measured")
-            lines.append(f"{head}; not reached ({'-' if measured is None else f'{100 * measured:.1f}%'} at the "
-                         "last measurement)")
+            how = f"not reached ({'-' if measured is None else f'{100 * measured:.1f}%'} at the last measurement)"
+        breakdown = _budget_breakdown(b)
+        lines.append(f"{head}; {how}" + (f". {breakdown}" if breakdown else ""))
+        cost, select = m.get("cost_aware"), m.get("select")
+        how = [f"only on the neurons the budget still needs (select: budget)" if isinstance(select, Mapping) else "",
+               f"weighted by the {cost.get('cost')} each neuron costs (cost-aware)" if isinstance(cost, Mapping) else ""]
+        if any(how):
+            lines.append(f"{m.get('method')} penalty " + " and ".join(h for h in how if h) + ", beyond the papers")
     return lines
 
 

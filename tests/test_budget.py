@@ -154,7 +154,7 @@ def test_the_deadline_reaches_a_mac_target_with_the_fewest_neurons() -> None:
 
 
 @pytest.mark.parametrize("budget, expected", [
-    ({"kind": "neuron_sparsity", "target": 0.7, "reached_step": 40, "closed_step": None}, "lambda reached it at step 40"),
+    ({"kind": "neuron_sparsity", "target": 0.7, "reached_step": 40, "closed_step": None}, "reached at step 40"),
     ({"kind": "neuron_sparsity", "target": 0.7, "reached_step": 50, "closed_step": 50, "closed_from": 0.4,
       "closed_neurons": 12}, "lambda reached 40.0% by the deadline (step 50), then the 12 live neurons closest"),
     ({"kind": "macs_removed", "target": 0.7, "reached_step": None, "measured": 0.25}, "not reached (25.0% at"),

@@ -301,7 +301,7 @@ def test_a_penalty_that_regularizes_nothing_is_refused(tmp_path) -> None:
         train(recipe, tmp_path / "run", progress=False, data=load_data("digits"), plots=False, tensorboard=False)
 
 
-@pytest.mark.parametrize("bad", [{"interval": 0}, {"regularizer": "l1"}, {"target": "bias"}, {"span": 0.0},
+@pytest.mark.parametrize("bad", [{"interval": -1}, {"regularizer": "l1"}, {"target": "bias"}, {"span": 0.0},
                                  {"peak": -1.0}, {"noise": float("nan")}, {"schedule": "cosine"},
                                  {"min_channels": 0}, {"ignore": "head"}])
 def test_config_errors_name_the_option(bad: dict) -> None:

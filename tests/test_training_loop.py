@@ -237,3 +237,17 @@ def test_validation_split_larger_than_the_training_split_is_a_clear_error(tmp_pa
     assert not (tmp_path / "big").exists()
     with pytest.raises(UsageError, match="data.val_samples"):
         small_recipe(data={"val_samples": -1})
+
+
+def test_a_fraction_of_an_epoch_trains_that_share_of_the_steps(tmp_path: Path, digits):
+    from compressor.training.splits import steps_per_epoch
+
+    recipe = small_recipe(method="none", train={"epochs": 1.5})
+    result = train(recipe, tmp_path / "run", progress=False, data=digits, plots=False, tensorboard=False)
+    spe = steps_per_epoch(len(digits.train), 32, True)
+    epochs = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == [spe, round(1.5 * spe)]  # the second epoch stops half-way
+    assert result.summary["step"] == round(1.5 * spe)
+    tiny = train(small_recipe(method="none", train={"epochs": 0.01}), tmp_path / "tiny", progress=False,
+                 data=digits, plots=False, tensorboard=False)
+    assert tiny.summary["step"] == 1  # at least one step

@@ -130,6 +130,6 @@ def test_a_compression_that_removes_nothing_says_so_at_once_and_skips_the_timing
     assert main(["compress", str(tmp_path / "alive.pt"), "--arch", "cnn", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert stdout.startswith("nothing to remove") and "--criterion saturated:EPS or dormant:TAU" in stdout
-    assert "--set model.checkpoint=" in stdout and "pass --bench to time it anyway" in stdout
+    assert "--target-macs 0.5" in stdout and "pass --bench to time it anyway" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["latency"] == [] and "width_policy" not in report and (out / "model.onnx").is_file()

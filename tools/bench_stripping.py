@@ -11,11 +11,14 @@ die, the same epochs, LR schedule and seed. Reported per configuration:
   (1437 samples; the library's own measurement uses ``stripping.samples`` held-aside samples).
   The stripping run uses ``stripping.remove_dead=false`` so the dead neurons stay in the model and
   are counted (the removal is lossless, so accuracy is unaffected).
-- **%A**: active parameters as the paper defines them ("subtracting the number of parameters
+- **%A**: active parameters after the paper's wording ("subtracting the number of parameters
   connected to all dead neurons and the number of parameters pruned from the total number of hidden
   parameters"): over the weights connected to a hidden neuron, incoming and outgoing (biases
-  excluded), the share connected to no dead neuron and not stripped. Stripped weights are exactly 0 in the trained model (the
-  masks are re-applied after every step); for the plain run %A comes from the dead neurons alone.
+  excluded), the share connected to no dead neuron and not stripped. Not the paper's Table I scale
+  (there %A = (1 - #D/(L*N))², hidden-to-hidden weights only under a uniform spread of dead units;
+  see the module docstring of :mod:`compressor.training.methods.stripping`). Stripped weights are
+  exactly 0 in the trained model (the masks are re-applied after every step); for the plain run %A
+  comes from the dead neurons alone.
 - test accuracy (after the last epoch) and training wall-clock (``train_seconds``).
 
 Writes ``bench_stripping.json`` and ``bench_stripping.md`` into ``--out``.

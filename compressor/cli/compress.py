@@ -49,6 +49,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="digits | mnist:ROOT | fashion-mnist:ROOT | cifar10:ROOT | "
                    "cifar100:ROOT | imagefolder:PATH | npz:PATH (default: digits, scikit-learn's bundled 8x8 digits)")
+    p.add_argument("--normalize", default="auto", metavar="NORM",
+                   help="input statistics: auto | imagenet | cifar10 | cifar100 | mnist | M1,M2,M3/S1,S2,S3 "
+                   "(per-channel means/stds). auto: those a built-in architecture's published weights expect "
+                   "(ImageNet's for resnet*-cifar-a), else the data's own (standard figures; measured on a "
+                   "small-image folder)")
     p.add_argument("--calib-samples", type=int, default=1024,
                    help="samples the decision is measured on (all of a smaller dataset)")
     p.add_argument("--heldout-samples", type=int, default=256,
@@ -96,6 +101,9 @@ COMPRESS_EXAMPLES = """examples:
   demp compress net.pt --model-file net.py:build --data npz:calib.npz --calib-samples 512
   demp compress r50.pt --arch resnet50 --data imagefolder:/data/val --round-to 8 --no-bench
   demp compress slim/ --criterion saturated:0.01 --out slimmer/       (compress a compressed folder again)
+  demp compress r20.th --arch resnet20-cifar-a --data imagefolder:/data/cifar10-jpg --target-macs 0.5 --out r20-half/
+                    (lossless first, then DemP fine-tuning to half the MACs; --finetune-epochs 0.5, --set KEY=VALUE)
+  demp compress --resume r20-half/                                      (an interrupted fine-tune)
 """
 
 INSPECT_EXAMPLES = """examples:
@@ -123,7 +131,7 @@ def register(subparsers: Any) -> None:
                    help="intra-op threads while timing (one: demp's timing policy, docs/exporters.md)")
     c.add_argument("--opset", type=int, default=18, help="ONNX opset of model.onnx")
     c.add_argument("--bench-batch-sizes", default="1,8", help="batch sizes to time (and to choose widths at)")
-    c.set_defaults(handler=run_compress)
+    c.set_defaults(handler=run_compress)  # the budget options and their handler: compressor.cli.finetune
 
     i = subparsers.add_parser("inspect", help="per-layer dead-neuron counts, no pruning", epilog=INSPECT_EXAMPLES,
                               description="Count dead / saturated / dormant input channels per layer and removable "
@@ -178,8 +186,10 @@ def _data_label(args: argparse.Namespace) -> str:
 def _load_calibration_data(args: argparse.Namespace) -> Any:
     """The dataset; an ``--input-size`` that contradicts the size the data is stored at is an error."""
     from ..data import load_data
+    from ..models.registry import data_normalization
 
-    data = load_data(args.data or DEFAULT_DATA, input_size=args.input_size)
+    normalize = data_normalization(None if args.model_file else args.arch, args.normalize)
+    data = load_data(args.data or DEFAULT_DATA, input_size=args.input_size, normalize=normalize)
     native = data.native_shape
     if args.input_size and native is not None and len(native) == 3 and native[1:] != (args.input_size,) * 2:
         raise UsageError(
@@ -236,33 +246,58 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
 # ---------------------------------------------------------------------- compress
 NOTHING_REMOVED = (
     "nothing to remove: no channel of a prunable group is {criterion} at every layer that reads it, on {n} "
-    "calibration samples. What can help: a lossy criterion (--criterion saturated:EPS or dormant:TAU; the error is "
-    "reported), or more dead neurons through DemP fine-tuning (demp train --recipe samples/recipes/demp-*.yaml "
-    "--set model.checkpoint={checkpoint}). The output is written without timing (pass --bench to time it anyway)"
+    "calibration samples. What can help: a budget (--target-macs 0.5: DemP fine-tuning makes neurons die until "
+    "half the MACs are gone), or a lossy criterion (--criterion saturated:EPS or dormant:TAU; the error is "
+    "reported). The output is written without timing (pass --bench to time it anyway)"
 )
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    """Plain ``demp compress``: lossless (or the criterion's) removal, no training."""
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
+    out = output_folder(args)
+    check_output_dir(out, args)
+    t_start = time.perf_counter()
+    result = compress_losslessly(args)
+    return ship(result, args, out, t_start)
+
+
+def output_folder(args: argparse.Namespace, suffix: str = "slim") -> Path:
+    """``--out``, or CHECKPOINT-slim beside the working directory."""
+    return Path(args.out or (f"{Path(args.checkpoint).stem}-{suffix}" if args.checkpoint else "demp-compressed"))
+
+
+def check_output_dir(out: Path, args: argparse.Namespace) -> None:
+    """Refuse an output folder that is not demp's own or holds an input (before anything runs)."""
+    from ..fileio import check_output_dir as check
+    from ..pruned import OUTPUTS
+
+    model_file = (args.model_file or "").rpartition(":")[0] or None
+    check(out, overwrite=args.overwrite, outputs=OUTPUTS, inputs=(args.checkpoint, model_file))
+
+
+def compress_losslessly(args: argparse.Namespace) -> Any:
+    """Load the model and data, remove what the criterion allows and verify (no output written)."""
+    from ..compression import compress
+
+    model, data, calib_loader, heldout_x, source = load_inputs(args)
+    return compress(model, calib_loader, criterion=args.criterion, heldout=heldout_x, ignore=args.ignore,
+                    min_channels=args.min_channels, round_to=1 if args.round_to == "auto" else args.round_to,
+                    tolerance=args.tolerance, source=source, progress=not args.no_progress,
+                    analyzer_budget=args.analyzer_budget)
+
+
+def ship(result: Any, args: argparse.Namespace, out: Path, t_start: float) -> int:
+    """Choose the widths, then write the compressed folder (staged), export, time and report it."""
     from exporters.latency import parse_batch_sizes
     from exporters.pipeline import finalize
     from exporters.report import compress_report
 
-    from ..compression import compress
-    from ..fileio import check_output_dir, staged_directory
-    from ..pruned import OUTPUTS, save_pruned
+    from ..fileio import staged_directory
+    from ..pruned import save_pruned
 
     batch_sizes = parse_batch_sizes(args.bench_batch_sizes)
-    if args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
-    out = Path(args.out or (f"{Path(args.checkpoint).stem}-slim" if args.checkpoint else "demp-compressed"))
-    model_file = (args.model_file or "").rpartition(":")[0] or None
-    check_output_dir(out, overwrite=args.overwrite, outputs=OUTPUTS, inputs=(args.checkpoint, model_file))
-    t_start = time.perf_counter()
-    model, data, calib_loader, heldout_x, source = load_inputs(args)
-    result = compress(model, calib_loader, criterion=args.criterion, heldout=heldout_x, ignore=args.ignore,
-                      min_channels=args.min_channels, round_to=1 if args.round_to == "auto" else args.round_to,
-                      tolerance=args.tolerance, source=source, progress=not args.no_progress,
-                      analyzer_budget=args.analyzer_budget)
     if result.removed == 0:
         print(NOTHING_REMOVED.format(criterion=result.criterion.spec(), n=result.calib_inputs.shape[0],
                                      checkpoint=args.checkpoint or "CKPT"))

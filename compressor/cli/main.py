@@ -1,6 +1,7 @@
 """The ``demp`` command line.
 
-Each journey registers its own subcommands: ``compress``/``inspect`` in :mod:`.compress`,
+Each journey registers its own subcommands: ``compress``/``inspect`` in :mod:`.compress` (the budget
+options of ``compress`` in :mod:`.finetune`),
 ``train``/``demo`` in :mod:`.train`, ``export``/``bench`` in :mod:`exporters.cli`. A subcommand's
 handler takes the parsed namespace and returns an exit code. User errors (:class:`DempError`) are
 printed as one line without a traceback: exit code 2 for usage errors, 1 for failures.
@@ -18,10 +19,12 @@ from exporters import cli as exporters_cli
 from .. import __version__
 from ..errors import DempError
 from . import compress as compress_cli
+from . import finetune as finetune_cli
 from . import train as train_cli
 
 Registrar = Callable[["argparse._SubParsersAction"], None]
-REGISTRARS: tuple[Registrar, ...] = (compress_cli.register, train_cli.register, exporters_cli.register)
+REGISTRARS: tuple[Registrar, ...] = (compress_cli.register, finetune_cli.register, train_cli.register,
+                                     exporters_cli.register)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

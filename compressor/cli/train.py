@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -147,13 +148,24 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError("--out DIR is required: where checkpoints, metrics and the compact model go")
         out, recipe_path = Path(args.out), Path(args.recipe)
     recipe = load_recipe(recipe_path, _shorthands(args), data_spec=args.data)
+    return launch(recipe, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+                  export=not args.no_export, inputs=(args.recipe,) if args.recipe else ())
+
+
+def launch(recipe: Any, out: Path, *, resume: bool, overwrite: bool, progress: bool, export: bool,
+           inputs: tuple[Any, ...] = (), summarize: Callable[[Any, dict[str, Any] | None], str] | None = None) -> int:
+    """Train ``recipe`` into ``out``, export and summarize the compact model; under torchrun one process per
+    device, rank 0 writing every file (see docs/training.md). ``demp train`` and ``demp compress --target-*``."""
+    from ..training import distributed as dist_util
+
+    job = partial(_train_and_export, recipe, out, resume=resume, overwrite=overwrite, progress=progress,
+                  export=export, inputs=inputs, summarize=summarize or training_summary)
     if not dist_util.launched_by_torchrun():
-        return _train_and_export(recipe, out, args)
-    # Under torchrun: one process per device; rank 0 writes every file (see docs/training.md).
+        return job()
     ctx = dist_util.init_from_env(recipe.train.device)
     _rank_logging(ctx)
     try:
-        return _train_and_export(recipe, out, args, ctx=ctx)
+        return job(ctx=ctx)
     except DempError as exc:
         if not str(exc).startswith(f"rank {ctx.rank}:") and not str(exc).startswith("rank "):
             exc.args = (f"rank {ctx.rank}: {exc}", *exc.args[1:])
@@ -182,12 +194,13 @@ def _rank_logging(ctx: Any) -> None:
         root.setLevel(max(root.level, logging.WARNING))
 
 
-def _train_and_export(recipe: Any, out: Path, args: argparse.Namespace, *, ctx: Any = None) -> int:
+def _train_and_export(recipe: Any, out: Path, *, resume: bool, overwrite: bool, progress: bool, export: bool,
+                      inputs: tuple[Any, ...], summarize: Callable[[Any, dict[str, Any] | None], str],
+                      ctx: Any = None) -> int:
     from ..training.trainer import Trainer, TrainingInterrupted
 
     main = ctx is None or ctx.is_main
-    trainer = Trainer(recipe, out, resume=bool(args.resume), overwrite=args.overwrite,
-                      progress=not args.no_progress and main, inputs=(args.recipe,) if args.recipe else ())
+    trainer = Trainer(recipe, out, resume=resume, overwrite=overwrite, progress=progress and main, inputs=inputs)
     try:
         result = trainer.fit()
     except TrainingInterrupted as exc:
@@ -197,9 +210,9 @@ def _train_and_export(recipe: Any, out: Path, args: argparse.Namespace, *, ctx: 
     if not main:
         return 0
     report = None
-    if recipe.export.onnx and not args.no_export:
+    if recipe.export.onnx and export:
         report = export_compact(result)
-    print(training_summary(result, report))
+    print(summarize(result, report))
     return 0
 
 
@@ -238,7 +251,8 @@ def _pct(x: float | None) -> str:
 def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     """A short human summary of a finished run."""
     s = result.summary
-    lines = [f"trained {result.recipe.model.arch} on {result.recipe.data.spec} ({result.recipe.method}, "
+    start = f" from {result.recipe.model.checkpoint}" if result.recipe.model.checkpoint else ""
+    lines = [f"trained {result.recipe.model.arch}{start} on {result.recipe.data.spec} ({result.recipe.method}, "
              f"{s.get('epochs')} epochs, {s.get('train_seconds', 0):.1f}s)"]
     lines.append(f"  test accuracy (compact model): {_pct(s.get('test_accuracy'))}")
     if s.get("neurons_before"):

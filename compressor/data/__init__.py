@@ -23,7 +23,9 @@ Nothing is ever downloaded: fetching MNIST/CIFAR is the user's job (e.g. once wi
 float tensor (normalized with the dataset's standard mean/std) and ``y`` an int class index
 (-1 for an unlabeled npz). ``augment=True`` adds CIFAR-style random crop (padding side/8) + horizontal
 flip for colour data at its size (small-image folders included) and random-resized-crop + flip for
-resized image folders (training split only).
+resized image folders (training split only). ``normalize=`` chooses other statistics: ``imagenet``,
+``cifar10``, ``cifar100``, ``mnist`` or explicit ``M1,M2,M3/S1,S2,S3`` (``auto``, the default, keeps the
+dataset's own; :func:`.sources.parse_normalize`).
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
 """``imagefolder:PATH``: class folders of image files, small images kept at their size, large ones resized.
 
 *Small images* (CIFAR-10 as JPEG files): when the probed images (:data:`SIZE_PROBE`, spread over the
-training folder) all have one size and no side above :data:`SMALL_IMAGE_MAX_SIDE`, nothing is
-cropped. The images are decoded once into a uint8 tensor in memory (up to :data:`IN_MEMORY_MAX_BYTES`;
-read per item from the files above that) at their size, normalized with the per-channel mean/std
-measured on the training split, and training augmentation is the CIFAR one
-(:func:`.augment.crop_flip_augment`: side/8 padding, random crop, flip). With an ``input_size`` other
-than their size (VGG-16 at 64 on CIFAR, paper 000 appendix J.2), each image is resized whole to
-``input_size`` (no crop), and the crop and flip work at that size; the statistics stay the measured
-ones. Decoded folders are cached in this process, so loading the same folder again (with and without
-augmentation, as training does) costs a directory scan.
+training folder) all have one size and no side above :data:`SMALL_IMAGE_MAX_SIDE`, nothing is cropped.
+The images are decoded once into a uint8 tensor in memory (up to :data:`IN_MEMORY_MAX_BYTES`; read per
+item from the files above that) at their size, normalized with the per-channel mean/std measured on the
+training split (or the ``stats`` given: ``load_data(normalize=...)``), and training augmentation is the
+CIFAR one (:func:`.augment.crop_flip_augment`: side/8 padding, random crop, flip). With an
+``input_size`` other than their size (VGG-16 at 64 on CIFAR, paper 000 appendix J.2), each image is
+resized whole to ``input_size`` (no crop), and the crop and flip work at that size; the statistics stay
+the measured ones. Decoded folders are cached in this process, so loading the same folder again (with
+and without augmentation, as training does) costs a directory scan.
 
-*Other folders* (ImageNet-like: mixed or large sizes): resize to ``S * 256 / 224`` and center-crop
-``S`` (default 224); training augmentation is a random-resized crop and a flip; ImageNet statistics.
+*Other folders* (ImageNet-like: mixed or large sizes): resize to ``S * 256 / 224`` and center-crop ``S``
+(default 224); training augmentation is a random-resized crop and a flip; ImageNet statistics (unless
+``stats`` are given).
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def load_imagefolder(path: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+def load_imagefolder(path: Path, *, input_size: int | None, augment: bool,
+                     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> DataBundle:
     """The bundle of ``PATH/train/<class>/*`` + ``PATH/{val,validation,test}/<class>/*``, or of
-    ``PATH/<class>/*`` split 80/20 per class with a fixed seed (see the module docstring)."""
+    ``PATH/<class>/*`` split 80/20 per class with a fixed seed (see the module docstring). ``stats``
+    (mean, std) replaces the folder's default normalization (measured, or ImageNet's)."""
     if not path.is_dir():
         raise DataError(
             f"imagefolder {path} does not exist; expected PATH/train/<class>/<images> (and PATH/val/... or "
@@ -88,8 +91,8 @@ def load_imagefolder(path: Path, *, input_size: int | None, augment: bool) -> Da
         info = {"layout": f"single folder, split {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} (seed {SPLIT_SEED})"}
     small = small_image_size([p for p, _ in train.samples])
     if small is None:
-        return _resized_bundle(train, test, split, input_size, augment, info)
-    return _small_bundle(train, test, split, small, augment, info, size=input_size)
+        return _resized_bundle(train, test, split, input_size, augment, info, stats)
+    return _small_bundle(train, test, split, small, augment, info, size=input_size, stats=stats)
 
 
 def _scan(root: Path) -> Any:
@@ -134,12 +137,13 @@ def _header_size(path: str) -> tuple[int, int]:
 
 
 def _resized_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | None, input_size: int | None,
-                    augment: bool, info: dict[str, Any]) -> DataBundle:
+                    augment: bool, info: dict[str, Any], stats: Any = None) -> DataBundle:
     from torchvision import transforms
 
     size = int(input_size or 224)
     resize = int(round(size * 256 / 224))
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = stats or (IMAGENET_MEAN, IMAGENET_STD)
+    normalize = transforms.Normalize(mean, std)
     eval_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
                                   normalize])
     train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
@@ -159,7 +163,7 @@ def _resized_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | 
             test.transform = eval_tf
         train_part, test_part = train, test
     return DataBundle(name="imagefolder", train=train_part, test=test_part, input_shape=(3, size, size),
-                      num_classes=len(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      num_classes=len(train.classes), mean=tuple(mean), std=tuple(std),
                       classes=list(train.classes), info=info)
 
 
@@ -169,7 +173,7 @@ def _resized_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | 
 
 
 def _small_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | None, hw: tuple[int, int],
-                  augment: bool, info: dict[str, Any], size: int | None = None) -> DataBundle:
+                  augment: bool, info: dict[str, Any], size: int | None = None, stats: Any = None) -> DataBundle:
     h, w = hw
     out = (int(size), int(size)) if size else hw  # the model's input: the images' size unless input_size
     resized = out != hw
@@ -184,19 +188,20 @@ def _small_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | No
             x, y = x[split[0]], y[split[0]]
         else:
             x_test, y_test = _decoded(test, hw) if test is not None else (None, None)
-        mean, std = _cached(("stats", len(x), *key), lambda: channel_stats(x))
+        mean, std = stats or _cached(("stats", len(x), *key), lambda: channel_stats(x))
         per_item = out[0] if resized else None
         train_part: Dataset = TensorImageDataset(x, y, mean=mean, std=std, transform=transform, size=per_item)
         test_part: Dataset | None = (TensorImageDataset(x_test, y_test, mean=mean, std=std, size=per_item)
                                      if x_test is not None else None)
         storage = f"decoded into memory at {h}x{w} ({count} images, {count * 3 * h * w / 1e6:.0f} MB of uint8)"
     else:
-        mean, std = _sampled_stats(train, train_idx, hw)
+        mean, std = stats or _sampled_stats(train, train_idx, hw)
         train_part, test_part = _streamed(train, test, split, out, mean, std, transform)
         storage = f"read from the files at {h}x{w} ({count} images, over {IN_MEMORY_MAX_BYTES / 1e9:.1f} GB decoded)"
     if resized:
         storage += f", each resized whole to {out[0]}x{out[1]} (input_size; no crop)"
-    info = {**info, "images": storage, "normalization": f"mean/std measured on {len(train_idx)} training images"
+    info = {**info, "images": storage, "normalization": "given (normalize)" if stats else
+            f"mean/std measured on {len(train_idx)} training images"
             + ("" if len(train_idx) <= STATS_SAMPLE or count * 3 * h * w <= IN_MEMORY_MAX_BYTES
                else f" (a sample of {STATS_SAMPLE})"), **aug_info}
     log.info("imagefolder: small images, %s; mean %s, std %s", storage, mean, std)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 #: ``crop_flip_augment``, ``stratified_split`` and the ImageNet statistics live in :mod:`.augment`,
 #: :mod:`.loaders` and :mod:`.imagefolder`; they are re-exported here, where they used to be.
 __all__ = ["load_data", "stratified_split", "crop_flip_augment", "SPEC_FORMS", "SPLIT_SEED", "TEST_FRACTION",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "NORMALIZE_FORMS", "parse_normalize"]
 
 #: Standard per-channel statistics of the datasets (of pixel values in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -33,6 +33,17 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+#: The named ``normalize`` values of :func:`load_data` (``auto`` aside): their mean and std.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "mnist": (MNIST_MEAN, MNIST_STD),
+}
+NORMALIZE_FORMS = ("auto", *NORMALIZATIONS, "M1,M2,M3/S1,S2,S3")
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 SPEC_FORMS = (
     "digits",
@@ -45,13 +56,18 @@ SPEC_FORMS = (
 )
 
 
-def load_data(spec: str, *, input_size: int | None = None, augment: bool = False) -> DataBundle:
+def load_data(spec: str, *, input_size: int | None = None, augment: bool = False,
+              normalize: str = "auto") -> DataBundle:
     """Load the dataset named by ``spec`` (see the module docstring for the forms).
 
     ``input_size=S`` resizes images to SxS (an imagefolder of large or mixed-size images: resize to
     S*256/224, center-crop S).
     ``augment`` adds random training augmentation (never to the test split).
+    ``normalize``: ``auto`` (the dataset's own statistics: its standard figures, or measured for a
+    small-image folder), ``imagenet``, ``cifar10``, ``cifar100``, ``mnist``, or explicit per-channel
+    ``M1,M2,M3/S1,S2,S3`` (one value each for one channel); see :func:`parse_normalize`.
     """
+    stats = parse_normalize(normalize)
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError(f"empty dataset spec; use one of: {', '.join(SPEC_FORMS)}")
     name, sep, arg = spec.strip().partition(":")
@@ -74,14 +90,54 @@ def load_data(spec: str, *, input_size: int | None = None, augment: bool = False
     if name == "digits":
         if arg:
             raise UsageError(f"dataset 'digits' takes no argument (got {spec!r}); it is bundled with scikit-learn")
-        bundle = _load_digits(input_size=input_size, augment=augment)
-    else:
-        if not sep or not arg:
-            placeholder = "PATH" if name in ("imagefolder", "npz") else "ROOT"
-            raise UsageError(f"dataset spec {spec!r} needs a path: {name}:{placeholder}")
-        bundle = loaders[name](name, Path(os.path.expanduser(arg)), input_size=input_size, augment=augment)
+    elif not sep or not arg:
+        placeholder = "PATH" if name in ("imagefolder", "npz") else "ROOT"
+        raise UsageError(f"dataset spec {spec!r} needs a path: {name}:{placeholder}")
+    try:
+        if name == "digits":
+            bundle = _load_digits(input_size=input_size, augment=augment, stats=stats)
+        else:
+            bundle = loaders[name](name, Path(os.path.expanduser(arg)), input_size=input_size, augment=augment,
+                                   stats=stats)
+    except DataError as exc:
+        if stats is not None and "mean/std have" in str(exc):
+            raise UsageError(f"--normalize {normalize}: {exc}") from None
+        raise
     bundle.spec = spec
+    if stats is not None and len(stats[0]) not in (1, bundle.input_shape[0]):  # where no dataset checked it
+        raise UsageError(f"--normalize {normalize}: mean/std have {len(stats[0])} values but the data has "
+                         f"{bundle.input_shape[0]} channels")
+    if stats is not None:
+        bundle.info["normalization"] = f"normalize={normalize}: mean {stats[0]}, std {stats[1]}"
+        log.info("%s: normalized with %s statistics, mean %s, std %s", bundle.name, normalize, *stats)
     return bundle
+
+
+def parse_normalize(normalize: str | None) -> Stats | None:
+    """``(mean, std)`` of a ``normalize`` value, or None for ``auto`` (the dataset's own statistics).
+
+    Named: ``imagenet``, ``cifar10``, ``cifar100``, ``mnist`` (any case); explicit: ``M1,M2,M3/S1,S2,S3``
+    with one mean and one positive std per channel (``M/S`` for one channel, or for every channel). Anything
+    else is a UsageError naming the value and the valid forms.
+    """
+    text = "auto" if normalize is None else str(normalize).strip()
+    key = text.lower().replace("-", "")
+    if key == "auto":
+        return None
+    if key in NORMALIZATIONS:
+        return NORMALIZATIONS[key]
+    bad = UsageError(f"unknown normalization {normalize!r} (--normalize, data.normalize); valid forms: "
+                     f"{', '.join(NORMALIZE_FORMS)} (explicit: per-channel means, a slash, then as many positive "
+                     "stds, e.g. 0.5,0.5,0.5/0.25,0.25,0.25)")
+    means, slash, stds = text.partition("/")
+    try:
+        mean = tuple(float(v) for v in means.split(","))
+        std = tuple(float(v) for v in stds.split(","))
+    except ValueError:
+        raise bad from None
+    if not slash or len(mean) != len(std) or not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise bad
+    return mean, std
 
 
 def _spec_hint(spec: str) -> str:
@@ -99,16 +155,15 @@ def _spec_hint(spec: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_digits(*, input_size: int | None, augment: bool) -> DataBundle:
-    """scikit-learn's 1797 8x8 digits, /16, normalized with the training split's mean/std."""
+def _load_digits(*, input_size: int | None, augment: bool, stats: Stats | None = None) -> DataBundle:
+    """scikit-learn's 1797 8x8 digits, /16, normalized with the training split's mean/std (or ``stats``)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     y = torch.tensor(digits.target, dtype=torch.long)
     train_idx, test_idx = stratified_split(y)
-    mean = (float(x[train_idx].mean()),)
-    std = (float(x[train_idx].std()),)
+    mean, std = stats or ((float(x[train_idx].mean()),), (float(x[train_idx].std()),))
     size = int(input_size) if input_size else None
     side = size or 8
     transform, info = _augmentation("digits", augment, side, flip=False)
@@ -138,7 +193,8 @@ def _not_found(name: str, root: Path, expected: str, hint: str) -> DataError:
     )
 
 
-def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool,
+                stats: Stats | None = None) -> DataBundle:
     """MNIST / Fashion-MNIST from the four idx files (gzipped or not), read with numpy (:mod:`.idx`):
     flat in ROOT, or in torchvision's ``ROOT/MNIST/raw`` (``ROOT/FashionMNIST/raw``)."""
     from torchvision import datasets
@@ -164,7 +220,7 @@ def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{label} files in {directory}: train images are {x_train.shape[1:]} but test images are "
                         f"{x_test.shape[1:]}; {fix}")
-    mean, std = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if fashion else (MNIST_MEAN, MNIST_STD)
+    mean, std = stats or ((FASHION_MNIST_MEAN, FASHION_MNIST_STD) if fashion else (MNIST_MEAN, MNIST_STD))
     size = int(input_size) if input_size else None
     height, width = (int(d) for d in x_train.shape[1:])
     shape = (1, size, size) if size else (1, height, width)
@@ -181,7 +237,8 @@ def _load_mnist(name: str, root: Path, *, input_size: int | None, augment: bool)
     )
 
 
-def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool,
+                stats: Stats | None = None) -> DataBundle:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -202,7 +259,7 @@ def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool)
             f"{name} files under {root / folder} are incomplete or corrupt ({exc}); delete the folder and "
             f"fetch it again"
         ) from exc
-    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+    mean, std = stats or ((CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD))
     size = int(input_size) if input_size else None
     side = size or 32
     transform, info = _augmentation(name, augment, side, flip=True)
@@ -222,8 +279,9 @@ def _load_cifar(name: str, root: Path, *, input_size: int | None, augment: bool)
 # imagefolder
 # --------------------------------------------------------------------------------------------------
 
-def _load_imagefolder(name: str, path: Path, *, input_size: int | None, augment: bool) -> DataBundle:
-    return load_imagefolder(path, input_size=input_size, augment=augment)
+def _load_imagefolder(name: str, path: Path, *, input_size: int | None, augment: bool,
+                      stats: Stats | None = None) -> DataBundle:
+    return load_imagefolder(path, input_size=input_size, augment=augment, stats=stats)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +291,8 @@ def _load_imagefolder(name: str, path: Path, *, input_size: int | None, augment:
 _NPZ_KEYS = {"x", "y", "x_test", "y_test", "mean", "std"}
 
 
-def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -> DataBundle:
+def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool,
+              stats: Stats | None = None) -> DataBundle:
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist; check the path (npz:PATH)")
     import zipfile
@@ -276,6 +335,7 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool) -
         raise DataError(f"{path}: give both 'mean' and 'std' arrays, or neither")
     if std and min(std) <= 0:
         raise DataError(f"{path}: std must be positive, got {std}")
+    mean, std = stats or (mean, std)  # normalize= replaces the file's own mean/std
 
     image = x.dim() == 4
     size = int(input_size) if (input_size and image) else None

@@ -43,6 +43,7 @@ from .tp_compat import (
     IndexBudget,
     IndexExplosion,
     bounded_index_mappings,
+    channel_padding,
     check_version,
     failed_construct,
     trace_failure,
@@ -313,6 +314,8 @@ class DependencyAnalyzer:
             return f"GroupNorm {name} normalizes across channels (removal would not be lossless)"
         if node.type in _UNMEASURED_TYPES:
             return f"{_UNMEASURED_TYPES[node.type]} {name} reads these channels and is not supported"
+        if node.type == OPT.ELEMENTWISE and channel_padding(node) is not None:
+            return channel_padding(node)
         if node.type == OPT.ELEMENTWISE:
             attention = _ATTENTION_OPS.search(str(getattr(node, "name", "")))
             if attention:

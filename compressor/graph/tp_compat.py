@@ -22,6 +22,9 @@ guard while it works; each lives here, is undone on exit, and has a test (``test
    and never restores it. demp sets it for one call and restores the previous value.
 3. :func:`trace_failure` — names the construct torch-pruning failed on, from the name of its
    innermost ``update_*_index_mapping`` frame.
+4. :func:`channel_padding` — torch-pruning treats ``F.pad`` as element-wise, also when it pads the
+   channel dimension (the option-A shortcut of the CIFAR ResNets); this reads the pad from the autograd
+   node so the analyzer can block such groups.
 
 The patches of (1) replace class and module attributes, which every thread of the process sees while
 the context is open; a process-wide lock keeps two contexts from interleaving.
@@ -250,3 +253,29 @@ def _layers_near_failure(exc: BaseException, limit: int = 3) -> list[str]:
                 queue.extend(getattr(n, "inputs", []))
         return found
     return []
+
+
+def channel_padding(node: Any) -> str | None:
+    """Why no channel may be removed across ``node`` when it is a constant pad of the channel dimension
+    (``F.pad(x, (0, 0, 0, 0, p, p))``: option-A shortcuts of the CIFAR ResNets), else None.
+
+    torch-pruning traces ``ConstantPadNd`` as an element-wise op and couples the channels before and after
+    it one to one, although the pad shifts them by ``p`` and adds channels no layer produces: it joins two
+    residual streams of different widths into one group with wrong index maps. The pad is read from the
+    autograd node (``_saved_pad``, ordered from the last dimension backwards) and the tensor's rank from its
+    input metadata (a 4-d NCHW tensor where that is unavailable); a spatial pad returns None.
+    """
+    grad_fn = getattr(node, "grad_fn", None)
+    pad = getattr(grad_fn, "_saved_pad", None)
+    if pad is None or "ConstantPad" not in type(grad_fn).__name__:
+        return None
+    try:
+        rank = len(grad_fn._input_metadata[0].shape)
+    except (AttributeError, IndexError, TypeError):  # pragma: no cover - another torch
+        rank = 4
+    before, after = (tuple(pad[2 * (rank - 2):2 * (rank - 2) + 2]) + (0, 0))[:2]
+    if not before and not after:
+        return None
+    return (f"a zero-padding of the channel dimension (F.pad adding {before} + {after} channels, e.g. an option-A "
+            "residual shortcut) ties these channels to a wider tensor at fixed offsets; torch-pruning maps channels "
+            "through it one to one, so a removal would cut the wrong channels")

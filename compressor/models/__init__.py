@@ -19,6 +19,10 @@ Architectures (``arch``):
   max-pool, for 32x32 inputs (the DemP papers' CIFAR network);
 * ``resnet20-cifar`` / ``resnet56-cifar`` — He et al. (2016)'s CIFAR ResNets (3x3 stem, three stages of
   3 / 9 basic blocks with 16/32/64 channels, 1x1 conv + BN projection shortcuts where the shape changes);
+* ``resnet20-cifar-a`` / ``resnet32-cifar-a`` / ``resnet44-cifar-a`` / ``resnet56-cifar-a`` /
+  ``resnet110-cifar-a`` — the same networks with the paper's option-A (zero-padding) shortcuts and
+  akamaster's module names, so the published CIFAR-10 checkpoints load; their data is normalized with
+  ImageNet statistics under ``normalize="auto"``, as those weights expect;
 * ``vgg16-cifar`` — VGG-16 (configuration D) with BatchNorm, global average pool and a small
   classifier (512 -> 512 -> classes), for 32x32 inputs;
 * ``vit-tiny`` — a small pre-norm Vision Transformer (4x4 patches, class token, width 64, depth 4,
@@ -28,8 +32,8 @@ Architectures (``arch``):
 
 Modules: :mod:`.spec` (:class:`ModelSpec`), :mod:`.registry` (names, :func:`make_spec`,
 :func:`build_model`), one module per built-in family (:mod:`.mlp`, :mod:`.cnn`, :mod:`.resnet_cifar`,
-:mod:`.resnet_cifar_he`, :mod:`.vgg_cifar`, :mod:`.vit`), :mod:`.zoo` (torchvision), :mod:`.user_file`. Loading a
-checkpoint into a model is :func:`compressor.loading.load_model`.
+:mod:`.resnet_cifar_he`, :mod:`.resnet_cifar_a`, :mod:`.vgg_cifar`, :mod:`.vit`), :mod:`.zoo` (torchvision),
+:mod:`.user_file`. Loading a checkpoint into a model is :func:`compressor.loading.load_model`.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from .registry import (
     BuiltinArch,
     build_model,
     canonical_arch,
+    data_normalization,
     example_input,
     infer_num_classes,
     list_archs,
     make_spec,
 )
 from .resnet_cifar import build_resnet18_cifar
+from .resnet_cifar_a import ResNetCifarA
 from .resnet_cifar_he import CifarResNet, build_resnet20_cifar, build_resnet56_cifar
 from .spec import ModelSpec
 from .vgg_cifar import VGGCifar, build_vgg16_cifar
@@ -55,7 +61,7 @@ from .zoo import torchvision_archs
 
 __all__ = [
     "ModelSpec", "BuiltinArch", "BUILTINS", "build_model", "make_spec", "canonical_arch", "list_archs",
-    "infer_num_classes", "example_input", "torchvision_archs", "ACTIVATIONS", "MLP", "SmallCNN", "VGGCifar",
-    "VisionTransformer", "CifarResNet", "build_mlp", "build_cnn", "build_resnet18_cifar", "build_resnet20_cifar",
-    "build_resnet56_cifar", "build_vgg16_cifar", "build_vit_tiny",
+    "infer_num_classes", "example_input", "data_normalization", "torchvision_archs", "ACTIVATIONS", "MLP",
+    "SmallCNN", "VGGCifar", "VisionTransformer", "CifarResNet", "ResNetCifarA", "build_mlp", "build_cnn",
+    "build_resnet18_cifar", "build_resnet20_cifar", "build_resnet56_cifar", "build_vgg16_cifar", "build_vit_tiny",
 ]

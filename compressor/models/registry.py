@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,6 +20,13 @@ from ..errors import UsageError
 from .cnn import build_cnn
 from .mlp import build_mlp
 from .resnet_cifar import build_resnet18_cifar
+from .resnet_cifar_a import (
+    build_resnet20_cifar_a,
+    build_resnet32_cifar_a,
+    build_resnet44_cifar_a,
+    build_resnet56_cifar_a,
+    build_resnet110_cifar_a,
+)
 from .resnet_cifar_he import build_resnet20_cifar, build_resnet56_cifar
 from .spec import ModelSpec
 from .user_file import (
@@ -32,7 +40,9 @@ from .vit import build_vit_tiny
 from .zoo import build_timm, build_torchvision, check_timm_arch, timm_name, timm_spec, torchvision_archs, torchvision_spec
 
 __all__ = ["BuiltinArch", "BUILTINS", "list_archs", "canonical_arch", "make_spec", "build_model",
-           "infer_num_classes", "example_input"]
+           "infer_num_classes", "example_input", "data_normalization"]
+
+log = logging.getLogger(__name__)
 
 #: An unusual class count used to find the classifier layer of an architecture (see infer_num_classes).
 _SENTINEL_CLASSES = 1013
@@ -40,11 +50,17 @@ _SENTINEL_CLASSES = 1013
 
 @dataclass(frozen=True)
 class BuiltinArch:
-    """A built-in architecture: its builder and defaults."""
+    """A built-in architecture: its builder and defaults.
+
+    ``normalization`` names the input statistics its published weights expect (a ``normalize`` value of
+    :func:`compressor.data.load_data`, e.g. ``"imagenet"``); ``normalize="auto"`` then uses them for this
+    architecture (:func:`data_normalization`). None: the data's own statistics.
+    """
 
     builder: Callable[..., nn.Module]
     input_shape: tuple[int, ...]
     num_classes: int = 10
+    normalization: str | None = None
 
 
 BUILTINS: dict[str, BuiltinArch] = {
@@ -53,6 +69,12 @@ BUILTINS: dict[str, BuiltinArch] = {
     "resnet18-cifar": BuiltinArch(build_resnet18_cifar, (3, 32, 32)),
     "resnet20-cifar": BuiltinArch(build_resnet20_cifar, (3, 32, 32)),
     "resnet56-cifar": BuiltinArch(build_resnet56_cifar, (3, 32, 32)),
+    # option A, akamaster's published CIFAR-10 weights: trained on ImageNet-normalized inputs
+    "resnet20-cifar-a": BuiltinArch(build_resnet20_cifar_a, (3, 32, 32), normalization="imagenet"),
+    "resnet32-cifar-a": BuiltinArch(build_resnet32_cifar_a, (3, 32, 32), normalization="imagenet"),
+    "resnet44-cifar-a": BuiltinArch(build_resnet44_cifar_a, (3, 32, 32), normalization="imagenet"),
+    "resnet56-cifar-a": BuiltinArch(build_resnet56_cifar_a, (3, 32, 32), normalization="imagenet"),
+    "resnet110-cifar-a": BuiltinArch(build_resnet110_cifar_a, (3, 32, 32), normalization="imagenet"),
     "vgg16-cifar": BuiltinArch(build_vgg16_cifar, (3, 32, 32)),
     "vit-tiny": BuiltinArch(build_vit_tiny, (3, 32, 32)),
 }
@@ -80,6 +102,21 @@ def canonical_arch(arch: str) -> str:
         f"unknown architecture {arch!r}; {hint} (built-ins: {', '.join(BUILTINS)}; any torchvision "
         "classification model; timm:NAME for a timm model; or your own with --model-file PATH.py:FACTORY)"
     )
+
+
+def data_normalization(arch: str | None, normalize: str | None = "auto") -> str:
+    """The ``normalize`` value to load data with for ``arch``: ``normalize`` itself unless it is ``auto``
+    (or None) and ``arch`` is a built-in that declares the statistics its published weights expect
+    (:attr:`BuiltinArch.normalization`); then those, with an INFO line saying why."""
+    normalize = normalize or "auto"
+    if normalize.strip().lower() != "auto" or not arch:
+        return normalize
+    entry = BUILTINS.get(arch.strip().lower().replace("_", "-"))
+    if entry is None or entry.normalization is None:
+        return normalize
+    log.info("normalize auto: %s statistics for --arch %s (the statistics its published weights were trained "
+             "with); pass --normalize (data.normalize) to choose others", entry.normalization, arch)
+    return entry.normalization
 
 
 def make_spec(

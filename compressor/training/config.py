@@ -78,6 +78,7 @@ class DataConfig:
 
     spec: str = field(default="digits", metadata={"help": "\"digits\", \"mnist:ROOT\", \"cifar10:ROOT\", \"imagefolder:PATH\", \"npz:PATH\", ..."})
     input_size: int | None = field(default=None, metadata={"help": "resize images to this side length (None: the dataset's own)"})
+    normalize: str = field(default="auto", metadata={"help": "input statistics: auto | imagenet | cifar10 | cifar100 | mnist | \"M1,M2,M3/S1,S2,S3\"; auto: those the architecture's published weights expect (resnet*-cifar-a: imagenet), else the dataset's own"})
     batch_size: int = field(default=128, metadata={"help": "training batch size"})
     eval_batch_size: int | None = field(default=None, metadata={"help": "None: 2 x batch_size"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: load in the training process)"})
@@ -90,7 +91,7 @@ class TrainConfig:
     """The optimization recipe. Epoch-valued fields (``step_size``, ``milestones``, ``warmup_epochs``)
     are converted to optimizer steps with the number of batches per epoch."""
 
-    epochs: int = field(default=10, metadata={"help": "training epochs (>= 1)"})
+    epochs: int | float = field(default=10, metadata={"help": "training epochs (> 0; a fraction such as 0.2 trains that share of an epoch: the run takes round(epochs x batches per epoch) optimizer steps)"})
     optimizer: str = field(default="adam", metadata={"help": "adam | adamw | sgd"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (peak lr for one_cycle)"})
     momentum: float = field(default=0.9, metadata={"help": "sgd only"})
@@ -420,7 +421,7 @@ def _validate_lr_schedule(t: TrainConfig) -> None:
 
 
 def _validate_train(t: TrainConfig) -> None:
-    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _check(_finite(t.epochs) and t.epochs > 0, "train.epochs", t.epochs, "a number > 0 (a fraction trains part of an epoch)")
     _validate_optimizer(t)
     _validate_lr_schedule(t)
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "0 <= smoothing < 1")

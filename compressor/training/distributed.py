@@ -246,6 +246,16 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them at the start of
+    every forward pass, so after the last training step each rank holds the statistics of its own last
+    batch; the final model must be one model. A no-op without a process group."""
+    if not active():
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def all_reduce_grads(module: torch.nn.Module) -> None:
     """Sum every parameter's ``.grad`` over all ranks in place (a missing gradient counts as zeros).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from .splits import EpochSampler, TrainingSplits, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "build_run", "build_methods"]
+__all__ = ["Run", "build_run", "build_methods", "run_steps"]
 
 LOADER_SEED_OFFSET = 104729
 
@@ -70,6 +71,15 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)  # the ``epoch`` records
     cost: TrainingCost = field(default_factory=TrainingCost)  # training MACs and step wall-clock so far
     _macs: dict[str, int | None] = field(default_factory=dict)  # MACs per architecture state (plan hash)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the loop runs (the last one cut short when ``train.epochs`` is a fraction)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Optimizer steps of 0-based ``epoch`` (all of the loader's batches but in a cut-short last epoch)."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
     @property
     def bundle(self) -> DataBundle:
@@ -126,6 +136,11 @@ class Run:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.train_model = DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+def run_steps(steps_per_epoch: int, epochs: float) -> int:
+    """Optimizer steps of a run of ``epochs`` (a fraction trains that share of an epoch; at least one step)."""
+    return max(1, int(round(steps_per_epoch * float(epochs))))
 
 
 def _build_model(recipe: RecipeConfig, bundle: DataBundle) -> tuple[nn.Module, ModelSpec]:
@@ -201,7 +216,7 @@ def build_methods(recipe: RecipeConfig, ctx: MethodContext) -> list[TrainingMeth
 
 
 def build_run(recipe: RecipeConfig, *, ctx: dist_util.DistContext, data: DataBundle | None = None,
-              checkpoint: Checkpoint | None = None) -> Run:
+              checkpoint: Checkpoint | None = None, model: nn.Module | None = None) -> Run:
     """Everything the run needs, in a fixed order (the seeded RNG draws are part of reproducibility)."""
     t = recipe.train
     seed_everything(t.seed)
@@ -211,7 +226,10 @@ def build_run(recipe: RecipeConfig, *, ctx: dist_util.DistContext, data: DataBun
     splits = TrainingSplits(recipe, data)
     if splits.bundle.test is None:
         log.warning("the dataset has no test split: test accuracy will not be reported")
-    model, spec = _build_model(recipe, splits.bundle)
+    if model is not None:  # built by the caller (compressor.load_model: it knows its spec)
+        spec = model.demp_spec
+    else:
+        model, spec = _build_model(recipe, splits.bundle)
     input_shape = tuple(int(s) for s in splits.bundle.input_shape)
     if checkpoint is not None:
         _restore_architecture(model, checkpoint, input_shape)
@@ -221,11 +239,11 @@ def build_run(recipe: RecipeConfig, *, ctx: dist_util.DistContext, data: DataBun
         count = count_macs(model, input_shape, device=device)
         dense = {"params": count_params(model), "macs": count.total_macs, "mac_counter": count.counter}
     sampler, train_loader, test_loader, val_loader, gen, spe = _loaders(recipe, splits, ctx, device)
-    total_steps = spe * t.epochs
+    total_steps = run_steps(spe, t.epochs)
     eval_bs = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
     method_ctx = MethodContext(
         model=model, example_inputs=torch.zeros((2, *input_shape), device=device), total_steps=total_steps,
-        epochs=t.epochs, seed=t.seed, measurement_samples=splits.measurement_samples,
+        epochs=math.ceil(total_steps / spe), seed=t.seed, measurement_samples=splits.measurement_samples,
         measurement_loader=lambda n: DataLoader(splits.measurement(n), batch_size=eval_bs, shuffle=False))
     methods = build_methods(recipe, method_ctx)
     return Run(recipe=recipe, ctx=ctx, device=device, splits=splits, spec=spec, model=model,

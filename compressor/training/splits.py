@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler, Subset
 
 from ..data import DataBundle, load_data
 from ..errors import UsageError
+from ..models.registry import data_normalization
 from . import distributed as dist_util
 from .config import RecipeConfig
 
@@ -77,7 +78,10 @@ class TrainingSplits:
         self.recipe = recipe
         self._given = data is not None
         d = recipe.data
-        full = data if data is not None else load_data(d.spec, input_size=d.input_size, augment=recipe.train.augment)
+        m = recipe.model
+        self._normalize = data_normalization(None if m.model_file else m.arch, d.normalize) if data is None else "auto"
+        full = data if data is not None else load_data(d.spec, input_size=d.input_size, augment=recipe.train.augment,
+                                                       normalize=self._normalize)
         self.full_train: Dataset = full.train
         self.val_idx: list[int] | None = None
         self.bundle = self._hold_out(full)
@@ -102,7 +106,7 @@ class TrainingSplits:
         if self._plain is None:
             d = self.recipe.data
             if self.recipe.train.augment and not self._given:
-                self._plain = load_data(d.spec, input_size=d.input_size, augment=False).train
+                self._plain = load_data(d.spec, input_size=d.input_size, augment=False, normalize=self._normalize).train
             else:
                 self._plain = self.full_train
         return self._plain

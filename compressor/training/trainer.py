@@ -111,7 +111,8 @@ class Trainer:
 
     ``resume=True`` continues the run in ``out_dir`` from its latest checkpoint; the recipe must equal
     the one the run was started with (apart from :data:`~compressor.training.config.RESUME_TOLERANT_KEYS`).
-    ``data`` may pass an already-loaded :class:`~compressor.data.DataBundle` (tests, benchmarks).
+    ``data`` may pass an already-loaded :class:`~compressor.data.DataBundle` (tests, benchmarks), ``model``
+    a model built by :func:`compressor.load_model` to train instead of building ``recipe.model``.
     ``inputs`` names files the run reads (the recipe file): ``overwrite`` refuses an output folder that
     holds one of them, or the recipe's checkpoint or model file, or anything demp did not write.
     """
@@ -119,8 +120,9 @@ class Trainer:
     def __init__(self, recipe: RecipeConfig, out_dir: str | os.PathLike, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, data: DataBundle | None = None,
                  handle_signals: bool = True, save_model: bool = True, plots: bool = True,
-                 tensorboard: bool = True, inputs: tuple[str | os.PathLike, ...] = ()):
+                 tensorboard: bool = True, inputs: tuple[str | os.PathLike, ...] = (), model: nn.Module | None = None):
         self.recipe = recipe
+        self.model = model  # a built model to train instead of building recipe.model (the Python API)
         self.out_dir = Path(out_dir)
         self.resume = resume
         self.overwrite = overwrite
@@ -140,7 +142,7 @@ class Trainer:
         if ctx.enabled:  # checked before anything is written
             dist_util.per_rank_batch_size(self.recipe.data.batch_size, ctx.world_size)
         checkpoint = self._resume_checkpoint() if self.resume else None
-        run = build_run(self.recipe, ctx=ctx, data=self.data, checkpoint=checkpoint)
+        run = build_run(self.recipe, ctx=ctx, data=self.data, checkpoint=checkpoint, model=self.model)
         if checkpoint is None:
             self._create_output(ctx)
         position, sums = self._restore(run, checkpoint)
@@ -148,9 +150,12 @@ class Trainer:
         try:
             with SignalGuard(self.handle_signals) as guard:
                 run.model.train()
-                while position.epoch < self.recipe.train.epochs:
+                for method in run.methods if position.step == 0 and position.batch == 0 else ():
+                    self._write_events(run, [method.on_train_start(run.optimizer)], epoch=0)
+                while position.epoch < run.epochs:
                     self._run_epoch(run, position, sums, guard)
                     position.epoch, position.batch, sums = position.epoch + 1, 0, {}
+            dist_util.broadcast_buffers(run.model)  # the ranks' BatchNorm statistics after their own last batch
             return finish_run(run, self.out_dir, started=self.started, save_model=self.save_model,
                               plots=self.plots, after_removal=self._after_removal)
         finally:
@@ -218,12 +223,15 @@ class Trainer:
         epoch_sums = LossMeter(run.device, sums, "ep_")
         interval = LossMeter(run.device, sums, "iv_")
         epoch_start = time.perf_counter() - float(sums.get("ep_time", 0.0))
-        bar = tqdm(total=run.steps_per_epoch, initial=pos.batch, desc=f"epoch {pos.epoch + 1}/{self.recipe.train.epochs}",
+        steps = run.steps_in_epoch(pos.epoch)
+        bar = tqdm(total=steps, initial=pos.batch, desc=f"epoch {pos.epoch + 1}/{run.epochs}",
                    leave=False, disable=None if self.progress else True, dynamic_ncols=True)
         try:
             t_last = time.perf_counter()
             macs, dense = run.macs(), not self._removed_any(run)
             for batch in run.train_loader:
+                if pos.batch >= steps:  # a fractional last epoch ends early
+                    break
                 lr, loss, correct, n, events = self._step(run, batch, pos)
                 now = time.perf_counter()
                 run.cost.add_step(macs, run.dense.get("macs"), n, now - t_last, dense=dense)
@@ -234,15 +242,15 @@ class Trainer:
                 t_last = now
                 for event in events:
                     run.metrics.write(event_record(event, pos.epoch))
-                if interval.steps >= self.recipe.train.log_every or pos.batch == run.steps_per_epoch:
+                if interval.steps >= self.recipe.train.log_every or pos.batch == steps:
                     self._log_interval(run, pos, lr, interval, bar)
                 bar.update(1)
-                if self._stop_requested(run, guard) and pos.batch < run.steps_per_epoch:
+                if self._stop_requested(run, guard) and pos.batch < steps:
                     state = {**epoch_sums.state("ep_", steps=False), **interval.state("iv_", steps=True),
                              "ep_time": time.perf_counter() - epoch_start}
                     path = self._checkpoint(run, pos, state)
                     self._interrupted(guard, f"at step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch} of "
-                                             f"{run.steps_per_epoch})", path)
+                                             f"{steps})", path)
         finally:
             bar.close()
         self._end_epoch(run, pos, epoch_sums, epoch_start, guard)
@@ -299,11 +307,7 @@ class Trainer:
         """The methods' end-of-epoch work, evaluation, the ``epoch`` record and the epoch checkpoint."""
         if run.ctx.enabled:  # the epoch's training loss/accuracy over all ranks' shards
             self._reduce_epoch_sums(run, epoch_sums)
-        events = [e for e in (m.end_of_epoch(pos.epoch, run.optimizer) for m in run.methods) if e is not None]
-        if events and run.ctx.enabled:
-            self._after_removal(run, events)
-        for event in events:
-            run.metrics.write(event_record(event, pos.epoch))
+        self._write_events(run, [m.end_of_epoch(pos.epoch, run.optimizer) for m in run.methods], epoch=pos.epoch)
         if not math.isfinite(epoch_sums.mean_loss()):
             self._diverged(pos.epoch, pos.step, epoch_sums.mean_loss())
         test = evaluate(run.model, run.test_loader, run.device, bf16=self.recipe.train.bf16) \
@@ -318,6 +322,14 @@ class Trainer:
         path = self._checkpoint(run, Position(pos.epoch + 1, pos.step, 0), {})
         if self._stop_requested(run, guard):
             self._interrupted(guard, f"after epoch {pos.epoch + 1} (step {pos.step})", path)
+
+    def _write_events(self, run: Run, events: list[RemovalEvent | None], *, epoch: int) -> None:
+        """Record the removal events of a hook outside the steps (start of training, end of an epoch)."""
+        done = [e for e in events if e is not None]
+        if done and run.ctx.enabled:
+            self._after_removal(run, done)
+        for event in done:
+            run.metrics.write(event_record(event, epoch))
 
     @staticmethod
     def _reduce_epoch_sums(run: Run, sums: LossMeter) -> None:
@@ -335,7 +347,7 @@ class Trainer:
         live, total = record["live_total"], record["neurons_total"]
         live_txt = f", live neurons {live}/{total} ({100 * live / total:.1f}%)" if live is not None and total else ""
         log.info("epoch %d/%d: train loss %.4f, test accuracy %s%s, params %d (%.1fs)", record["epoch"],
-                 self.recipe.train.epochs, record["train_loss"], acc, live_txt, record["params"],
+                 math.ceil(self.recipe.train.epochs), record["train_loss"], acc, live_txt, record["params"],
                  record["epoch_seconds"])
 
     # ------------------------------------------------------------------ checkpoint / stop

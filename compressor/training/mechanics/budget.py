@@ -64,6 +64,10 @@ class BudgetController:
     closed_step: int | None = None  # the measurement at which the deadline closed the gap (None: λ reached it)
     closed_from: float | None = None  # the share reached by λ alone when the deadline closed the gap
     closed_neurons: int = 0  # live neurons the deadline removed
+    closed_to: float | None = None  # the share right after the deadline's cut
+    closed_error: dict[str, Any] | None = None  # the cut's output change (max_abs_diff, rel_diff, samples)
+    lossless_share: float | None = None  # the share the removal before the first step took (dead neurons: lossless)
+    final_share: float | None = None  # the share at the end of training
 
     @property
     def deadline(self) -> float:
@@ -74,12 +78,24 @@ class BudgetController:
         """True when, after ``step`` steps, the deadline has passed and the target is not yet reached."""
         return not self.frozen and step >= self.deadline and measured < self.target
 
-    def close(self, step: int, before: float, after: float, neurons: int) -> None:
+    def close(self, step: int, before: float, after: float, neurons: int, error: dict[str, Any] | None = None) -> None:
         """Record that the deadline removed ``neurons`` live neurons at ``step`` to take the share from
-        ``before`` to ``after``, and freeze."""
+        ``before`` to ``after`` (changing the outputs by ``error``), and freeze."""
         self.closed_step, self.closed_from, self.closed_neurons = int(step), float(before), int(neurons)
+        self.closed_to, self.closed_error = float(after), (dict(error) if error else None)
         self.last_measured, self.last_planned = float(after), self.planned(step)
         self.reached_step = int(step)
+
+    def breakdown(self) -> dict[str, Any]:
+        """Where the share came from: lossless removal before training, neurons that died under the penalty
+        (and on their own later), and the deadline's forced cut of live neurons (with its output change).
+
+        The three add up to the final share (the last measurement while training is not finished)."""
+        final = self.final_share if self.final_share is not None else (self.last_measured or 0.0)
+        lossless = self.lossless_share or 0.0
+        cut = (self.closed_to - self.closed_from) if self.closed_to is not None and self.closed_from is not None else 0.0
+        return {"final": final, "lossless": lossless, "died": final - lossless - cut, "cut": cut,
+                "cut_neurons": self.closed_neurons, "cut_error": self.closed_error}
 
     def planned(self, step: int) -> float:
         """The planned share after ``step`` optimizer steps: a line from the first measurement to the target."""
@@ -114,7 +130,8 @@ class BudgetController:
         return {"gain": self.gain, "reached_step": self.reached_step, "last_measured": self.last_measured,
                 "last_planned": self.last_planned, "start_step": self.start_step, "start_share": self.start_share,
                 "closed_step": self.closed_step, "closed_from": self.closed_from,
-                "closed_neurons": self.closed_neurons}
+                "closed_neurons": self.closed_neurons, "closed_to": self.closed_to, "closed_error": self.closed_error,
+                "lossless_share": self.lossless_share, "final_share": self.final_share}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gain = float(state.get("gain", self.gain))
@@ -129,3 +146,5 @@ class BudgetController:
         self.closed_step = None if closed is None else int(closed)
         self.closed_from = state.get("closed_from")
         self.closed_neurons = int(state.get("closed_neurons", 0))
+        self.closed_to, self.closed_error = state.get("closed_to"), state.get("closed_error")
+        self.lossless_share, self.final_share = state.get("lossless_share"), state.get("final_share")

@@ -31,6 +31,9 @@ Targets:
 Only parameters with ``requires_grad=True`` are regularized. Pruning replaces parameter objects, so
 the list must be collected again after every structural removal (:class:`Regularizer.refresh`).
 
+Each tensor's term may carry a weight (:meth:`Regularizer.set_weights`): DemP's cost-aware penalty
+(beyond the papers, :mod:`.costs`) weights a tensor by what one neuron of its group costs.
+
 The penalty is a single custom autograd function over the cached list: the value is computed with
 one ``torch._foreach_norm`` call and the backward writes λ·∂R/∂p with a few ``_foreach`` kernels, so
 the per-step cost is a handful of kernel launches however many tensors there are.
@@ -74,8 +77,8 @@ def collect_params(model: nn.Module, target: str) -> list[tuple[str, nn.Paramete
     return [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
 
 
-def _value(kind: str, params: Sequence[Tensor]) -> Tensor:
-    """R(params) without autograd, as a 0-d float32/param-dtype tensor."""
+def _value(kind: str, params: Sequence[Tensor], weights: Sequence[float] | None = None) -> Tensor:
+    """Σ_i w_i R(p_i) without autograd (w_i = 1 without ``weights``), as a 0-d float32/param-dtype tensor."""
     if kind in ("cdg_l2", "cdg_lasso"):
         params = torch._foreach_clamp_min(list(params), 0.0)
     order = 1 if kind in ("lasso", "cdg_lasso") else 2
@@ -83,20 +86,24 @@ def _value(kind: str, params: Sequence[Tensor]) -> Tensor:
     if len({n.dtype for n in per_tensor}) > 1:  # mixed-precision parameter lists
         per_tensor = [n.float() for n in per_tensor]
     norms = torch.stack(per_tensor)
-    if order == 1:
-        return norms.sum()
-    return norms.pow(2).sum()
+    if order == 2:
+        norms = norms.pow(2)
+    if weights is not None:
+        norms = norms * torch.tensor(list(weights), dtype=norms.dtype, device=norms.device)
+    return norms.sum()
 
 
 class _Penalty(torch.autograd.Function):
     """scale·R(params) with a hand-written foreach backward (the gradient of each R is elementwise)."""
 
     @staticmethod
-    def forward(ctx, kind: str, scale: float, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, kind: str, scale: float, weights: tuple[float, ...] | None,  # type: ignore[override]
+                *params: Tensor) -> Tensor:
         ctx.kind = kind
         ctx.scale = scale
+        ctx.weights = weights
         ctx.save_for_backward(*params)
-        return _value(kind, params) * scale
+        return _value(kind, params, weights) * scale
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -117,32 +124,34 @@ class _Penalty(torch.autograd.Function):
             grads = torch._foreach_clamp_min(params, 0.0)
             torch._foreach_sign_(grads)
             torch._foreach_mul_(grads, g)
-        return (None, None, *grads)
+        if ctx.weights is not None:
+            torch._foreach_mul_(grads, list(ctx.weights))
+        return (None, None, None, *grads)
 
 
-def penalty(kind: str, params: Sequence[Tensor], scale: float = 1.0) -> Tensor:
-    """``scale · R_kind(params)`` as a differentiable 0-d tensor (0 without a graph when nothing applies)."""
+def penalty(kind: str, params: Sequence[Tensor], scale: float = 1.0, weights: Sequence[float] | None = None) -> Tensor:
+    """``scale · Σ_i w_i R_kind(p_i)`` as a differentiable 0-d tensor (w_i = 1 without ``weights``; 0
+    without a graph when nothing applies)."""
     if kind not in REGULARIZERS:
         raise ValueError(f"unknown regularizer {kind!r}; choose one of {', '.join(REGULARIZERS)}")
+    if weights is not None and len(weights) != len(params):
+        raise ValueError(f"{len(weights)} penalty weights for {len(params)} tensors")
     if kind == "none" or not params or scale == 0.0:
         device = params[0].device if params else None
         return torch.zeros((), device=device)
-    return _Penalty.apply(kind, float(scale), *params)
+    return _Penalty.apply(kind, float(scale), None if weights is None else tuple(float(w) for w in weights), *params)
 
 
-def reference_penalty(kind: str, params: Sequence[Tensor]) -> Tensor:
+def reference_penalty(kind: str, params: Sequence[Tensor], weights: Sequence[float] | None = None) -> Tensor:
     """Plain-autograd definition of each regularizer; the tests check :func:`penalty` against it."""
-    if kind == "l2":
-        return sum((p * p).sum() for p in params)
-    if kind == "lasso":
-        return sum(p.abs().sum() for p in params)
-    if kind == "cdg_l2":
-        return sum(p.clamp(min=0).pow(2).sum() for p in params)
-    if kind == "cdg_lasso":
-        return sum(p.clamp(min=0).sum() for p in params)
+    per_tensor = {"l2": lambda p: (p * p).sum(), "lasso": lambda p: p.abs().sum(),
+                  "cdg_l2": lambda p: p.clamp(min=0).pow(2).sum(), "cdg_lasso": lambda p: p.clamp(min=0).sum()}
     if kind == "none":
         return torch.zeros(())
-    raise ValueError(f"unknown regularizer {kind!r}")
+    if kind not in per_tensor:
+        raise ValueError(f"unknown regularizer {kind!r}")
+    ws = [1.0] * len(params) if weights is None else list(weights)
+    return sum(w * per_tensor[kind](p) for w, p in zip(ws, params))
 
 
 class Regularizer:
@@ -158,13 +167,22 @@ class Regularizer:
         self.target = target
         self.names: list[str] = []
         self.params: list[nn.Parameter] = []
+        self.weights: list[float] | None = None  # per-tensor weights (a cost-aware penalty); None: all 1
         self.refresh()
 
     def refresh(self) -> None:
-        """Collect the targeted parameters again (call after every structural removal)."""
+        """Collect the targeted parameters again (call after every structural removal; the weights are
+        dropped: set them again with :meth:`set_weights`)."""
         pairs = collect_params(self.model, self.target) if self.kind != "none" else []
         self.names = [n for n, _ in pairs]
         self.params = [p for _, p in pairs]
+        self.weights = None
+
+    def set_weights(self, weights: Sequence[float] | None) -> None:
+        """Weight each tensor's term (one number per tensor of :attr:`names`, in order; None: all 1)."""
+        if weights is not None and len(weights) != len(self.params):
+            raise ValueError(f"{len(weights)} penalty weights for {len(self.params)} regularized tensors")
+        self.weights = None if weights is None else [float(w) for w in weights]
 
     @property
     def numel(self) -> int:
@@ -178,4 +196,4 @@ class Regularizer:
             except StopIteration:
                 device = None
             return torch.zeros((), device=device)
-        return penalty(self.kind, self.params, scale)
+        return penalty(self.kind, self.params, scale, self.weights)

@@ -2,6 +2,7 @@
 
 The trainer treats every method alike through :class:`TrainingMethod`'s hooks, called in this order:
 
+- ``on_train_start(optimizer)`` — once before the first step of a run (a removal from the start point);
 - ``penalty(step)`` — a term to add to the loss before ``backward()`` (None: nothing);
 - ``after_step(step, optimizer)`` — right after ``optimizer.step()``; may measure, mask or remove;
 - ``end_of_epoch(epoch, optimizer)`` — after the last step of 0-based ``epoch``, before evaluation;
@@ -27,6 +28,7 @@ hands every rank rank 0's scores for the methods that rank neurons by a score.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Sequence
@@ -118,6 +120,11 @@ class TrainingMethod:
     def penalty(self, step: int) -> Tensor | None:
         return None
 
+    def on_train_start(self, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
+        """Once before the first optimizer step of a run (not on resume): a removal from the starting
+        checkpoint (DemP's lossless removal before fine-tuning, a one-shot baseline's cut)."""
+        return None
+
     def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
         return None
 
@@ -187,6 +194,7 @@ class AnalyzerPruner(TrainingMethod):
         self._live: dict[str, Tensor] = {}  # group root -> bool (current numbering); absent = all live
         self._probe: Tensor | None = None  # the measurement samples' inputs, for a lossy removal's error
         self.removals = 0
+        self.forced_removals = 0  # removals that took live channels although the criterion is lossless
         self.steps_done = 0
         self.events: list[dict[str, Any]] = []
         self.total_neurons = sum(self.present_neurons().values())
@@ -270,7 +278,8 @@ class AnalyzerPruner(TrainingMethod):
     def describe(self) -> dict[str, Any]:
         crit = getattr(self, "criterion", None)  # the activity criterion the removals are decided by
         out = {"method": self.name, "criterion": crit.spec() if crit is not None else self.plan.criterion.get("name"),
-               "params": dict(self.plan.criterion), "lossless": self.lossless, "samples": self.samples}
+               "params": dict(self.plan.criterion), "lossless": self.lossless and not self.forced_removals,
+               "samples": self.samples}
         errors = [e["error"] for e in self.events if e.get("error")]
         if errors:  # the largest output change any removal of the run caused (lossy criteria)
             worst = max(errors, key=lambda e: e["max_abs_diff"])
@@ -297,6 +306,28 @@ class AnalyzerPruner(TrainingMethod):
         removals = [GroupRemoval(r, groups[r].size, sorted(ix), groups[r].members) for r, ix in chosen.items() if ix]
         return PruningPlan(groups=removals, criterion=self.plan.criterion)
 
+    def trial_model(self, delta: PruningPlan) -> nn.Module:
+        """A copy of the model with ``delta`` (current numbering) applied; the model itself is untouched."""
+        trial = copy.deepcopy(self.model)
+        if not delta.is_empty():
+            DependencyAnalyzer(trial, self.example_inputs, ignore=self.ignore, min_channels=self.min_channels,
+                               round_to=self.round_to).apply(delta, track_indices=False)
+        return trial
+
+    def shortest_prefix(self, ranked: Sequence[tuple[float, str, int]], groups: dict[str, Any],
+                        reaches: Callable[[PruningPlan], bool], base: PruningPlan | None = None) -> PruningPlan:
+        """The plan taking the fewest channels of ``ranked`` (in order, after ``base``) for which
+        ``reaches(plan)`` holds, by bisection (``reaches`` must be monotone in the number taken); all of
+        them when none does. A MAC or parameter target is met this way: each trial counts a copy."""
+        take = lambda k: self.plan_from_ranking(ranked, k, groups, base=base)  # noqa: E731
+        lo, hi = 0, len(ranked)
+        if not reaches(take(hi)):
+            return take(hi)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if reaches(take(mid)) else (mid + 1, hi)
+        return take(lo)
+
     def remove(self, delta: PruningPlan, optimizer: torch.optim.Optimizer | None, *, step: int, dead: int,
                final: bool, t0: float, exact: bool | None = None) -> RemovalEvent:
         """Apply ``delta`` (current numbering) in place, slice optimizer state, compose the plan.
@@ -321,6 +352,7 @@ class AnalyzerPruner(TrainingMethod):
                     p.grad = None
             self.plan = self.plan.compose(delta)
             self.removals += 1
+            self.forced_removals += int(not exact and self.lossless)
             self._analyzer = None
             self._notify_apply(result)
         self._drop_stale_masks()
@@ -346,6 +378,7 @@ class AnalyzerPruner(TrainingMethod):
     # ------------------------------------------------------------------ persistence
     def _base_state(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict(), "total_neurons": int(self.total_neurons), "removals": self.removals,
+                "forced_removals": self.forced_removals,
                 "steps_done": self.steps_done, "events": [dict(e) for e in self.events],
                 "live_masks": {r: m.detach().cpu().clone() for r, m in self._live.items()}}
 
@@ -368,6 +401,7 @@ class AnalyzerPruner(TrainingMethod):
         self.plan = plan
         self.total_neurons = int(state["total_neurons"])
         self.removals = int(state.get("removals", 0))
+        self.forced_removals = int(state.get("forced_removals", 0))
         self.steps_done = int(state.get("steps_done", 0))
         self.events = [dict(e) for e in state.get("events", [])]
         self._live = {str(k): torch.as_tensor(v, dtype=torch.bool).cpu() for k, v in state.get("live_masks", {}).items()}

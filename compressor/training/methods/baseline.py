@@ -5,7 +5,9 @@ the end of ``steps`` epochs spaced ``interval_epochs`` apart from ``at_epoch`` o
 iterative``), scores every neuron of every prunable coupling group with a torch-pruning importance
 estimator and removes the lowest-scored neurons, globally over all groups, through the
 DependencyAnalyzer (optimizer state sliced); training then continues on the smaller network, so the
-remaining epochs fine-tune it within the same total budget as the other methods.
+remaining epochs fine-tune it within the same total budget as the other methods. ``at_epoch: 0``
+prunes before the first step instead: the prune-then-fine-tune baseline from a trained checkpoint
+(``tools/compare_finetune.py``).
 
 - ``importance``: ``magnitude-l1`` / ``magnitude-l2`` (``tp.importance.GroupMagnitudeImportance(p=1/2)``:
   the norm of every parameter slice of the coupling group, producers and consumers, averaged over the
@@ -14,11 +16,15 @@ remaining epochs fine-tune it within the same total budget as the other methods.
   with gradients accumulated over ``taylor_batches`` batches of held-aside training samples in eval
   mode; under DDP each rank takes its share of the samples and the gradients are summed over the
   ranks), ``random`` (``RandomImportance``, drawn from a generator seeded by ``train.seed`` and the
-  pruning's index; the training RNG is not disturbed).
+  pruning's index; the training RNG is not disturbed), ``redo`` (not torch-pruning's: the ReDo dormant
+  score of Sokar et al. 2023, mean |activation| over the layer's mean at the channel's most active
+  reader, measured on ``samples`` held-aside samples: the ranking DemP's budget deadline cuts by).
 - Scores are normalized per group by ``normalizer`` (torch-pruning's default ``mean``: global ranking
   across layers of different sizes; ``none`` ranks raw scores).
 - Under DDP every rank ranks the neurons by rank 0's scores (:meth:`AnalyzerPruner.agreed_scores`),
   so every rank removes the same neurons.
+- MACs: with ``target_macs: R`` the j-th of K prunings removes the fewest lowest-ranked neurons that bring
+  the MACs to ``1 - (1 - R) j / K`` of the dense model's (each trial counted on a copy, by bisection).
 - Sparsity: after the j-th of K prunings ``round(target_sparsity · N · j / K)`` of the N original
   neurons (every neuron group's channels, as in the run's ``neuron_sparsity``) are gone. Blocked groups
   (the classifier, LayerNorm streams, ...) are never pruned and every group keeps ``min_channels``
@@ -35,7 +41,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...criteria import Dormant
 from ...errors import UsageError
+from ...measure import count_macs
 from ...plan import PruningPlan
 from .. import distributed as dist_util
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
@@ -43,7 +51,11 @@ from .base import AnalyzerPruner, MethodContext, RemovalEvent
 __all__ = ["BaselineConfig", "BaselinePruning", "IMPORTANCES", "make_importance"]
 
 STATE_VERSION = 1
-IMPORTANCES = ("magnitude-l1", "magnitude-l2", "bn-scale", "taylor", "random")
+#: The ReDo score of ``importance: redo`` (the one DemP's budget deadline ranks by).
+REDO = Dormant()
+IMPORTANCES = ("magnitude-l1", "magnitude-l2", "bn-scale", "taylor", "random", "redo")
+#: Importances measured on held-aside samples (the others read the weights only).
+MEASURED = ("taylor", "redo")
 SCHEDULES = ("oneshot", "iterative")
 NORMALIZERS = ("mean", "max", "sum", "none")
 
@@ -52,10 +64,11 @@ NORMALIZERS = ("mean", "max", "sum", "none")
 class BaselineConfig:
     """Options of ``method: baseline``."""
 
-    importance: str = field(default="magnitude-l1", metadata={"help": "magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning estimators)"})
+    importance: str = field(default="magnitude-l1", metadata={"help": "magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning estimators) / redo (the ReDo dormant score on held-aside samples)"})
     target_sparsity: float = field(default=0.5, metadata={"help": "fraction of the neurons removed by the last pruning (0 < S < 1)"})
+    target_macs: float | None = field(default=None, metadata={"help": "prune to this MAC ratio compact/dense instead of target_sparsity (0 < R < 1; the fewest lowest-ranked neurons that reach it)"})
     schedule: str = field(default="oneshot", metadata={"help": "oneshot: prune once at at_epoch / iterative: steps prunings"})
-    at_epoch: int = field(default=1, metadata={"help": "prune at the end of this epoch (1-based; the first pruning when iterative)"})
+    at_epoch: int = field(default=1, metadata={"help": "prune at the end of this epoch (1-based; the first pruning when iterative); 0: before the first step, from the starting checkpoint (prune, then fine-tune)"})
     steps: int = field(default=3, metadata={"help": "iterative: number of prunings, the same share each"})
     interval_epochs: int = field(default=1, metadata={"help": "iterative: epochs between prunings"})
     normalizer: str = field(default="mean", metadata={"help": "per-group score normalization before the global ranking: mean / max / sum / none"})
@@ -71,10 +84,14 @@ class BaselineConfig:
         s = self.target_sparsity
         if not (isinstance(s, (int, float)) and math.isfinite(s) and 0 < s < 1):
             raise UsageError(f"baseline.target_sparsity = {s!r} is invalid: expected 0 < S < 1")
+        m = self.target_macs
+        if m is not None and not (isinstance(m, (int, float)) and math.isfinite(m) and 0 < m < 1):
+            raise UsageError(f"baseline.target_macs = {m!r} is invalid: expected 0 < R < 1 or null")
         for name in ("at_epoch", "steps", "interval_epochs", "taylor_batches", "samples", "min_channels"):
             v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise UsageError(f"baseline.{name} = {v!r} is invalid: expected an integer >= 1")
+            least = 0 if name == "at_epoch" else 1
+            if int(v) != v or v < least:
+                raise UsageError(f"baseline.{name} = {v!r} is invalid: expected an integer >= {least}")
 
     def validate_run(self, epochs: int) -> None:
         """The last pruning must fall within the run's ``epochs``."""
@@ -110,6 +127,8 @@ def make_importance(name: str, normalizer: str = "mean") -> Any:
         return tp.importance.GroupTaylorImportance(normalizer=norm)
     if name == "random":
         return tp.importance.RandomImportance()
+    if name == "redo":
+        return None  # measured on activations by BaselinePruning.score, not a torch-pruning estimator
     raise UsageError(f"unknown importance {name!r}: expected one of {', '.join(IMPORTANCES)}")
 
 
@@ -129,9 +148,10 @@ class BaselinePruning(AnalyzerPruner):
         self.seed = int(seed)
         super().__init__(model, example_inputs=example_inputs, loader=loader,
                          criterion={"name": "baseline", **config.to_dict()}, ignore=config.ignore,
-                         min_channels=config.min_channels, samples=samples if config.importance == "taylor" else None)
+                         min_channels=config.min_channels, samples=samples if config.importance in MEASURED else None)
         self.prunings_done = 0
         self.last_removed = 0
+        self._dense_macs = count_macs(self.model, self.example_inputs[:1]).total_macs if config.target_macs else None
 
     @classmethod
     def build(cls, config: BaselineConfig, ctx: MethodContext) -> "BaselinePruning":
@@ -179,6 +199,10 @@ class BaselinePruning(AnalyzerPruner):
     def score(self) -> dict[str, Tensor]:
         """Importance of every neuron of every prunable group (current numbering), per group root."""
         c = self.config
+        if c.importance == "redo":  # ReDo (Sokar et al. 2023): mean |activation| over the layer's, at the most active reader
+            stats = self.collect(REDO.fields)
+            return self.agreed_scores({g.root: self.analyzer.channel_scores(g, stats, REDO.scores)
+                                       for g in self._groups()})
         if c.importance == "taylor":
             self._accumulate_gradients()
         scores: dict[str, Tensor] = {}
@@ -197,12 +221,17 @@ class BaselinePruning(AnalyzerPruner):
 
     def _choose(self, scores: dict[str, Tensor]) -> PruningPlan:
         groups = {g.root: g for g in self._groups()}
-        goal = round(self.config.target_sparsity * self.total_neurons * self.prunings_done / self.config.prunings)
-        removed = self.total_neurons - sum(self.present_neurons().values())
-        budget = max(0, goal - removed)
-        candidates = [(float(v), root, i) for root, s in scores.items() for i, v in enumerate(s.tolist())]
+        share = self.prunings_done / self.config.prunings  # of the target after this pruning
+        candidates = [(float(v), root, i) for root, s in scores.items() for i, v in enumerate(s.tolist())
+                      if math.isfinite(v)]
         candidates.sort(key=lambda x: (x[0], x[1], x[2]))
-        return self.plan_from_ranking(candidates, budget, groups)
+        if self._dense_macs is not None:  # the fewest lowest-ranked neurons that bring the MACs to the goal
+            goal = 1.0 - (1.0 - float(self.config.target_macs)) * share
+            return self.shortest_prefix(candidates, groups, lambda plan: count_macs(
+                self.trial_model(plan), self.example_inputs[:1]).total_macs <= goal * self._dense_macs)
+        goal = round(self.config.target_sparsity * self.total_neurons * share)
+        removed = self.total_neurons - sum(self.present_neurons().values())
+        return self.plan_from_ranking(candidates, max(0, goal - removed), groups)
 
     def prune(self, optimizer: torch.optim.Optimizer | None, *, final: bool = False) -> Any:
         """Score and remove the next share of neurons now; returns the RemovalEvent."""
@@ -216,6 +245,11 @@ class BaselinePruning(AnalyzerPruner):
         return event
 
     # ------------------------------------------------------------------ hooks
+    def on_train_start(self, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
+        if 0 not in self.config.pruning_epochs() or self.prunings_done >= self.config.prunings:
+            return None
+        return self.prune(optimizer)
+
     def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
         self.steps_done = max(self.steps_done, int(step) + 1)
 

@@ -17,6 +17,11 @@ physically removes the dead ones during training:
    (original numbering) — the shared :class:`~.base.AnalyzerPruner` path.
 3. :meth:`DemP.finalize` — one last measurement and removal at the end of training.
 
+Beyond the papers (``docs/demp.md`` §8-9): budget mode (a target share instead of a λ, with a
+deadline), ``remove_at_start`` (the dead neurons of a starting checkpoint go before the first step),
+``cost`` (each group's λ scaled by what one of its neurons costs, :mod:`..mechanics.costs`) and
+``select: budget`` (the penalty only on the neurons a budget still needs, :mod:`..mechanics.selection`).
+
 Step convention: ``step`` is the 0-based index of the optimizer step being taken (the number of
 optimizer steps completed before it). Call ``penalty(step)`` before ``backward()`` and
 ``after_step(step, optimizer)`` after ``optimizer.step()`` with the same value. Death is measured
@@ -29,7 +34,6 @@ that holds parameters (an EMA copy, a DDP wrapper) must be refreshed by the call
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -42,10 +46,12 @@ from torch import Tensor, nn
 
 from ...criteria import Dormant, parse_criterion
 from ...errors import UsageError
-from ...graph import ApplyResult, DependencyAnalyzer
+from ...graph import ApplyResult
 from ...plan import PruningPlan
-from ...measure import count_macs, neuron_sparsity
+from ...measure import count_macs, count_params, neuron_sparsity
 from ..mechanics.budget import BudgetController
+from ..mechanics.costs import COSTS, describe_costs, neuron_costs, tensor_weights
+from ..mechanics.selection import BudgetSelection, rank_by_scale
 from ..mechanics.noise import LiveNoise, NoiseTarget
 from ..mechanics.regularizers import REGULARIZERS, TARGETS, Regularizer
 from ..mechanics.schedules import SCHEDULES, get_schedule
@@ -58,6 +64,12 @@ __all__ = ["DemPConfig", "DemP"]
 STATE_VERSION = 1
 #: How DemP decides that a neuron died (``compressor.criteria``): exact or thresholded zeros, or never positive.
 DEATH_CRITERIA = ("dead", "saturated")
+#: Which neurons the penalty acts on (``budget``: mechanics/selection.py, beyond the papers).
+SELECTIONS = ("all", "budget")
+#: ``interval: 0`` measures this many times over a run (about every 5% of the steps).
+AUTO_MEASUREMENTS = 20
+#: Budget mode's kinds and the option that sets each (neurons: the removed share; macs / params: the ratio kept).
+BUDGETS = {"neurons": "target_sparsity", "macs": "target_macs", "params": "target_params"}
 #: Budget mode warns when one measurement interval carries the share past its target by more than this.
 OVERSHOOT_WARNING = 0.03
 #: Budget mode's deadline removes the live neurons with the lowest ReDo score (mean |activation| over the layer's).
@@ -77,7 +89,7 @@ class DemPConfig:
     div_factor: float = field(default=25.0, metadata={"help": "one_cycle: start value = peak / div_factor (>= 1)"})
     final_div_factor: float = field(default=1e4, metadata={"help": "one_cycle: end value = start / final_div_factor (>= 1)"})
     noise: float = field(default=5e-5, metadata={"help": "peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)"})
-    interval: int = field(default=1000, metadata={"help": "measure death and remove dead neurons every k optimizer steps (paper: 1000)"})
+    interval: int = field(default=1000, metadata={"help": "measure death and remove dead neurons every k optimizer steps (paper: 1000); 0: auto, the training steps / 20 (short fine-tunes)"})
     death_samples: int = field(default=1024, metadata={"help": "training samples (no augmentation) on which death is measured (paper: 1024)"})
     criterion: str = field(default="dead", metadata={"help": "dead (max|activation| <= eps: ReLU's exact zeros, lossless at eps 0) | saturated (max activation <= eps: never leaves the saturated region, e.g. Leaky ReLU's only-negative units, GELU/SiLU with a small eps; lossy, each removal's output change is reported)"})
     eps: float = field(default=0.0, metadata={"help": "the criterion's threshold at every consumer (dead, eps 0: exact zeros, lossless)"})
@@ -86,6 +98,10 @@ class DemPConfig:
     ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
     target_sparsity: float | None = field(default=None, metadata={"help": "budget mode (experimental, beyond the papers; docs/demp.md section 8): the neuron sparsity (removed share) to reach; lambda is adapted online up to peak, and lambda and noise stop once it is reached (null: fixed lambda)"})
     target_macs: float | None = field(default=None, metadata={"help": "budget mode: the MAC ratio compact/dense to reach (e.g. 0.3), instead of target_sparsity"})
+    target_params: float | None = field(default=None, metadata={"help": "budget mode: the parameter ratio compact/dense to reach, instead of target_sparsity"})
+    cost: str = field(default="uniform", metadata={"help": "uniform (the papers: one lambda for every neuron) | macs | params: each regularized tensor's lambda scaled by what one neuron of its group costs, normalized to mean 1 over the prunable neurons, and 0 on groups that cannot be removed (beyond the papers, MorphNet-style; mechanics/costs.py)"})
+    select: str = field(default="all", metadata={"help": "all (the papers: every regularized tensor) | budget: penalize only the live neurons the budget still needs, the smallest |gamma| / cost weight, chosen again at every measurement, with lambda w (|gamma| + max(beta, 0)) so they die exactly (budget mode and target norm_scale; beyond the papers, mechanics/selection.py)"})
+    remove_at_start: bool = field(default=False, metadata={"help": "measure death and remove the dead neurons before the first step (fine-tuning a checkpoint: the lossless part of a budget comes first)"})
     reach_by: float = field(default=0.5, metadata={"help": "budget mode: share of the training steps by which the target is planned to be reached"})
     prune: bool = field(default=True, metadata={"help": "false: measure and record deaths but never remove"})
     final_only: bool = field(default=False, metadata={"help": "remove only once at the end (the dynamic-removal benchmark's baseline)"})
@@ -113,17 +129,22 @@ class DemPConfig:
         check(finite(self.pct_start) and 0 < self.pct_start < 1, "pct_start", "0 < pct_start < 1")
         check(finite(self.div_factor) and self.div_factor >= 1, "div_factor", "a number >= 1")
         check(finite(self.final_div_factor) and self.final_div_factor >= 1, "final_div_factor", "a number >= 1")
-        check(whole(self.interval, 1), "interval", "an integer >= 1 (optimizer steps between removals)")
+        check(whole(self.interval, 0), "interval", "an integer >= 1 (optimizer steps between removals), or 0: auto")
         check(whole(self.death_samples, 1), "death_samples", "an integer >= 1")
         check(whole(self.min_channels, 1), "min_channels", "an integer >= 1")
         check(whole(self.round_to, 1), "round_to", "an integer >= 1")
         check(not isinstance(self.ignore, str) and all(isinstance(s, str) for s in self.ignore), "ignore",
               "a list of layer names")
-        for name in ("target_sparsity", "target_macs"):
+        for name in BUDGETS.values():
             value = getattr(self, name)
             check(value is None or (finite(value) and 0 < value < 1), name, "a fraction 0 < x < 1, or null")
-        check(self.target_sparsity is None or self.target_macs is None, "target_macs",
-              "null when demp.target_sparsity is set (choose one budget)")
+        given = [name for name in BUDGETS.values() if getattr(self, name) is not None]
+        check(len(given) <= 1, given[-1] if given else "target_macs",
+              f"null when demp.{given[0] if given else ''} is set (choose one budget)")
+        check(self.cost in COSTS, "cost", " | ".join(COSTS))
+        check(self.select in SELECTIONS, "select", " | ".join(SELECTIONS))
+        check(self.select == "all" or (self.budget_share is not None and self.target == "norm_scale"), "select",
+              "all unless a budget (target_sparsity / target_macs / target_params) is set and target is norm_scale")
         check(finite(self.reach_by) and 0 < self.reach_by <= 1, "reach_by", "a fraction 0 < reach_by <= 1")
         check(self.budget_share is None or (self.regularizer != "none" and self.peak > 0), "peak",
               "> 0 with a regularizer in budget mode (the largest lambda the controller may use)")
@@ -132,11 +153,18 @@ class DemPConfig:
         return asdict(self)
 
     @property
+    def budget_kind(self) -> str | None:
+        """What the budget counts: ``neurons``, ``macs`` or ``params``; None with a fixed lambda."""
+        return next((kind for kind, name in BUDGETS.items() if getattr(self, name) is not None), None)
+
+    @property
     def budget_share(self) -> float | None:
-        """The share to remove in budget mode (neurons, or MACs: 1 - target_macs); None with a fixed lambda."""
-        if self.target_sparsity is not None:
-            return float(self.target_sparsity)
-        return None if self.target_macs is None else 1.0 - float(self.target_macs)
+        """The share to remove in budget mode (neurons, or 1 - the MAC / parameter ratio); None with a fixed lambda."""
+        kind = self.budget_kind
+        if kind is None:
+            return None
+        value = float(getattr(self, BUDGETS[kind]))
+        return value if kind == "neurons" else 1.0 - value
 
 
 def _no_target_message(config: DemPConfig) -> str:
@@ -174,6 +202,7 @@ class DemP(AnalyzerPruner):
         self.total_steps = int(total_steps)
         self.seed = int(seed)
         self.span_steps = max(1, int(config.span * self.total_steps))
+        self.interval = int(config.interval) or max(1, round(self.total_steps / AUTO_MEASUREMENTS))
         shape = dict(pct_start=config.pct_start, div_factor=config.div_factor,
                      final_div_factor=config.final_div_factor)
         self._lam = get_schedule(config.schedule, config.peak, self.span_steps, **shape)
@@ -183,11 +212,21 @@ class DemP(AnalyzerPruner):
             raise UsageError(_no_target_message(config))
         self.noise = LiveNoise(self.seed)
         share = config.budget_share
-        self.budget = BudgetController(share, self.total_steps, config.reach_by) if share is not None else None
-        self._dense_macs = self._macs() if config.target_macs is not None else None
+        # select: budget penalizes only the neurons the budget needs, so the choice steers and lambda stays at
+        # peak (the papers' penalty is steered by the gain: every neuron feels it, an overshoot cannot be undone)
+        steer = config.select == "all"
+        self.budget = (BudgetController(share, self.total_steps, config.reach_by,
+                                        **({} if steer else {"gain": 1.0, "rate": 0.0}))
+                       if share is not None else None)
+        self._dense_cost = self._cost(self.model) if config.budget_kind in ("macs", "params") else None
         self.measurements = 0
         self.last_measure_step = -1  # steps completed at the last measurement (-1: never)
+        self.cost_table: list[dict[str, Any]] = []  # the cost-aware penalty's group weights at the start
+        self.group_weight: dict[str, float] = {}  # root -> cost weight of one neuron (mean 1 over prunable neurons)
+        self.selection = BudgetSelection()
         self.add_apply_listener(self._after_own_removal)
+        self._refresh_weights()
+        self._refresh_selection()
         self._refresh_noise()
 
     @classmethod
@@ -214,20 +253,28 @@ class DemP(AnalyzerPruner):
         """Noise σ at ``step`` (0 once a budget's target is reached)."""
         return 0.0 if self.budget is not None and self.budget.frozen else self._sigma(step)
 
-    def _macs(self) -> int:
-        """MACs of the model now (the counter of every report)."""
-        return count_macs(self.model, self.example_inputs[:1]).total_macs
+    def _cost(self, model: nn.Module) -> int:
+        """What a MAC or parameter budget counts of ``model`` (the counters of every report)."""
+        if self.config.budget_kind == "params":
+            return count_params(model)
+        return count_macs(model, self.example_inputs[:1]).total_macs
 
     def budget_measured(self) -> float:
-        """The share the budget steers: neurons no longer live, or MACs removed, over the dense model's."""
-        if self._dense_macs is not None:
-            return 1.0 - self._macs() / self._dense_macs
-        live = sum(self.live_neurons().values())
-        return 1.0 - live / self.total_neurons if self.total_neurons else 0.0
+        """The share the budget steers: neurons removed, or MACs / parameters removed, over the dense model's.
+
+        Removed, not merely dead: a dead channel kept by ``round_to`` or ``min_channels`` is still in the
+        model the user gets, so it does not count towards the target."""
+        if self._dense_cost is not None:
+            return 1.0 - self._cost(self.model) / self._dense_cost
+        present = sum(self.present_neurons().values())
+        return 1.0 - present / self.total_neurons if self.total_neurons else 0.0
 
     # ------------------------------------------------------------------ the training hooks
     def penalty(self, step: int) -> Tensor:
-        """``λ_step · R(params)`` — add it to the loss before ``backward()``."""
+        """``λ_step · R(params)`` (``select: budget``: the chosen neurons' term of :mod:`..mechanics.selection`)
+        — add it to the loss before ``backward()``."""
+        if self.config.select == "budget":
+            return self.selection(self.lam(step))
         return self.regularizer(self.lam(step))
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
@@ -240,14 +287,27 @@ class DemP(AnalyzerPruner):
             self.noise.apply(sigma)
         done = int(step) + 1
         self.steps_done = max(self.steps_done, done)
-        if done % self.config.interval != 0:
+        if done % self.interval != 0:
             return None
         return self._measure(done, optimizer, remove=self.config.prune and not self.config.final_only, final=False)
+
+    def on_train_start(self, optimizer: torch.optim.Optimizer | None) -> RemovalEvent | None:
+        """With ``remove_at_start``: measure death on the starting weights and remove the dead neurons
+        (lossless with ``dead`` at eps 0); a budget counts this share as the lossless part."""
+        if not self.config.remove_at_start:
+            return None
+        event = self._measure(0, optimizer, remove=self.config.prune, final=False)
+        if self.budget is not None:
+            self.budget.lossless_share = self.budget_measured()
+        return event
 
     def finalize(self, optimizer: torch.optim.Optimizer | None = None) -> RemovalEvent:
         """The final measurement and removal at the end of training (measurement only with ``prune=False``)."""
         done = self.steps_done if self.steps_done > 0 else self.total_steps
-        return self._measure(done, optimizer, remove=self.config.prune, final=True)
+        event = self._measure(done, optimizer, remove=self.config.prune, final=True)
+        if self.budget is not None:
+            self.budget.final_share = self.budget_measured()
+        return event
 
     # ------------------------------------------------------------------ measurement and removal
     def _measure(self, done: int, optimizer: torch.optim.Optimizer | None, *, remove: bool,
@@ -267,7 +327,7 @@ class DemP(AnalyzerPruner):
         event = self.remove(delta, optimizer, step=done, dead=dead, final=final, t0=t0,
                             exact=False if closed_from is not None else None)
         if budget is not None and closed_from is not None:
-            budget.close(done, closed_from, self.budget_measured(), delta.removed_channels - dead_removed)
+            budget.close(done, closed_from, self.budget_measured(), delta.removed_channels - dead_removed, event.error)
             log.info("DemP budget: lambda reached %.1f%% of the %.1f%% target by the deadline (step %d); the %d "
                      "live neurons closest to dead were removed to close the gap (output change: %s)",
                      100 * closed_from, 100 * budget.target, done, budget.closed_neurons,
@@ -279,6 +339,7 @@ class DemP(AnalyzerPruner):
                             "(death is irreversible). Neurons died faster than lambda was steering them, usually "
                             "from the learning rate: use train.warmup_epochs, a lower train.lr or a shorter "
                             "demp.interval", 100 * budget.last_measured, done, 100 * budget.target)
+        self._refresh_selection()
         self._refresh_noise()
         self.measurements += 1
         self.last_measure_step = done
@@ -288,19 +349,13 @@ class DemP(AnalyzerPruner):
 
     # ------------------------------------------------------------------ budget mode's deadline
     def share_after(self, delta: PruningPlan) -> float:
-        """The budget's share (neurons not live, or MACs removed) once ``delta`` is applied; nothing changes."""
-        if self._dense_macs is not None:
+        """The budget's share (neurons, MACs or parameters removed) once ``delta`` is applied; nothing changes."""
+        if self._dense_cost is not None:
             if delta.is_empty():
-                return 1.0 - self._macs() / self._dense_macs
-            trial = copy.deepcopy(self.model)
-            DependencyAnalyzer(trial, self.example_inputs, ignore=self.ignore, min_channels=self.min_channels,
-                               round_to=self.round_to).apply(delta, track_indices=False)
-            return 1.0 - count_macs(trial, self.example_inputs[:1]).total_macs / self._dense_macs
-        live = sum(self.live_neurons().values())
-        for g in delta.groups:  # live channels the delta takes (the dead ones already count as gone)
-            mask = self._live.get(g.root)
-            live -= len(g.removed) if mask is None else int(mask[torch.as_tensor(g.removed, dtype=torch.long)].sum())
-        return 1.0 - live / self.total_neurons if self.total_neurons else 0.0
+                return self.budget_measured()
+            return 1.0 - self._cost(self.trial_model(delta)) / self._dense_cost
+        present = sum(self.present_neurons().values()) - delta.removed_channels
+        return 1.0 - present / self.total_neurons if self.total_neurons else 0.0
 
     def close_gap(self, stats: Any, delta: PruningPlan, target: float) -> PruningPlan:
         """``delta`` plus the fewest live neurons closest to dead (lowest ReDo score at their most active
@@ -316,24 +371,54 @@ class DemP(AnalyzerPruner):
             live = self._live.get(root, torch.ones(g.size, dtype=torch.bool))
             ranked += [(float(v), root, i) for i, v in enumerate(scores.tolist()) if live[i] and math.isfinite(v)]
         ranked.sort()
-        take = lambda k: self.plan_from_ranking(ranked, k, groups, base=delta)  # noqa: E731
-        if self._dense_macs is None:
-            return take(max(0, math.ceil(round((target - self.share_after(delta)) * self.total_neurons, 6))))
-        lo, hi = 0, len(ranked)  # the fewest channels whose removal reaches the MAC target
-        if self.share_after(take(hi)) < target:
-            return take(hi)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if self.share_after(take(mid)) >= target else (mid + 1, hi)
-        return take(lo)
+        if self._dense_cost is None:
+            count = max(0, math.ceil(round((target - self.share_after(delta)) * self.total_neurons, 6)))
+            return self.plan_from_ranking(ranked, count, groups, base=delta)
+        return self.shortest_prefix(ranked, groups, lambda plan: self.share_after(plan) >= target, base=delta)
 
     def _after_own_removal(self, result: ApplyResult) -> None:
         self.regularizer.refresh()  # the regularized tensors are new parameter objects
+        self._refresh_weights()
 
     def on_structural_removal(self, result: ApplyResult) -> None:
         super().on_structural_removal(result)
         self.regularizer.refresh()
+        self._refresh_weights()
+        self._refresh_selection()
         self._refresh_noise()
+
+    def _refresh_weights(self) -> None:
+        """The cost-aware penalty's weights for the architecture now (costs change as widths shrink)."""
+        if self.config.cost == "uniform" and self.config.select == "all":
+            return
+        costs = neuron_costs(self.model, self.analyzer, self.example_inputs, self.config.cost)
+        table = describe_costs(self.analyzer, costs)
+        self.group_weight = {row["root"]: row["weight"] for row in table}
+        if self.config.cost != "uniform" and self.regularizer.params:
+            self.regularizer.set_weights(tensor_weights(self.analyzer, costs, self.regularizer.names))
+        if not self.cost_table and self.config.cost != "uniform":
+            self.cost_table = table
+
+    def _refresh_selection(self) -> None:
+        """``select: budget``: choose the live neurons with the smallest |γ| / cost weight whose removal would
+        reach the budget, and penalize only them (none once the budget is reached)."""
+        if self.config.select != "budget" or self.budget is None:
+            return
+        if self.budget.frozen:
+            self.selection.clear()
+            return
+        groups = {g.root: g for g in self.analyzer.neuron_groups if g.blocked is None}
+        ranked = rank_by_scale(self.model, {r: self.analyzer.channel_params(r) for r in groups}, groups, self._live,
+                               self.group_weight, self.regularizer.names)
+        target = self.budget.target
+        if self._dense_cost is None:
+            count = max(0, math.ceil(round((target - self.budget_measured()) * self.total_neurons, 6)))
+            plan = self.plan_from_ranking(ranked, count, groups)
+        else:
+            plan = self.shortest_prefix(ranked, groups, lambda p: self.share_after(p) >= target)
+        chosen = {g.root: list(g.removed) for g in plan.groups}
+        self.selection.refresh(self.model, {r: self.analyzer.channel_params(r) for r in chosen}, chosen,
+                               self.group_weight)
 
     def _refresh_noise(self) -> None:
         """Rebuild the per-tensor live masks the noise uses (after a measurement or removal)."""
@@ -379,7 +464,7 @@ class DemP(AnalyzerPruner):
         b = self.budget
         if b is None:
             return {}
-        kind = "macs_removed" if self.config.target_macs is not None else "neuron_sparsity"
+        kind = {"neurons": "neuron_sparsity", "macs": "macs_removed", "params": "params_removed"}[str(self.config.budget_kind)]
         return {"budget_kind": kind, "budget_target": b.target, "budget_planned": b.last_planned,
                 "budget_measured": b.last_measured, "budget_gain": b.gain, "budget_reached_step": b.reached_step,
                 "budget_closed_step": b.closed_step, "budget_closed_from": b.closed_from,
@@ -388,7 +473,12 @@ class DemP(AnalyzerPruner):
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         if self.budget is not None:
-            out["budget"] = {k[len("budget_"):]: v for k, v in self._budget_fields().items()}
+            out["budget"] = {**{k[len("budget_"):]: v for k, v in self._budget_fields().items()},
+                             "breakdown": self.budget.breakdown(), "beyond_papers": True}
+        if self.config.cost != "uniform":
+            out["cost_aware"] = {"cost": self.config.cost, "beyond_papers": True, "groups": self.cost_table}
+        if self.config.select == "budget":
+            out["select"] = {"select": "budget", "beyond_papers": True, **self.selection.describe()}
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -420,7 +510,9 @@ class DemP(AnalyzerPruner):
         self.measurements = int(state.get("measurements", 0))
         self.last_measure_step = int(state.get("last_measure_step", -1))
         self.regularizer.refresh()
+        self._refresh_weights()
         self._refresh_noise()
         self.noise.load_state_dict(state.get("noise", {}))
         if self.budget is not None:
             self.budget.load_state_dict(state.get("budget", {}))
+        self._refresh_selection()

@@ -23,15 +23,22 @@ neuron's incoming weights, so the same rule applies to the flattened filter):
    (Adam's ``exp_avg``/``exp_avg_sq``, SGD's momentum: every state tensor of the weight's shape) are
    set to exactly 0. Masks are bool tensors in the checkpoint and are sliced with the analyzer's
    ``ApplyResult.index_maps`` when neurons are removed (by this method or by DemP).
-4. Per measurement: ``dead_neurons`` (#D) and ``active_params`` (%A, a fraction), as the paper
-   defines it: "subtracting the number of parameters connected to all dead neurons and the number of
-   parameters pruned from the total number of hidden parameters". *Hidden parameters* are the weights
-   connected to a hidden neuron of the stripped layers: its incoming weights (the rows of the layer
-   that produces it) and its outgoing weights (the columns of every Conv/Linear layer that reads it);
-   biases excluded. A hidden parameter is active when it is not stripped and none of the hidden
-   neurons it connects is dead (:func:`active_parameter_fraction`). In an MLP whose hidden layers lose
-   the same share of neurons, a weight between two hidden layers is active with probability
-   (live share)², which is how the paper's Table I reaches 6.82% at 6052 of 8192 dead.
+4. Per measurement: ``dead_neurons`` (#D) and ``active_params`` (%A, a fraction), after the paper's
+   wording: "subtracting the number of parameters connected to all dead neurons and the number of
+   parameters pruned from the total number of hidden parameters". *Hidden parameters* are here the
+   weights connected to a hidden neuron of the stripped layers: its incoming weights (the rows of the
+   layer that produces it) and its outgoing weights (the columns of every Conv/Linear layer that reads
+   it, the classifier included); biases excluded. A hidden parameter is active when it is not stripped
+   and none of the hidden neurons it connects is dead (:func:`active_parameter_fraction`).
+   This does not reproduce the paper's Table I numbers. The baseline %A there is the squared live
+   share of the hidden neurons, (1 - #D/(L*N))², to the printed two decimals in 16 of its 18 rows:
+   8 x 1024 with #D 6052 gives (2140/8192)² = 6.82%. That is what hidden-to-hidden weights alone give
+   under a uniform spread of dead units; it leaves out the input layer (3072 x N on CIFAR-10) and the
+   classifier (N x 10). demp's %A counts every weight connected to a hidden neuron (in an MLP, every
+   weight of the network, input and output layers included), which gives 12.61% on the Table I
+   geometry (3072 inputs, 8 x 1024 hidden, 10 outputs; 757 dead in each of the first four hidden
+   layers and 756 in each of the last four). ``tests/test_stripping.py`` checks this figure against
+   the function and against this text, docs/training.md and BENCHMARKS.md.
 5. :meth:`SynapticStripping.finalize` removes the neurons still dead through the analyzer (lossless);
    the stripped zeros stay in the exported weights (``weight_sparsity``).
 
