@@ -45,9 +45,10 @@ def test_the_cost_aware_penalty_pushes_a_neuron_by_what_it_costs() -> None:
     weights = tensor_weights(analyzer, costs, names)
     assert weights[0] / weights[1] == pytest.approx(4.0) and weights[2] == 0.0  # the classifier cannot be removed
     sizes = {g.root: g.size for g in analyzer.neuron_groups if g.root in costs}
-    mean = sum(costs[r] / sum(costs[q] * n for q, n in sizes.items()) * sum(sizes.values()) * n
-               for r, n in sizes.items()) / sum(sizes.values())
-    assert mean == pytest.approx(1.0)  # only redistributed: peak keeps its meaning
+    producers = [f"{root}.weight" for root in sizes]  # one tensor per prunable group: its producing conv
+    per_group = tensor_weights(analyzer, costs, producers)
+    mean = sum(w * sizes[root] for w, root in zip(per_group, sizes)) / sum(sizes.values())
+    assert mean == pytest.approx(1.0)  # only redistributed over the neurons: peak keeps its meaning
     # the penalty's gradient on each BatchNorm scale is its weight: a stage-1 gamma is pushed 4x harder
     params = [model.bn_a.weight, model.bn_c.weight]
     penalty("lasso", params, 0.5, weights[:2]).backward()
