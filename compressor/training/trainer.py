@@ -150,8 +150,8 @@ class Trainer:
         try:
             with SignalGuard(self.handle_signals) as guard:
                 run.model.train()
-                for method in run.methods if position.step == 0 and position.batch == 0 else ():
-                    self._write_events(run, [method.on_train_start(run.optimizer)], epoch=0)
+                if position.step == 0:  # a fresh run (a resumed one already took its start removals)
+                    self._write_events(run, [m.on_train_start(run.optimizer) for m in run.methods], epoch=0)
                 while position.epoch < run.epochs:
                     self._run_epoch(run, position, sums, guard)
                     position.epoch, position.batch, sums = position.epoch + 1, 0, {}

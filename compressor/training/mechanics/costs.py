@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ...graph import DependencyAnalyzer
 from ...measure import count_macs
 
-__all__ = ["COSTS", "neuron_costs", "tensor_weights", "describe_costs"]
+__all__ = ["COSTS", "neuron_costs", "group_weights", "tensor_weights", "describe_costs"]
 
 #: The cost a penalty may be weighted by (``uniform``: the papers' unweighted penalty).
 COSTS = ("uniform", "macs", "params")
@@ -76,26 +76,31 @@ def neuron_costs(model: nn.Module, analyzer: DependencyAnalyzer, example_inputs:
     return costs
 
 
+def group_weights(analyzer: DependencyAnalyzer, costs: dict[str, float]) -> dict[str, float]:
+    """Per group of ``costs``: the cost of one of its neurons over the mean cost of a prunable neuron
+    (so the neuron-weighted mean of the weights is 1)."""
+    sizes = {g.root: g.size for g in analyzer.neuron_groups if g.root in costs}
+    neurons = sum(sizes.values())
+    mean = sum(costs[r] * n for r, n in sizes.items()) / neurons if neurons else 0.0
+    return {r: costs[r] / mean if mean > 0 else 0.0 for r in sizes}
+
+
 def tensor_weights(analyzer: DependencyAnalyzer, costs: dict[str, float], names: Sequence[str]) -> list[float]:
-    """One penalty weight per tensor of ``names``: its group's cost over the mean cost of a prunable neuron.
+    """One penalty weight per tensor of ``names``: its group's :func:`group_weights` entry.
 
     A tensor belongs to the group of its dim-0 channels; one outside every unblocked group gets 0.
     """
-    sizes = {g.root: g.size for g in analyzer.neuron_groups if g.root in costs}
-    neurons = sum(sizes.values())
-    mean = sum(costs[r] * n for r, n in sizes.items()) / neurons if neurons else 0.0
+    weights = group_weights(analyzer, costs)
     owner: dict[str, str] = {}
-    for root in sizes:
+    for root in weights:
         for name, dim, _, _ in analyzer.channel_params(root):
             if dim == 0:
                 owner.setdefault(name, root)
-    return [costs[owner[n]] / mean if n in owner and mean > 0 else 0.0 for n in names]
+    return [weights[owner[n]] if n in owner else 0.0 for n in names]
 
 
 def describe_costs(analyzer: DependencyAnalyzer, costs: dict[str, float]) -> list[dict[str, Any]]:
-    """Per group: its size and the relative cost of one of its neurons (for the report)."""
-    sizes = {g.root: g.size for g in analyzer.neuron_groups if g.root in costs}
-    neurons = sum(sizes.values())
-    mean = sum(costs[r] * n for r, n in sizes.items()) / neurons if neurons else 0.0
-    return [{"root": r, "channels": n, "cost": costs[r], "weight": costs[r] / mean if mean else 0.0}
-            for r, n in sizes.items()]
+    """Per group: its size, the cost of one of its neurons and its weight (for the report)."""
+    sizes = {g.root: g.size for g in analyzer.neuron_groups}
+    return [{"root": r, "channels": sizes[r], "cost": costs[r], "weight": w}
+            for r, w in group_weights(analyzer, costs).items()]

@@ -50,7 +50,7 @@ from ...graph import ApplyResult
 from ...plan import PruningPlan
 from ...measure import count_macs, count_params, neuron_sparsity
 from ..mechanics.budget import BudgetController
-from ..mechanics.costs import COSTS, describe_costs, neuron_costs, tensor_weights
+from ..mechanics.costs import COSTS, describe_costs, group_weights, neuron_costs, tensor_weights
 from ..mechanics.selection import BudgetSelection, rank_by_scale
 from ..mechanics.noise import LiveNoise, NoiseTarget
 from ..mechanics.regularizers import REGULARIZERS, TARGETS, Regularizer
@@ -392,12 +392,11 @@ class DemP(AnalyzerPruner):
         if self.config.cost == "uniform" and self.config.select == "all":
             return
         costs = neuron_costs(self.model, self.analyzer, self.example_inputs, self.config.cost)
-        table = describe_costs(self.analyzer, costs)
-        self.group_weight = {row["root"]: row["weight"] for row in table}
+        self.group_weight = group_weights(self.analyzer, costs)
         if self.config.cost != "uniform" and self.regularizer.params:
             self.regularizer.set_weights(tensor_weights(self.analyzer, costs, self.regularizer.names))
         if not self.cost_table and self.config.cost != "uniform":
-            self.cost_table = table
+            self.cost_table = describe_costs(self.analyzer, costs)
 
     def _refresh_selection(self) -> None:
         """``select: budget``: choose the live neurons with the smallest |γ| / cost weight whose removal would
