@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .errors import DataError, DempError
 from .inputs import LABEL_KEYS, KeywordInputs, ModelInputs, call_model
 from .measure import output_tensor
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -281,19 +282,14 @@ def collect_activity(
     was_training = model.training
     outputs: list[Tensor] = []
     model.eval()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-        bar = tqdm(total=total, desc=desc, unit="batch", leave=False)
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    bar = progress_bar(total, desc, enabled=progress, unit="batch")  # plain lines when stderr is no terminal
     try:
         samples = _run_batches(model, batches, recorder, device, max_samples, outputs if record_outputs else None, bar)
     finally:
         recorder.close()
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        bar.close()
     if samples == 0:
         raise DataError("no samples to measure activity on: the calibration set is empty")
     missing = [n for n in modules if n not in recorder.stats]
@@ -318,8 +314,7 @@ def _run_batches(model: nn.Module, batches: Iterable[Any], recorder: _Recorder, 
         if outputs is not None:
             outputs.append(output_tensor(out).detach().float().cpu())
         samples += x.shape[0]
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if max_samples is not None and samples >= max_samples:
             break
     return samples

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ StateDict = dict[str, Tensor]
 NESTED_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "net", "weights")
 #: Prefixes added by wrappers; stripped (repeatedly) when every key has one.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+#: How files written by ``torch.save`` start: a zip archive, or (legacy format) a pickle whose first object is
+#: this magic number, stored as a 10-byte little-endian long.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 #: How many names an error message lists before "...".
 _LIST_LIMIT = 5
 
@@ -82,6 +87,9 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> S
 
     if _looks_like_safetensors(path):
         return _finish(load_weights_file(path), path)
+    if not _written_by_torch_save(path):
+        raise CheckpointError(f"{path} is not a checkpoint: expected a PyTorch checkpoint (a file written by "
+                              "torch.save) or a .safetensors file")
 
     obj = _torch_load(path, trust_pickle=trust_pickle)
     state_dict = _extract_state_dict(obj, path)
@@ -117,6 +125,15 @@ def _looks_like_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < header_len < path.stat().st_size
 
 
+def _written_by_torch_save(path: Path) -> bool:
+    """True if the file starts as ``torch.save`` writes: a zip archive (PyTorch >= 1.6), the legacy pickle
+    whose first object is torch's magic number, or PyTorch's oldest tar format."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    return (head.startswith(_ZIP_MAGIC) or (head[:1] == b"\x80" and _LEGACY_MAGIC in head[:32])
+            or head[257:262] == b"ustar")
+
+
 def _numpy_safe_globals() -> list[Any]:
     """NumPy scalar/dtype constructors that carry data only (e.g. a saved ``best_acc``)."""
     try:
@@ -145,7 +162,8 @@ def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
         except Exception as exc:  # torch.load raises many unrelated types for bad files
             raise CheckpointError(_unreadable_message(path, exc)) from exc
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error below says it all
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path, exc)
@@ -180,12 +198,17 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
 
 
 def _unreadable_message(path: Path, exc: BaseException) -> str:
-    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return (
-        f"cannot read checkpoint {path}: it is not a PyTorch checkpoint or safetensors file, or it is "
-        f"truncated/corrupt ({type(exc).__name__}: {detail}); re-save it with "
-        "torch.save(model.state_dict(), path) or copy it again"
-    )
+    """A file that starts like a checkpoint but cannot be read. PyTorch's own text (cut off, and advising
+    ``weights_only=False``, which would run code from the file) goes to the debug log only."""
+    import pickle
+
+    log.debug("torch.load(%s) failed: %s: %s", path, type(exc).__name__, exc)
+    if isinstance(exc, pickle.UnpicklingError):  # no unsafe global named: an opcode or layout it refuses
+        return (f"checkpoint {path} cannot be read by the safe (weights-only) loader: it is truncated or corrupt, "
+                "or stores its weights in a form that loader refuses (e.g. the legacy format with a newer pickle "
+                "protocol); re-save it with torch.save(model.state_dict(), path) where it was made")
+    return (f"checkpoint {path} is truncated or corrupt: it starts like a PyTorch checkpoint but cannot be read "
+            f"({type(exc).__name__}); copy it again, or re-save it with torch.save(model.state_dict(), path)")
 
 
 def _extract_state_dict(obj: Any, path: Path) -> StateDict:

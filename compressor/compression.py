@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from . import __version__
 from .activity import ActivityStats, batch_input, collect_activity
 from .criteria import Criterion, parse_criterion
+from .defaults import ANALYZER_TIME_BUDGET
 from .errors import DataError, VerificationError
 from .inputs import KeywordInputs, ModelInputs, concat_inputs
 from .culprits import find_culprits
 from .graph import DependencyAnalyzer
-from .graph.analyzer import ANALYZER_TIME_BUDGET
 from .graph.apply import apply_actions, merge_actions
 from .graph.tp_compat import version as torch_pruning_version
 from .measure import compare_outputs, run_model
@@ -35,7 +35,7 @@ from .plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compress", "rewidth", "CompressResult", "group_table", "HELDOUT_SKIPPED"]
+__all__ = ["compress", "rewidth", "verify_deferred", "CompressResult", "group_table", "HELDOUT_SKIPPED"]
 
 #: The note a verification carries when no sample was left for the held-out check.
 HELDOUT_SKIPPED = ("no held-out samples were left: the outputs were checked on the calibration samples only, where "
@@ -149,10 +149,13 @@ def compress(
         dense.train(was_training)
 
 
-def rewidth(result: CompressResult, round_to: int) -> CompressResult:
+def rewidth(result: CompressResult, round_to: int, *, verify: bool = True) -> CompressResult:
     """The same decision with another width rounding, from the statistics ``result`` already measured
     (no new pass over the data): a fresh copy of the dense model keeps extra dead channels so that every
-    width is a multiple of ``round_to`` (a ``round_to`` above every width keeps them all: no removal)."""
+    width is a multiple of ``round_to`` (a ``round_to`` above every width keeps them all: no removal).
+
+    ``verify=False`` defers the parity check (a candidate that may not be kept: it keeps a superset of
+    ``result``'s channels, which passed); :func:`verify_deferred` runs it on the one that is kept."""
     pruned = copy.deepcopy(result.dense)
     t0 = time.perf_counter()
     opts = {**result.options, "round_to": int(round_to)}
@@ -162,13 +165,30 @@ def rewidth(result: CompressResult, round_to: int) -> CompressResult:
     timings = {"graph_s": time.perf_counter() - t0, "stats_s": 0.0}
     return _decide(result.dense, pruned, analyzer, result.stats, result.criterion, result.calib_inputs,
                    result.heldout_inputs, timings=timings, tolerance=opts["tolerance"], options=opts,
-                   source=result.source)
+                   source=result.source, verify=verify)
+
+
+def verify_deferred(result: CompressResult) -> CompressResult:
+    """Run the parity check :func:`rewidth` deferred (a no-op when it ran); raise
+    :class:`VerificationError` when a lossless removal changed the outputs."""
+    if not result.verification.get("deferred"):
+        return result
+    tolerance = result.verification["tolerance"]
+    result.verification = _verify(result.dense, result.model, result.criterion, torch.cat(result.stats.outputs),
+                                  result.calib_inputs, result.heldout_inputs, tolerance)
+    if result.criterion.lossless and not result.verification["passed"]:
+        raise VerificationError(
+            f"the widths rounded to {result.options['round_to']} changed the outputs by "
+            f"{result.verification['calibration']['rel_diff']:.3g} of their scale; rerun with --round-to 1 and "
+            "please report the model")
+    return result
 
 
 def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, stats: ActivityStats, crit: Criterion,
             calib_x: ModelInputs, heldout_x: ModelInputs | None, *, timings: dict[str, float], tolerance: float,
-            options: dict[str, Any], source: dict[str, Any] | None) -> CompressResult:
-    """Decide on ``stats``, remove from ``pruned`` (a copy of ``dense``), verify, and package the result."""
+            options: dict[str, Any], source: dict[str, Any] | None, verify: bool = True) -> CompressResult:
+    """Decide on ``stats``, remove from ``pruned`` (a copy of ``dense``), verify (unless deferred), and
+    package the result."""
     t0 = time.perf_counter()
     plan = analyzer.decide(stats, crit)
     actions = analyzer.actions(plan)
@@ -178,8 +198,10 @@ def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, s
     try:
         analyzer.apply(plan, track_indices=False)
         timings["decide_apply_s"] = time.perf_counter() - t0
-        verification = _verify(dense, pruned, crit, dense_out, calib_x, heldout_x, tolerance)
-        if crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
+        verification = {"criterion": crit.spec(), "lossless": crit.lossless, "tolerance": tolerance, "deferred": True}
+        if verify:
+            verification = _verify(dense, pruned, crit, dense_out, calib_x, heldout_x, tolerance)
+        if verify and crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
             failure = f"the outputs changed by {verification['calibration']['rel_diff']:.3g} of their scale"
     except Exception as exc:  # noqa: BLE001 - a pruned model that no longer runs: find the groups responsible
         failure = f"the pruned model failed ({type(exc).__name__}: {str(exc).strip()[:200]})"

@@ -29,13 +29,15 @@ PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "weights.safetensors"
 CODE_DIR = "code"
 ONNX_FILE = "model.onnx"
+#: The int8 variant of ``model.onnx`` (``--quantize int8``), written only when it passed its held-out check.
+INT8_ONNX_FILE = "model.int8.onnx"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOT_CHANNELS = "channels.png"
 PLOT_LATENCY = "latency.png"
 #: Everything demp writes into a compressed directory (``--overwrite`` replaces these and nothing else).
-OUTPUTS = (PLAN_FILE, WEIGHTS_FILE, CODE_DIR, ONNX_FILE, f"{ONNX_FILE}.data", REPORT_JSON, REPORT_MD, PLOT_CHANNELS,
-           PLOT_LATENCY)
+OUTPUTS = (PLAN_FILE, WEIGHTS_FILE, CODE_DIR, ONNX_FILE, f"{ONNX_FILE}.data", INT8_ONNX_FILE, REPORT_JSON, REPORT_MD,
+           PLOT_CHANNELS, PLOT_LATENCY)
 
 __all__ = ["save_pruned", "load_pruned", "replay_plan", "is_pruned_dir", "dense_model", "input_shape", "neuron_counts",
            "OUTPUTS"]

@@ -16,15 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import OutputExistsError, UsageError
+from compressor.errors import DempError, OutputExistsError, UsageError
 
-from .latency import DEFAULT_THREADS, RUNTIMES
+from .defaults import DEFAULT_THREADS, RUNTIMES  # not .latency: that imports torch
 
 log = logging.getLogger("demp")
 
 
 EXPORT_EXAMPLES = """examples:
   demp export resnet18-slim/ --overwrite
+  demp export resnet18-slim/ --quantize int8 --data cifar10:/data/cifar --overwrite     (adds model.int8.onnx)
   demp export resnet18-slim/ --static-batch --batch-size 8 --out r18-b8.onnx --data cifar10:/data/cifar
 """
 
@@ -59,6 +60,11 @@ def register(subparsers: Any) -> None:
     e.add_argument("--data", metavar="SPEC", help="dataset for the parity check (e.g. digits, cifar10:ROOT); "
                    "default: random inputs")
     e.add_argument("--parity-samples", type=int, default=64, help="samples for the parity check (default 64)")
+    from .quantize import add_quantize_args  # light: no torch or onnxruntime at import
+
+    add_quantize_args(e)
+    e.add_argument("--normalize", default="auto", metavar="NORM",
+                   help="input statistics of --data for --quantize, as in demp compress (default auto)")
     e.set_defaults(handler=run_export)
 
     b = subparsers.add_parser(
@@ -79,7 +85,11 @@ def register(subparsers: Any) -> None:
                    help="intra-op threads of PyTorch and onnxruntime while timing (one by default, like every timing "
                    "demp makes: on a shared machine more threads mostly add noise)")
     b.add_argument("--min-iters", type=int, default=20, help="at least this many timed iterations (default 20)")
-    b.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds (default 1.0)")
+    b.add_argument("--min-time", type=float, default=1.0, help="and at least this many seconds per variant and batch "
+                   "(default 1.0); then timing goes on until every verdict is clear (inside or outside the noise "
+                   "floor of an A/A copy of dense) or --max-time")
+    b.add_argument("--max-time", type=float, default=None, help="at most this many seconds per variant and batch "
+                   "(default: 4 x --min-time)")
     b.add_argument("--warmup", type=int, default=5, help="untimed warm-up iterations (default 5)")
     b.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="exporter for ONNX files made for timing")
@@ -108,6 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if args.batch_size < 1 or args.parity_samples < 1:
         raise UsageError("--batch-size and --parity-samples must be >= 1")
+    quantize = _quantize_config(args, out)  # before any work
     pruned = load_pruned(directory)
     shape = input_shape(pruned)
     samples = _parity_inputs(args.data, shape, args.parity_samples)
@@ -136,7 +147,77 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"parity (onnxruntime vs PyTorch, {parity.samples} {kind} samples, batch sizes "
           f"{','.join(map(str, parity.batch_sizes))}): max abs diff {parity.max_abs_diff:.3g}, relative "
           f"{parity.rel_diff:.3g}, top-1 agreement {agreement}")
+    return _export_int8(args, directory, out, shape, quantize) if quantize is not None else 0
+
+
+def _quantize_config(args: argparse.Namespace, out: Path) -> Any:
+    """``--quantize``'s settings (None without it); it needs real data, and its file beside ``out``."""
+    from .quantize import config_from_args, int8_path_for
+
+    config = config_from_args(args)
+    if config is None:
+        return None
+    if not args.data:
+        raise UsageError("--quantize int8 calibrates on real samples: pass --data SPEC, the data the model was "
+                         "compressed with")
+    if int8_path_for(out).exists() and not args.overwrite:
+        raise OutputExistsError(f"{int8_path_for(out)} already exists; pass --overwrite to replace it")
+    return config
+
+
+def _export_int8(args: argparse.Namespace, directory: Path, out: Path, shape: tuple[int, ...], config: Any) -> int:
+    """``model.int8.onnx`` beside ``out``: calibrated and checked on the split ``demp compress`` makes of
+    ``--data`` (same sizes as the folder's report, seed 0); the folder's report gains the section."""
+    import json
+
+    from compressor.data import calibration_split, load_data
+    from compressor.models.registry import data_normalization
+    from compressor.pruned import ONNX_FILE, REPORT_JSON
+
+    from .quantize import int8_path_for, quantize_and_check
+    from .render import quantization_lines
+    from .report import ReportError, write_report
+
+    report_file = directory / REPORT_JSON
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    pruning = report.get("pruning") or {}
+    arch = str((report.get("source") or {}).get("arch") or "")
+    bundle = load_data(args.data, input_size=shape[-1] if len(shape) == 3 else None,
+                       normalize=data_normalization(arch or None, args.normalize))
+    if tuple(bundle.input_shape) != shape:
+        raise UsageError(f"--data {args.data} gives samples of shape {tuple(bundle.input_shape)}, but the model takes "
+                         f"{shape}; pass the data the model was compressed with")
+    calib, held = calibration_split(bundle.train, samples=pruning.get("calib_samples") or 1024,
+                                    heldout=pruning.get("heldout_samples") or 256, seed=0)
+    calib_x = _stack([calib[i][0] for i in range(len(calib))])
+    items = [held[i] for i in range(len(held))]
+    labels = _stack([int(item[1]) for item in items]) if items and _is_class(items[0][1]) else None
+    section = quantize_and_check(out, int8_path_for(out), calib_x, _stack([item[0] for item in items]) if items
+                                 else None, labels, config, overwrite=args.overwrite)
+    for line in quantization_lines({"quantization": section}):
+        print(line)
+    if section["shipped"]:
+        print(f"timing: `demp bench {directory}` times dense fp32, compact fp32 and compact int8, interleaved")
+    if report and out.resolve() == (directory / ONNX_FILE).resolve():
+        try:
+            write_report({**report, "quantization": section}, directory, overwrite=True)
+        except ReportError as exc:
+            log.warning("%s not updated with the quantization: %s", report_file, exc)
     return 0
+
+
+def _stack(values: list[Any]) -> Any:
+    import torch
+
+    return torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+
+
+def _is_class(label: Any) -> bool:
+    """A class index (an int, or a one-element integer tensor)."""
+    try:
+        return int(label) == label
+    except (TypeError, ValueError, RuntimeError):
+        return False
 
 
 def _parity_inputs(data: str | None, shape: tuple[int, ...], n: int) -> Any:
@@ -178,7 +259,7 @@ def run_bench(args: argparse.Namespace) -> int:
     runtimes = parse_runtimes(args.runtimes or default_runtimes)
     config = BenchConfig(batch_sizes=parse_batch_sizes(args.batch_sizes), runtimes=runtimes,
                          device=_device(args.device), threads=args.threads, warmup=args.warmup,
-                         min_iters=args.min_iters, min_time_s=args.min_time)
+                         min_iters=args.min_iters, min_time_s=args.min_time, max_time_s=args.max_time)
     config.validate()  # before any expensive loading or exporting
     if is_onnx and any(r not in ("onnxruntime", "onnxruntime-trt") for r in runtimes):
         raise UsageError("an .onnx file can only be timed with onnxruntime runtimes; use --runtimes onnxruntime, "
@@ -194,9 +275,12 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{env['cpu_model']}, {env['logical_cores']} logical cores, {result.config['threads']} threads"
           + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ""))
     print(format_table(result))
-    from .render import speed_verdicts
+    from .quantize import int8_speedups
+    from .render import int8_speed_lines, speed_verdicts
 
-    for line in speed_verdicts({"latency_comparison": data["comparison"], "environment": env}):
+    for line in speed_verdicts({"latency_comparison": data["comparison"], "environment": env,
+                                "machine_load": data["machine_load"]}) + \
+            int8_speed_lines(int8_speedups(data["latency"], data["comparison"])):
         print(line)
     if args.json:
         atomic_write_json(args.json, data)
@@ -251,8 +335,11 @@ def _onnx_variant(args: argparse.Namespace, target: Path) -> tuple[list[Any], tu
 
     if not target.is_file():
         raise UsageError(f"{target} not found")
-    session = load_onnx_session(target)  # a corrupt file fails here with a clear DempError
-    read_onnx_metadata(target)
+    try:
+        session = load_onnx_session(target)  # a corrupt file fails here with a clear message
+        read_onnx_metadata(target)
+    except DempError as exc:  # a file given on the command line: an input the user fixes (exit code 2)
+        raise UsageError(str(exc)) from None
     _, dims = onnx_input_shape(session)
     if args.input_shape:
         shape = _parse_shape(args.input_shape)
@@ -278,6 +365,11 @@ def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, ne
     pruned = load_pruned(target)
     shape = input_shape(pruned)
     dense = dense_model(pruned)
+    if pruned.demp_plan.is_empty():  # an unchanged model is not timed against itself
+        print(f"unchanged: {target} keeps the dense widths (nothing was removed), so it is timed alone")
+        onnx_file = _export_for_timing(dense, shape, tmp / "dense.onnx", args) if needs_onnx else None
+        return [Variant("dense", dense if needs_torch else None, onnx_file)] + \
+            (_int8_variant(target, pruned) if needs_onnx else []), shape
     dense_onnx = pruned_onnx = None
     if needs_onnx:
         existing = target / "model.onnx"
@@ -292,7 +384,25 @@ def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, ne
     return [
         Variant("dense", dense if needs_torch else None, dense_onnx, macs.dense.total_macs),
         Variant("pruned", pruned if needs_torch else None, pruned_onnx, macs.pruned.total_macs),
-    ], shape
+    ] + (_int8_variant(target, pruned) if needs_onnx else []), shape
+
+
+def _int8_variant(target: Path, pruned: Any) -> list[Any]:
+    """The folder's ``model.int8.onnx`` (onnxruntime only), when it was made from this plan with a dynamic batch."""
+    from compressor.pruned import INT8_ONNX_FILE
+
+    from .latency import Variant
+    from .ort import read_onnx_metadata
+
+    path = target / INT8_ONNX_FILE
+    if not path.is_file():
+        return []
+    meta = read_onnx_metadata(path)
+    if meta.get("demp.plan_hash") != pruned.demp_plan.removal_hash() or meta.get("demp.dynamic_batch") != "true":
+        log.warning("%s is not timed: it was not made from this folder's plan with a dynamic batch axis; make it "
+                    "again with `demp export %s --quantize int8 --data SPEC --overwrite`", path, target)
+        return []
+    return [Variant("int8", None, str(path), None)]  # no MACs: int8 arithmetic is not float arithmetic
 
 
 def _export_for_timing(model: Any, shape: tuple[int, ...], path: Path, args: argparse.Namespace) -> str:

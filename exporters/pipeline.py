@@ -30,12 +30,13 @@ from torch import nn
 from compressor.errors import DempError, OutputExistsError, UsageError
 from compressor.fileio import jsonable
 from compressor.measure import compare_macs, compare_outputs, count_params, neuron_sparsity, run_model
-from compressor.pruned import ONNX_FILE, REPORT_JSON, REPORT_MD
+from compressor.pruned import INT8_ONNX_FILE, ONNX_FILE, REPORT_JSON, REPORT_MD
 
 from .env import collect_environment
-from .latency import DEFAULT_THREADS, BenchConfig, Variant, benchmark
+from .latency import DEFAULT_THREADS, QUICK_MAX_S, QUICK_MIN_S, BenchConfig, Variant, benchmark
 from .onnx import DEFAULT_OPSET, export_onnx
 from .ort import available_providers, check_parity
+from .quantize import QuantizeConfig, int8_speedups, quantize_and_check
 from .report import REPORT_SCHEMA, tool_section, validate_report, write_report
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ def finalize(
     heldout_x: torch.Tensor | None, report: Mapping[str, Any], export: bool = True, bench: bool = True,
     opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, exporter: str = "auto",
     batch_sizes: Sequence[int] = (1, 8), device: str = "cpu", runtimes: Sequence[str] = ("torch", "onnxruntime"),
-    threads: int | None = DEFAULT_THREADS, min_time_s: float = 0.5, min_iters: int = 5, warmup: int = 2,
-    atol_rel: float = 1e-4, plots: bool = True, overwrite: bool = False,
+    threads: int | None = DEFAULT_THREADS, min_time_s: float = QUICK_MIN_S, min_iters: int = 10, warmup: int = 2,
+    atol_rel: float = 1e-4, plots: bool = True, overwrite: bool = False, quantize: QuantizeConfig | None = None,
+    heldout_y: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Complete ``report`` for the models in ``out_dir``, write the artefacts, return the report.
 
@@ -60,14 +62,17 @@ def finalize(
     writes ``out_dir/model.onnx`` and checks it against ``pruned`` with onnxruntime; ``bench`` times
     dense versus pruned (``min_time_s`` per variant and batch size; the ONNX runtimes need
     ``export``). Existing ``model.onnx`` / report files are replaced only with ``overwrite``. The
-    models are not modified; export and parity run on CPU copies.
+    models are not modified; export and parity run on CPU copies. ``quantize`` adds ``model.int8.onnx``
+    if it passes its check on ``heldout_x`` (labels ``heldout_y``), times it too, fills ``quantization``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(calib_x, torch.Tensor) or calib_x.dim() < 2 or calib_x.shape[0] < 1:
         raise UsageError("finalize needs calib_x: a tensor of at least one real sample, shaped (N, *input_shape)")
+    if quantize is not None and not export:
+        raise UsageError("--quantize int8 quantizes the exported model.onnx; drop --no-export")
     if not overwrite:
-        clash = [p for p in (out / ONNX_FILE, out / REPORT_JSON, out / REPORT_MD) if p.exists()]
+        clash = [p for p in (out / ONNX_FILE, out / REPORT_JSON, out / REPORT_MD, out / INT8_ONNX_FILE) if p.exists()]
         if clash:
             raise OutputExistsError(f"{', '.join(map(str, clash))} already exist(s) in {out}; pass --overwrite to replace")
     samples = calib_x.detach().cpu()
@@ -85,11 +90,18 @@ def finalize(
                            metadata=_metadata(out, rep), exporter=exporter, overwrite=overwrite)
         rep["export"] = {**info.to_dict(), "path": ONNX_FILE}
         rep["parity"].update(check_parity(onnx_path, pruned_cpu, parity_x, atol_rel=atol_rel).to_dict())
-    if bench:  # dense versus pruned, interleaved
+    int8_path = None
+    if quantize is not None:  # model.int8.onnx, only when it agrees with model.onnx on the held-out samples
+        rep["quantization"] = quantize_and_check(onnx_path, out / INT8_ONNX_FILE, samples, held, heldout_y, quantize,
+                                                 device=device, overwrite=overwrite)
+        int8_path = out / INT8_ONNX_FILE if rep["quantization"]["shipped"] else None
+    if bench:  # dense versus pruned (and int8), interleaved
         rep.update(_bench(dense_cpu, pruned_cpu, onnx_path if export else None, rep, tuple(samples.shape[1:]),
                           batch_sizes=batch_sizes, device=device, runtimes=runtimes, threads=threads,
                           min_time_s=min_time_s, min_iters=min_iters, warmup=warmup, exporter=exporter,
-                          opset=opset))
+                          opset=opset, int8_onnx=int8_path))
+        if int8_path is not None:
+            rep["quantization"]["latency"] = int8_speedups(rep["latency"], rep["latency_comparison"])
     else:
         rep["environment"] = collect_environment(threads=threads)
     validate_report(rep)
@@ -181,8 +193,9 @@ def _metadata(out: Path, rep: Mapping[str, Any]) -> dict[str, str]:
 def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Mapping[str, Any],
            input_shape: tuple[int, ...], *, batch_sizes: Sequence[int], device: str, runtimes: Sequence[str],
            threads: int | None, min_time_s: float, min_iters: int, warmup: int, exporter: str,
-           opset: int) -> dict[str, Any]:
-    """Time dense versus pruned; returns the ``latency``, ``latency_comparison`` and ``environment`` sections."""
+           opset: int, int8_onnx: Path | None = None) -> dict[str, Any]:
+    """Time dense versus pruned (and ``int8_onnx`` on the onnxruntime runtimes); returns the ``latency``,
+    ``latency_comparison`` and ``environment`` sections."""
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     chosen = list(runtimes)
     if onnx_path is None:
@@ -197,7 +210,8 @@ def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Map
         return {"latency": [], "latency_comparison": [], "environment": collect_environment(threads=threads)}
     model_section = rep.get("model") or {}
     config = BenchConfig(batch_sizes=tuple(int(b) for b in batch_sizes), runtimes=tuple(chosen), device=dev,
-                         threads=threads, warmup=warmup, min_iters=min_iters, min_time_s=min_time_s)
+                         threads=threads, warmup=warmup, min_iters=min_iters, min_time_s=min_time_s,
+                         max_time_s=max(min_time_s, QUICK_MAX_S))
     with tempfile.TemporaryDirectory(prefix=".demp-bench-", dir=onnx_path.parent if onnx_path else None) as tmp:
         dense_onnx = None
         if any(r.startswith("onnxruntime") for r in chosen):
@@ -209,6 +223,12 @@ def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Map
             Variant("dense", dense, dense_onnx, model_section.get("macs_before")),
             Variant("pruned", pruned, str(onnx_path) if onnx_path else None, model_section.get("macs_after")),
         ]
+        if int8_onnx is not None:  # no MACs: int8 arithmetic is not float arithmetic, so no efficiency figure
+            variants.append(Variant("int8", None, str(int8_onnx), None))
+        turns = (len(variants) + 1) * len(config.batch_sizes) * len(chosen)  # and the A/A copy of dense
+        log.info("timing %s on %s (batch %s, %s thread(s)): up to %.0f s, or %d runs of each",
+                 ", ".join(v.name for v in variants), ", ".join(chosen), ", ".join(map(str, config.batch_sizes)),
+                 threads, turns * config.time_cap_s, config.min_iters)
         result = benchmark(variants, input_shape, config,
                            progress=lambda msg: log.info("timing %s", msg))
     data = result.to_dict()
@@ -217,4 +237,4 @@ def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Map
             if isinstance(value, float) and not math.isfinite(value):
                 entry[key] = None
     return {"latency": data["latency"], "latency_comparison": data["comparison"], "environment": data["environment"],
-            "latency_config": data["config"]}
+            "latency_config": data["config"], "machine_load": data["machine_load"]}

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 from compressor.plotting import pyplot, save_figure
 from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY
 
-__all__ = ["render_markdown", "plot_channels", "plot_latency", "format_summary", "speed_verdicts", "is_int", "is_number"]
+__all__ = ["render_markdown", "plot_channels", "plot_latency", "format_summary", "speed_verdicts", "quantization_lines",
+           "int8_speed_lines", "is_int", "is_number"]
 
 
 
@@ -58,22 +59,39 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
+#: How the console and the reports name a benchmark variant (others by their own name).
+VARIANT_LABELS = {"pruned": "compact", "int8": "int8 compact"}
+
+
 def speed_verdicts(report: Mapping[str, Any]) -> list[str]:
-    """One line per measured (runtime, device, batch): how much faster — or slower — the compact model
-    is than the dense one at the median. The console, ``report.md`` and the terminal summary print these."""
+    """The timing verdicts, for the console, ``report.md`` and the terminal summary alike: first a
+    warning when other processes took the CPU while timing, then one line per measured (runtime,
+    device, batch): faster, SLOWER, no measurable difference (within the noise floor: two runs of the
+    same model differed as much in the same measurement), or UNRELIABLE (no claim: the reasons)."""
     lines = []
+    load = report.get("machine_load") or {}
+    if load.get("busy"):
+        lines.append(f"WARNING: the machine was busy while timing (the timing thread got {load['cpu_share']:.0%} of "
+                     "a CPU): the latencies are not this model's; run again on a quiet machine")
+    threads = (report.get("environment") or {}).get("threads", "?")
     for c in report.get("latency_comparison") or []:
         ratio = c.get("latency_ratio")
         if not is_number(ratio) or ratio <= 0:
             continue
-        if ratio <= 1.0:
-            verdict = f"compact is {1 / ratio:.2f}x faster than dense"
+        name = VARIANT_LABELS.get(c.get("variant", "pruned"), c.get("variant"))
+        floor = c.get("noise_floor")
+        where = f"on {c['runtime']} {c['device']} at batch {c['batch']}"
+        numbers = (f"p50 {c['baseline_p50_ms']:.3f} -> {c['variant_p50_ms']:.3f} ms, {threads} thread(s)"
+                   + (f", noise floor +-{floor:.0%}" if is_number(floor) else ""))
+        if not c.get("reliable", True):  # no claim either way
+            line = (f"UNRELIABLE: {name} took {ratio:.2f}x the time of dense {where} ({numbers}): "
+                    f"{'; '.join(c.get('notes') or [])}")
+        elif c.get("within_noise"):
+            line = f"no measurable difference between {name} and dense {where} ({ratio:.2f}x the time; {numbers})"
+        elif ratio <= 1.0:
+            line = f"{name} is {1 / ratio:.2f}x faster than dense {where} ({numbers})"
         else:
-            verdict = f"WARNING: compact is {ratio:.2f}x SLOWER than dense"
-        line = (f"{verdict} on {c['runtime']} {c['device']} at batch {c['batch']} (p50 {c['baseline_p50_ms']:.3f} -> "
-                f"{c['variant_p50_ms']:.3f} ms, {report.get('environment', {}).get('threads', '?')} thread(s))")
-        if not c.get("reliable", True):
-            line += f" -- UNRELIABLE: {'; '.join(c.get('notes') or [])}"
+            line = f"WARNING: {name} is {ratio:.2f}x SLOWER than dense {where} ({numbers})"
         lines.append(line)
     return lines
 
@@ -156,7 +174,10 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     if pruning.get("criterion") is not None:
         crit = pruning["criterion"]
         desc.append(f"criterion `{crit.get('name', crit) if isinstance(crit, Mapping) else crit}`")
-    verdicts = [f"**{v}**" for v in speed_verdicts(report)]
+    verdicts = [f"**{v}**" for v in speed_verdicts(report) + quantization_lines(report)]
+    policy = report.get("width_policy") or {}
+    if policy.get("reliable") is False:
+        verdicts.append(f"**widths: `{policy['chosen']}`, {policy.get('note')}**")
     verdicts += [f"**{line}**" for line in removal_error_lines(pruning)] + budget_lines(pruning)
     return ["# demp compression report", "", *verdicts, *([""] if verdicts else []), (", ".join(desc) + ". ") if desc else "",
             f"demp {tool.get('version', '?')}, torch {tool.get('torch', '?')}, onnx {tool.get('onnx', '?')}, "
@@ -211,15 +232,19 @@ def _width_section(report: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["## Width policy", ""]
     if policy.get("note"):
-        lines += [f"Chosen: `{policy['chosen']}` — {policy['note']}.", ""]
+        lines += [f"Chosen: `{policy['chosen']}`, by the {policy.get('decided_by', 'static rule')}: {policy['note']}.", ""]
     else:
-        lines += [f"Chosen: `{policy['chosen']}`, the candidate whose slowest batch ran fastest against the dense "
-                  f"model on {policy['runtime']} {policy['device']} ({policy['threads']} thread(s)); dense counts "
-                  "as 1.0, so a compact candidate is kept only when it measured faster at every batch.", ""]
+        lines += [f"Chosen: `{policy['chosen']}`, by timing on {policy['runtime']} {policy['device']} "
+                  f"({policy['threads']} thread(s)): the candidate whose slowest batch ran fastest against dense, "
+                  "where candidates within the noise floor of it are tied (the static rule's choice wins a tie); "
+                  "dense is kept only when every compact candidate ran slower by more than the noise floor.", ""]
+    if policy.get("candidates"):
         batches = [str(b) for b in policy.get("batch_sizes", [])]
-        lines += _table(["candidate", "round to", "removed", "MACs", *[f"ratio @ batch {b}" for b in batches], "chosen"],
+        lines += _table(["candidate", "round to", "removed", "MACs", *[f"ratio @ batch {b}" for b in batches],
+                         "noise floor", "chosen"],
                         [[f"`{c['label']}`", c["round_to"], c["removed"], c["macs"],
-                          *[(c.get("latency_ratio") or {}).get(b) for b in batches], "yes" if c["chosen"] else ""]
+                          *[(c.get("latency_ratio") or {}).get(b) for b in batches], c.get("noise_floor"),
+                          "yes" if c["chosen"] else ""]
                          for c in policy.get("candidates", [])])
         lines.append("")
     lines += _table(["group root", "before", "exact", "chosen"],
@@ -244,23 +269,90 @@ def _export_section(report: Mapping[str, Any]) -> list[str]:
     return ["## ONNX export", ""] + _table(["", "value"], [[k, export.get(k)] for k in keys if k in export])
 
 
+def quantization_lines(report: Mapping[str, Any]) -> list[str]:
+    """The int8 headline (console, ``report.md``, terminal summary): shipped with its agreement and its
+    speed against the float compact model, or a WARNING that it was not shipped and why."""
+    q = report.get("quantization")
+    if not q:
+        return []
+    if not q.get("shipped"):
+        return [f"WARNING: the {q.get('mode')} model was NOT shipped: {q.get('reason')}; the float model.onnx is the "
+                "output"]
+    a, size = q.get("agreement") or {}, q.get("bytes") or {}
+    line = (f"{q['mode']}: {q['file']} ({(size.get('int8') or 0) / 1e6:.2f} MB, "
+            f"{_ratio(size.get('float'), size.get('int8'))}x smaller than model.onnx)")
+    if is_number(a.get("top1_agreement")):
+        line += (f"; top-1 agreement with the float compact model {a['top1_agreement']:.2%} on {a['samples']} "
+                 "held-out samples")
+    line += f", largest output change {a.get('rel_diff', 0):.2%} of the output scale"
+    if is_number(a.get("accuracy_int8")):
+        line += (f"; accuracy {a['accuracy_float']:.2%} (float) -> {a['accuracy_int8']:.2%} (int8) on {a['labels']} "
+                 "labelled samples")
+    return [line] + int8_speed_lines(q.get("latency") or [])
+
+
+def int8_speed_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """int8 compact against compact fp32, one line per timed (runtime, device, batch)
+    (:func:`exporters.quantize.int8_speedups`)."""
+    return [(f"int8 compact is {r['int8_vs_compact']:.2f}x faster than" if r["int8_vs_compact"] >= 1 else
+             f"WARNING: int8 compact is {1 / r['int8_vs_compact']:.2f}x SLOWER than")
+            + f" compact fp32 on {r['runtime']} {r['device']} at batch {r['batch']} (p50 {r['compact_p50_ms']:.3f} -> "
+            f"{r['int8_p50_ms']:.3f} ms)" + ("" if r.get("reliable", True) else " -- UNRELIABLE: see the latency table")
+            for r in rows]
+
+
+def _quantization_section(report: Mapping[str, Any]) -> list[str]:
+    """``report.md``: settings, operators kept in float and why, agreement, sizes, three-way latency, GPU."""
+    q = report.get("quantization")
+    if not q:
+        return []
+    s, a, gpu = q.get("settings") or {}, q.get("agreement") or {}, q.get("gpu") or {}
+    lines = ["## Quantization", "", f"{q.get('mode')}: " + (f"`{q.get('file')}` shipped." if q.get("shipped")
+                                                             else f"NOT shipped: {q.get('reason')}."), ""]
+    rows = [[k, v] for k, v in s.items()] + [["calibration samples", q.get("calib_samples")],
+                                             ["held-out samples", q.get("heldout_samples")],
+                                             ["bytes float / int8", f"{_fmt((q.get('bytes') or {}).get('float'))} / "
+                                                                    f"{_fmt((q.get('bytes') or {}).get('int8'))}"]]
+    lines += _table(["setting", "value"], rows) + ["", "Agreement with the float compact model (held-out samples):", ""]
+    lines += _table(["check", "value"], [[k, v] for k, v in a.items()]) if a else ["Not checked."]
+    kept = [[f"`{e['node']}`", e["op_type"], e["reason"]] for e in q.get("excluded") or []]
+    kept += [[f"{v['count']} x", op, v["reason"]] for op, v in (q.get("float_ops") or {}).items()]
+    lines += ["", "Kept in float:", ""] + (_table(["node", "operator", "why"], kept) if kept else ["nothing"])
+    if q.get("latency"):
+        lines += ["", "Dense fp32 vs compact fp32 vs compact int8 (one interleaved measurement, p50 ms):", ""]
+        lines += _table(["runtime", "device", "batch", "dense", "compact", "int8", "compact vs dense",
+                         "int8 vs dense", "int8 vs compact", "reliable"],
+                        [[r["runtime"], r["device"], r["batch"], r["dense_p50_ms"], r["compact_p50_ms"],
+                          r["int8_p50_ms"], f"{r['compact_vs_dense']:.2f}x", f"{r['int8_vs_dense']:.2f}x",
+                          f"{r['int8_vs_compact']:.2f}x", "yes" if r.get("reliable", True) else "NO"]
+                         for r in q["latency"]])
+    return lines + ["", "GPU: " + " ".join(str(gpu[k]) for k in ("provider", "note") if gpu.get(k))]
+
+
 def _latency_section(report: Mapping[str, Any], images: Sequence[str]) -> list[str]:
     latency = report.get("latency") or []
     if not latency:
         return ["## Latency", "", "Not measured."]
-    lines = ["## Latency", ""]
+    lines = ["## Latency", "", "Interleaved round-robin; `dense (A/A)` is a second copy of dense timed alongside, "
+             "and how much it differs from dense is each comparison's noise floor. CPU share: the CPU time the "
+             "timing thread got over the wall time (below 85%: other processes took the CPU).", ""]
     lines += _table(["runtime", "device", "variant", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
-                     "threads", "iters"],
+                     "threads", "iters", "CPU share"],
                     [[e.get("runtime"), e.get("device"), e.get("variant"), e.get("batch"), e.get("p50_ms"),
                       e.get("p90_ms"), e.get("p99_ms"), e.get("mean_ms"), e.get("throughput"), e.get("threads"),
-                      e.get("iters")] for e in latency])
+                      e.get("iters"), "-" if e.get("cpu_share") is None else f"{e['cpu_share']:.0%}"]
+                     for e in latency])
     comps = report.get("latency_comparison") or []
     if comps:
         lines += ["", "Dense versus pruned (p50; speedup efficiency = MAC ratio / latency ratio, 1.0 means "
                       "latency fell as much as the arithmetic):", ""]
-        lines += _table(["runtime", "device", "batch", "latency ratio", "MAC ratio", "speedup", "efficiency", "reliable"],
-                        [[c.get("runtime"), c.get("device"), c.get("batch"), c.get("latency_ratio"),
+        lines += _table(["runtime", "device", "batch", "variant", "latency ratio", "MAC ratio", "speedup", "efficiency",
+                         "noise floor", "reliable"],
+                        [[c.get("runtime"), c.get("device"), c.get("batch"),
+                          VARIANT_LABELS.get(c.get("variant"), c.get("variant")), c.get("latency_ratio"),
                           c.get("mac_ratio"), c.get("speedup"), c.get("speedup_efficiency"),
+                          "-" if c.get("noise_floor") is None else f"+-{c['noise_floor']:.0%}"
+                          + (" (within)" if c.get("within_noise") else ""),
                           "yes" if c.get("reliable", True) else "NO: " + "; ".join(c.get("notes") or [])]
                          for c in comps])
     if PLOT_LATENCY in images:
@@ -296,8 +388,8 @@ def render_markdown(report: Mapping[str, Any], *, images: Sequence[str] = ()) ->
     """``report.md``: model summary, channels per group, parity, export, latency, environment."""
     sections = [_header(report), _model_section(report), _groups_section(report, images), _width_section(report),
                 _parity_section(report),
-                _export_section(report), _latency_section(report, images), _modules_section(report),
-                _environment_section(report)]
+                _export_section(report), _quantization_section(report), _latency_section(report, images),
+                _modules_section(report), _environment_section(report)]
     lines: list[str] = []
     for section in sections:
         if section:
@@ -344,7 +436,7 @@ def plot_latency(report: Mapping[str, Any], path: str | os.PathLike) -> Path | N
     for (runtime, device, variant), points in sorted(series.items()):
         points.sort()
         color = colors.setdefault((runtime, device), palette[len(colors) % len(palette)])
-        style = "-" if variant == "dense" else "--"
+        style = {"dense": "-", "int8": ":"}.get(variant, "--")
         ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color,
                 marker="o" if variant == "dense" else "s", label=f"{runtime} {device} {variant}")
     batches = sorted({int(e["batch"]) for e in latency})
@@ -365,7 +457,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
     """A compact terminal summary: the speed verdicts first, then size, MACs, parity and p50 latency."""
     model = report.get("model", {})
     pruning = report.get("pruning", {})
-    lines = speed_verdicts(report) + removal_error_lines(pruning) + budget_lines(pruning)
+    lines = speed_verdicts(report) + quantization_lines(report) + removal_error_lines(pruning) + budget_lines(pruning)
     lines += [""] if lines else []
     lines += [f"{'':<22} {'dense':>14} {'pruned':>14} {'ratio':>7}"]
     lines.append(f"{'parameters':<22} {_fmt(model.get('params_before')):>14} {_fmt(model.get('params_after')):>14} "
@@ -396,11 +488,13 @@ def format_summary(report: Mapping[str, Any]) -> str:
     if comps:
         lines.append("")
         lines.append(f"{'runtime':<14} {'dev':<4} {'batch':>5} {'dense p50':>10} {'pruned p50':>11} {'lat ratio':>9} "
-                     f"{'MAC ratio':>9} {'eff':>5}")
+                     f"{'MAC ratio':>9} {'eff':>5} {'floor':>6}")
         for c in comps:
+            floor = "-" if c.get("noise_floor") is None else f"+-{c['noise_floor']:.0%}"
             lines.append(f"{c['runtime']:<14} {c['device']:<4} {c['batch']:>5} {c['baseline_p50_ms']:>8.3f}ms "
                          f"{c['variant_p50_ms']:>9.3f}ms {c['latency_ratio']:>9.3f} {_fmt(c.get('mac_ratio')):>9} "
-                         f"{_fmt(c.get('speedup_efficiency'), 2):>5}" + ("" if c.get("reliable", True) else " UNRELIABLE"))
+                         f"{_fmt(c.get('speedup_efficiency'), 2):>5} {floor:>6}"
+                         + ("" if c.get("reliable", True) else " UNRELIABLE"))
     elif report.get("latency"):
         lines.append("")
         for e in report["latency"]:

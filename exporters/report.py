@@ -19,6 +19,11 @@ compression or a training run, validated, and written with ``report.md`` and the
     environment {"cpu_model", "logical_cores", "threads", "gpu", "versions", ...}
     modules    [{"name", "macs_before", "macs_after", "params_before", "params_after"}]
     training   the run's ``train_summary.json`` figures (training runs)
+    quantization  (``--quantize int8``) {"mode"*, "shipped"*, "file", "reason", "settings", "excluded": [{"node",
+                "op_type", "reason"}], "float_ops": {op: {"count", "reason"}}, "agreement": {"samples",
+                "top1_agreement", "disagreement", "max_abs_diff", "rel_diff", "accuracy_float", "accuracy_int8"},
+                "bytes": {"float", "int8"}, "latency": [{"runtime", "device", "batch", "dense_p50_ms",
+                "compact_p50_ms", "int8_p50_ms", "int8_vs_dense", "int8_vs_compact", "reliable"}], "gpu"}
 
 MACs are multiply-accumulates per sample, counted by :func:`compressor.measure.count_macs` (the same
 counter as ``train_summary.json``); FLOPs = 2 x MACs.
@@ -153,7 +158,27 @@ def report_problems(report: Any) -> list[str]:
     pruning = report.get("pruning")
     if isinstance(pruning, Mapping) and "groups" in pruning:
         problems += _group_problems(pruning["groups"])
-    return problems + _latency_problems(report.get("latency"))
+    return problems + _latency_problems(report.get("latency")) + _quantization_problems(report.get("quantization"))
+
+
+def _quantization_problems(section: Any) -> list[str]:
+    """The ``quantization`` section (optional): mode, whether it shipped (with its file, or the reason
+    not), agreement figures that are numbers."""
+    if section is None:
+        return []
+    if not isinstance(section, Mapping):
+        return ["quantization must be an object or null"]
+    problems = [] if isinstance(section.get("mode"), str) else ["quantization.mode must be a string"]
+    if not isinstance(section.get("shipped"), bool):
+        problems.append("quantization.shipped must be true or false")
+    elif section["shipped"] and not isinstance(section.get("file"), str):
+        problems.append("quantization.file must name the int8 file when it shipped")
+    elif not section["shipped"] and not isinstance(section.get("reason"), str):
+        problems.append("quantization.reason must say why the int8 file did not ship")
+    for key, value in (section.get("agreement") or {}).items():
+        if key != "samples" and value is not None and not is_number(value):
+            problems.append(f"quantization.agreement.{key} must be a number or null, found {value!r}")
+    return problems
 
 
 def validate_report(report: Any) -> Mapping[str, Any]:

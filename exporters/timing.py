@@ -8,7 +8,8 @@ import contextlib
 import copy
 import math
 import time
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from compressor.errors import DempError, UsageError
 
 from .ort import load_onnx_session
 
-__all__ = ["ORT_RUNTIMES", "TORCH_RUNTIMES", "prepare", "measure_interleaved", "thread_count"]
+__all__ = ["ORT_RUNTIMES", "TORCH_RUNTIMES", "Interleaved", "Settled", "prepare", "measure_interleaved", "thread_count"]
 
 ORT_RUNTIMES = ("onnxruntime", "onnxruntime-trt")
 TORCH_RUNTIMES = ("torch", "torch-compile")
@@ -141,39 +142,83 @@ def _make_runner(entry: dict[str, Any], runtime: str, device: str, x: torch.Tens
     return _OrtRunner(session, x.numpy().astype(np.float32), device)
 
 
+@dataclass
+class Interleaved:
+    """One interleaved measurement at one batch size.
+
+    ``times``: every iteration's time (ms) per variant; ``turns``: the median of each round-robin turn per
+    variant (turn ``t`` of every variant ran back to back, so they saw the same machine); ``order``: the
+    variants' turns in the order they ran; ``cpu_share``: the CPU time the timing thread got over the wall
+    time of the timed calls (near 1.0 on a quiet CPU; well below it when other processes took the core;
+    None on CUDA, where the host thread waits for the GPU).
+    """
+
+    times: dict[str, list[float]]
+    turns: dict[str, list[float]]
+    order: list[str]
+    cpu_share: float | None
+    wall_s: float
+
+
+#: Decides from the per-turn medians so far (variant -> list) and the timing thread's CPU share so far
+#: whether the measurement can stop.
+Settled = Callable[[dict[str, list[float]], "float | None"], bool]
+
+
 def measure_interleaved(variants: Sequence[Any], prepared: dict[str, dict[str, Any]], runtime: str,
-                         config: Any, batch: int, shape: tuple[int, ...]) -> tuple[dict[str, list[float]], list[str]]:
-    """Warm up each variant, then run them round-robin in chunks until every one has at least
-    ``min_iters`` iterations and ``min_time_s`` seconds of measured time. Returns the per-iteration
-    times (ms) of each variant and the order of turns."""
+                        config: Any, batch: int, shape: tuple[int, ...],
+                        settled: Settled | None = None) -> Interleaved:
+    """Warm up each variant, then run them round-robin, one turn each per round (the same number of
+    iterations for all: at least ``chunk``, about ``chunk_s`` seconds of the slowest variant), until
+    every variant has ``min_iters`` iterations and ``min_time_s`` seconds of measured time, and then
+    until ``settled`` (when given) says the comparison is clear or a variant has ``time_cap_s``
+    seconds of measured time."""
     x = _input(batch, shape, config.seed)
     runners = {v.name: _make_runner(prepared[v.name], runtime, config.device, x) for v in variants}
-    order: list[str] = []
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    turn: dict[str, int] = {}
+    out = Interleaved({v.name: [] for v in variants}, {v.name: [] for v in variants}, [], None, 0.0)
+    cpu = wall = 0.0
     try:
-        for v in variants:
-            try:
-                warm = runners[v.name].run(max(config.warmup, 1))
-            except Exception as exc:  # compile / runtime failures of user models come in many types
-                raise DempError(
-                    f"{runtime} failed to run {v.name} at batch {batch} ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); drop {runtime} from --runtimes"
-                ) from None
-            per_iter_s = max(float(np.median(warm[-3:])) / 1e3, 1e-6)
-            turn[v.name] = int(min(1000, max(config.chunk, math.ceil(config.chunk_s / per_iter_s))))
+        # equal turns for all variants: each round compares like with like
+        per_turn = min(_warm_up(runners[v.name], v.name, runtime, config, batch) for v in variants)
+        cap = getattr(config, "time_cap_s", None)
 
-        def done(name: str) -> bool:
-            return len(times[name]) >= config.min_iters and sum(times[name]) / 1e3 >= config.min_time_s
+        def enough(name: str) -> bool:
+            return len(out.times[name]) >= config.min_iters and sum(out.times[name]) / 1e3 >= config.min_time_s
 
-        while not all(done(v.name) for v in variants):
+        def capped() -> bool:
+            return cap is not None and any(sum(out.times[v.name]) / 1e3 >= cap for v in variants)
+
+        while True:
+            share = cpu / wall if wall > 0 and config.device != "cuda" else None
+            if all(enough(v.name) for v in variants) and (capped() or settled is None or settled(out.turns, share)):
+                break
             for v in variants:
-                times[v.name].extend(runners[v.name].run(turn[v.name]))
-                order.append(v.name)
+                c0, w0 = time.thread_time(), time.perf_counter()
+                chunk = runners[v.name].run(per_turn)
+                cpu, wall = cpu + time.thread_time() - c0, wall + time.perf_counter() - w0
+                out.times[v.name].extend(chunk)
+                out.turns[v.name].append(float(np.median(chunk)))
+                out.order.append(v.name)
     finally:
         for runner in runners.values():
             runner.close()
-    return times, order
+    out.wall_s = wall
+    out.cpu_share = None if config.device == "cuda" or wall <= 0 else min(cpu / wall, 1.0)
+    return out
+
+
+def _warm_up(runner: _Runner, name: str, runtime: str, config: Any, batch: int) -> int:
+    """Run the warm-up iterations; return the iterations per turn (about ``chunk_s`` seconds, at least
+    ``chunk``, at most 1000)."""
+    try:
+        warm = runner.run(max(config.warmup, 1))
+    except Exception as exc:  # compile / runtime failures of user models come in many types
+        raise DempError(
+            f"{runtime} failed to run {name} at batch {batch} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); drop {runtime} from --runtimes"
+        ) from None
+    per_iter_s = max(float(np.median(warm[-3:])) / 1e3, 1e-6)
+    return int(min(1000, max(config.chunk, math.ceil(config.chunk_s / per_iter_s))))
 
 
 @contextlib.contextmanager

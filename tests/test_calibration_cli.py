@@ -83,7 +83,7 @@ def test_a_failing_factory_shows_its_file_and_line(tmp_path, capsys) -> None:
     model_file = tmp_path / "broken.py"
     model_file.write_text("from torch import nn\n\n\ndef build(num_classes=10):\n    width = 0\n"
                           "    return nn.Linear(64, num_classes // width)\n")
-    assert main(["compress", "--model-file", f"{model_file}:build", "--out", str(tmp_path / "o"), "--no-export"]) == 1
+    assert main(["compress", "--model-file", f"{model_file}:build", "--out", str(tmp_path / "o"), "--no-export"]) == 2
     err = capsys.readouterr().err
     assert f"{model_file}:build" in err and "at line 6" in err and "ZeroDivisionError" in err
 

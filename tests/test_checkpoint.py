@@ -194,8 +194,9 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     torch.save(_cnn().state_dict(), tmp_path / "full.pt")
     data = (tmp_path / "full.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated/corrupt"):
+    with pytest.raises(CheckpointError, match="cut.pt is truncated or corrupt: it starts like a PyTorch checkpoint") as info:
         read_checkpoint(tmp_path / "cut.pt")
+    assert "weights_only" not in str(info.value) and "miniz" not in str(info.value)  # none of PyTorch's cut-off text
 
 
 def test_truncated_safetensors(tmp_path: Path) -> None:
@@ -206,12 +207,23 @@ def test_truncated_safetensors(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "w.safetensors")
 
 
-@pytest.mark.parametrize("content", [b"hello world\nthis is not a checkpoint\n", np.random.default_rng(0).bytes(4096)],
-                         ids=["text", "random-bytes"])
+@pytest.mark.parametrize("content", [b"hello world\nthis is not a checkpoint\n", np.random.default_rng(0).bytes(4096),
+                                     __import__("pickle").dumps({"weights": [1.0, 2.0]})],
+                         ids=["text", "random-bytes", "a-plain-pickle"])
 def test_garbage_files(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "junk.pt").write_bytes(content)
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError) as info:
         read_checkpoint(tmp_path / "junk.pt")
+    assert str(info.value) == (f"{tmp_path / 'junk.pt'} is not a checkpoint: expected a PyTorch checkpoint (a file "
+                               "written by torch.save) or a .safetensors file")
+
+
+def test_both_formats_of_torch_save_are_checkpoints(tmp_path: Path) -> None:
+    state = _cnn().state_dict()
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # PyTorch < 1.6's format
+    torch.save(state, tmp_path / "zip.pt")
+    for name in ("legacy.pt", "zip.pt"):
+        assert read_checkpoint(tmp_path / name).keys() == state.keys()
 
 
 def test_empty_dict_and_dict_without_weights(tmp_path: Path) -> None:

@@ -54,8 +54,9 @@ def test_compress_writes_a_complete_directory(planted_ckpt, tmp_path, capsys) ->
     assert all(g["after"] == chosen[g["root"]] for g in report["pruning"]["groups"] if g["root"] in chosen)
     # the speed verdict comes first, in the report and on the console
     md = (out / "report.md").read_text().splitlines()
-    assert md[2].startswith(("**compact is", "**WARNING: compact is")) and "at batch 1" in md[2]
-    assert any(line.startswith(("compact is", "WARNING: compact is")) for line in stdout.splitlines()[:4])
+    # the verdicts come first (after a busy-machine warning when other processes took the CPU)
+    assert any("compact" in line and "dense on onnxruntime cpu at batch 1" in line for line in md[2:5])
+    assert any("compact" in line and "dense on " in line for line in stdout.splitlines()[:5])
     again = compressor.load_pruned(out)
     assert again.demp_plan.removed_channels == report["pruning"]["removed"]
     # an existing output directory is refused (usage error, nothing lost) unless --overwrite
@@ -94,13 +95,13 @@ def _bad(tmp_path):
 
 
 @pytest.mark.parametrize("case,args,code,message", [
-    ("missing", ["{tmp}/nope.pt", "--arch", "cnn"], 1, "not found|does not exist|no such"),
-    ("text", ["{text}", "--arch", "cnn"], 1, "not a"),
-    ("trunc", ["{trunc}", "--arch", "cnn"], 1, "truncated|corrupt|not a"),
-    ("pickled", ["{pickled}", "--arch", "cnn"], 1, "--trust-pickle"),
-    ("other-arch", ["{other}", "--arch", "cnn"], 1, "features.0.weight|missing"),
-    ("nan", ["{nan}", "--arch", "cnn"], 1, "NaN|Inf"),
-    ("no-data-root", ["--arch", "cnn", "--data", "cifar10:{tmp}/cifar"], 1, "cifar-10-batches-py"),
+    ("missing", ["{tmp}/nope.pt", "--arch", "cnn"], 2, "not found|does not exist|no such"),
+    ("text", ["{text}", "--arch", "cnn"], 2, "is not a checkpoint: expected a PyTorch checkpoint"),
+    ("trunc", ["{trunc}", "--arch", "cnn"], 2, "truncated or corrupt"),
+    ("pickled", ["{pickled}", "--arch", "cnn"], 2, "--trust-pickle"),
+    ("other-arch", ["{other}", "--arch", "cnn"], 2, "features.0.weight|missing"),
+    ("nan", ["{nan}", "--arch", "cnn"], 2, "NaN|Inf"),
+    ("no-data-root", ["--arch", "cnn", "--data", "cifar10:{tmp}/cifar"], 2, "cifar-10-batches-py"),
     ("unknown-data", ["--arch", "cnn", "--data", "imagenet"], 2, "digits"),
     ("unknown-arch", ["--arch", "resnet_18"], 2, "resnet18"),
     ("input-size-against-the-data", ["--arch", "cnn", "--input-size", "16"], 2, "--input-size 16 but the images of --data digits"),
@@ -120,6 +121,7 @@ def test_bad_input_gives_a_clear_error(case, args, code, message, tmp_path, caps
     import re
 
     assert re.search(message, err), err
+    assert "weights_only" not in err  # PyTorch's advice to load unsafely is never passed on
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -128,7 +130,7 @@ def test_num_classes_mismatch_is_named(tmp_path, capsys) -> None:
     torch.save(compressor.build_model(compressor.ModelSpec("cnn", 10, (1, 8, 8))).state_dict(), path)
     code, _, err = run(["compress", path, "--arch", "cnn", "--num-classes", "7", "--out", tmp_path / "o",
                         "--no-export"], capsys)
-    assert code == 1 and "--num-classes" in err
+    assert code == 2 and "--num-classes" in err
 
 
 def test_entry_points_work_as_subprocesses(tmp_path) -> None:

@@ -69,7 +69,7 @@ def test_stratified_split_small_classes() -> None:
 
 
 def test_unknown_spec_lists_valid_forms() -> None:
-    with pytest.raises(UsageError, match=r"unknown dataset spec 'imagenet:/x'; valid forms: digits, mnist:ROOT"):
+    with pytest.raises(UsageError, match=r"unknown dataset spec 'imagenet:/x'; did you mean imagefolder:/x\?; valid forms: digits, mnist:ROOT"):
         load_data("imagenet:/x")
     with pytest.raises(UsageError, match="needs a path: cifar10:ROOT"):
         load_data("cifar10")
@@ -308,6 +308,31 @@ def test_imagefolder_train_val_layout(tmp_path: Path, write_pngs) -> None:
     assert bundle.native_shape == (3, 12, 14) and bundle.mean != IMAGENET_MEAN
     assert "resized whole to 32x32" in bundle.info["images"]
     assert float(x.min()) < 0  # normalized, not [0, 1]
+
+
+@pytest.mark.parametrize("layout", ["small images, in memory", "mixed sizes, resized"])
+def test_imagefolder_takes_the_given_mean_and_std(tmp_path: Path, write_pngs, layout: str) -> None:
+    """``--normalize M/S`` (data.normalize) reaches image folders as it does every other data set."""
+    if layout.startswith("small"):
+        write_pngs(tmp_path, {"a": 4, "b": 4})
+    else:
+        write_pngs(tmp_path / "train", {"a": 3, "b": 3}, size=10)
+        write_pngs(tmp_path / "train", {"c": 3}, size=20)
+        write_pngs(tmp_path / "test", {"a": 1, "b": 1, "c": 1}, size=10)
+    mean, std = (0.5, 0.25, 0.75), (0.5, 0.25, 0.125)
+    given = load_data(f"imagefolder:{tmp_path}", normalize="0.5,0.25,0.75/0.5,0.25,0.125")
+    raw = load_data(f"imagefolder:{tmp_path}", normalize="0,0,0/1,1,1")  # pixels in [0, 1]
+    assert (given.mean, given.std) == (mean, std) and "normalize=0.5,0.25,0.75" in given.info["normalization"]
+    x, pixels = _all(given.test)[0], _all(raw.test)[0]
+    expected = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_misspelt_data_set_name_gets_a_did_you_mean() -> None:
+    for spec, hint in (("minst:/data/mnist", "mnist:/data/mnist"), ("cifar-10:/d", "cifar10:/d"), ("digit", "digits"),
+                       ("imagefoldr:/p", "imagefolder:/p"), ("mnst", "mnist:ROOT")):
+        with pytest.raises(UsageError, match=f"did you mean {hint}\\?"):
+            load_data(spec)
 
 
 def test_imagefolder_single_folder_split_and_augment(tmp_path: Path, write_pngs) -> None:

@@ -8,6 +8,8 @@ from torch import nn
 
 from compressor.errors import UsageError
 from exporters.latency import (
+    AA_VARIANT,
+    MIN_NOISE_FLOOR,
     BenchConfig,
     LatencyResult,
     Variant,
@@ -42,12 +44,17 @@ def test_benchmark_structure_and_percentiles(variants) -> None:
     result = benchmark(variants, (32,), config)
     assert torch.get_num_threads() == before_threads  # restored
     keys = {(r.runtime, r.batch, r.variant) for r in result.results}
-    assert keys == {(rt, b, v) for rt in ("torch", "onnxruntime") for b in (1, 3) for v in ("dense", "pruned")}
+    assert keys == {(rt, b, v) for rt in ("torch", "onnxruntime") for b in (1, 3)
+                    for v in ("dense", "pruned", AA_VARIANT)}, "with the A/A copy of dense: the noise floor"
+    for c in result.comparisons:
+        aa = next(r for r in result.results if (r.runtime, r.batch, r.variant) == (c.runtime, c.batch, AA_VARIANT))
+        assert c.aa_ratio == pytest.approx(aa.p50_ms / c.baseline_p50_ms)
+        assert c.noise_floor == pytest.approx(max(MIN_NOISE_FLOOR, abs(c.aa_ratio - 1)))
     for r in result.results:
         assert isinstance(r, LatencyResult)
         assert 0 < r.min_ms <= r.p50_ms <= r.p90_ms <= r.p99_ms <= r.max_ms
         assert r.iters >= 4 and r.measured_s >= 0.01
-        assert r.threads == 1 and r.device == "cpu"
+        assert r.threads == 1 and r.device == "cpu" and 0 < r.cpu_share <= 1
         assert r.throughput == pytest.approx(r.batch / (r.p50_ms / 1e3))
         assert r.std_ms >= 0 and r.min_ms <= r.mean_ms <= r.max_ms
     ort = [r for r in result.results if r.runtime == "onnxruntime"]
@@ -64,8 +71,9 @@ def test_variants_are_interleaved_round_robin(variants) -> None:
     for entry in result.schedule:
         order = entry["order"]
         assert entry["turns"] >= 4 and len(order) >= 4
-        assert order[0::2] == ["dense"] * len(order[0::2])
-        assert order[1::2] == ["pruned"] * len(order[1::2])
+        assert order[0::3] == ["dense"] * len(order[0::3])
+        assert order[1::3] == ["pruned"] * len(order[1::3])
+        assert order[2::3] == [AA_VARIANT] * len(order[2::3])
 
 
 def test_comparison_ratios(variants) -> None:

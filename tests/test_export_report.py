@@ -77,8 +77,11 @@ def test_onnx_export_and_parity_in_report(finalized) -> None:
 def test_latency_dense_vs_pruned_in_report(finalized) -> None:
     _, report, _ = finalized
     keys = {(e["runtime"], e["batch"], e["variant"]) for e in report["latency"]}
-    assert keys == {(rt, b, v) for rt in ("torch", "onnxruntime") for b in (1, 4) for v in ("dense", "pruned")}
+    assert keys == {(rt, b, v) for rt in ("torch", "onnxruntime") for b in (1, 4)
+                    for v in ("dense", "pruned", "dense (A/A)")}
     assert len(report["latency_comparison"]) == 4
+    assert all(c["noise_floor"] >= 0.03 and isinstance(c["within_noise"], bool) for c in report["latency_comparison"])
+    assert isinstance(report["machine_load"]["busy"], bool)
     for c in report["latency_comparison"]:
         assert c["mac_ratio"] == pytest.approx(report["model"]["mac_ratio"])
         assert c["speedup_efficiency"] == pytest.approx(c["mac_ratio"] / c["latency_ratio"])

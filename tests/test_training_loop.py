@@ -182,7 +182,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path: Path, capsys):
     code = main(["train", "--recipe", str(recipe), "--data", f"cifar10:{tmp_path / 'no-such-dir'}",
                  "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and "no-such-dir" in err and "Traceback" not in err
+    assert code == 2 and "no-such-dir" in err and "Traceback" not in err  # an input to fix: exit code 2
     assert not (tmp_path / "out").exists(), "nothing is created for a run that cannot start"
     with pytest.raises(DataError):
         from compressor.data import load_data

@@ -12,12 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from exporters.defaults import DEFAULT_THREADS
 
-from exporters.latency import DEFAULT_THREADS
-
+from ..defaults import ANALYZER_TIME_BUDGET, BUILTIN_ARCHS
 from ..errors import UsageError
-from ..graph.analyzer import ANALYZER_TIME_BUDGET
 
 log = logging.getLogger("demp")
 
@@ -32,10 +30,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="checkpoint: .pt/.pth state dict (plain, {'state_dict'}, "
                    "{'model'}, {'model_state_dict'}; DDP/torch.compile prefixes ok), .safetensors, or a "
                    "directory made by demp. Omit to use freshly initialized weights")
-    from ..models import BUILTINS
-
     p.add_argument("--arch", help="architecture: any torchvision classification model name, or a built-in: "
-                   + ", ".join(BUILTINS))
+                   + ", ".join(BUILTIN_ARCHS))
     p.add_argument("--model-file", metavar="PATH.py:FUNCTION", help=MODEL_FILE_HELP)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword for the model builder, value parsed as YAML (e.g. widths=[256,256])")
@@ -100,6 +96,7 @@ COMPRESS_EXAMPLES = """examples:
   demp compress resnet18.pt --arch resnet18 --data cifar10:/data/cifar --out resnet18-slim/
   demp compress net.pt --model-file net.py:build --data npz:calib.npz --calib-samples 512
   demp compress r50.pt --arch resnet50 --data imagefolder:/data/val --round-to 8 --no-bench
+  demp compress r50.pt --arch resnet50 --data imagefolder:/data/val --quantize int8   (also model.int8.onnx)
   demp compress slim/ --criterion saturated:0.01 --out slimmer/       (compress a compressed folder again)
   demp compress r20.th --arch resnet20-cifar-a --data imagefolder:/data/cifar10-jpg --target-macs 0.5 --out r20-half/
                     (lossless first, then DemP fine-tuning to half the MACs; --finetune-epochs 0.5, --set KEY=VALUE)
@@ -131,6 +128,9 @@ def register(subparsers: Any) -> None:
                    help="intra-op threads while timing (one: demp's timing policy, docs/exporters.md)")
     c.add_argument("--opset", type=int, default=18, help="ONNX opset of model.onnx")
     c.add_argument("--bench-batch-sizes", default="1,8", help="batch sizes to time (and to choose widths at)")
+    from exporters.quantize import add_quantize_args  # light: no torch or onnxruntime at import
+
+    add_quantize_args(c)
     c.set_defaults(handler=run_compress)  # the budget options and their handler: compressor.cli.finetune
 
     i = subparsers.add_parser("inspect", help="per-layer dead-neuron counts, no pruning", epilog=INSPECT_EXAMPLES,
@@ -146,6 +146,8 @@ def register(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------- shared loading
 def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
     kwargs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -158,15 +160,35 @@ def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
 DEFAULT_DATA = "digits"
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _plan_of(args: argparse.Namespace) -> Any:
+    """The plan of a compressed demp folder given as the checkpoint; None for any other checkpoint."""
     from ..plan import PruningPlan
     from ..pruned import PLAN_FILE, is_pruned_dir
 
+    return PruningPlan.load(Path(args.checkpoint) / PLAN_FILE) if args.checkpoint and is_pruned_dir(args.checkpoint) \
+        else None
+
+
+def _check_folder_args(args: argparse.Namespace, plan: Any) -> None:
+    """A compressed folder carries its architecture (and a model file's code): options that would build
+    another model are refused rather than ignored; a matching ``--arch`` is allowed."""
+    arch = (plan.model or {}).get("arch")
+    given = [f"--{name.replace('_', '-')}" for name in ("model_file", "model_arg", "num_classes") if getattr(args, name)]
+    if args.arch and arch and args.arch.strip().lower().replace("_", "-") != str(arch).lower().replace("_", "-"):
+        given.insert(0, f"--arch {args.arch}")
+    if given:
+        code = f", its code in {Path(args.checkpoint) / 'code'}" if (plan.model or {}).get("model_file") else ""
+        raise UsageError(f"{args.checkpoint} is a compressed demp folder: it carries its own model ({arch}{code}), "
+                         f"so {' and '.join(given)} would not be used; drop {'it' if len(given) == 1 else 'them'}")
+    args.arch = arch
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    plan = _plan_of(args)
+    if plan is not None:
+        _check_folder_args(args, plan)
     if not args.arch and not args.model_file:
-        if args.checkpoint and is_pruned_dir(args.checkpoint):  # a compressed directory knows its arch
-            args.arch = (PruningPlan.load(Path(args.checkpoint) / PLAN_FILE).model or {}).get("arch")
-        if not args.arch:
-            raise UsageError("--arch is required (or --model-file PATH.py:FUNCTION for your own model)")
+        raise UsageError("--arch is required (or --model-file PATH.py:FUNCTION for your own model)")
     for name in ("calib_samples", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
@@ -204,10 +226,15 @@ def _load_model(args: argparse.Namespace, data: Any) -> Any:
     from ..loading import load_model
     from ..models.user_file import declared_input_shape
 
-    declared = declared_input_shape(args.model_file) if args.model_file else None
+    plan = _plan_of(args)
+    if plan is not None:  # a compressed folder: the shape it was compressed at
+        declared, what = plan.input_shape, f"{args.checkpoint} (plan.json) was compressed at input shape"
+    else:
+        declared, what = declared_input_shape(args.model_file) if args.model_file else None, \
+            f"{args.model_file} declares INPUT_SHAPE"
     if declared is not None and tuple(declared) != tuple(data.input_shape):
-        raise UsageError(f"{args.model_file} declares INPUT_SHAPE {tuple(declared)} but {_data_label(args)} gives "
-                         f"samples of shape {tuple(data.input_shape)}; pass the data the model was trained on")
+        raise UsageError(f"{what} {tuple(declared)} but {_data_label(args)} gives samples of shape "
+                         f"{tuple(data.input_shape)}; pass the data the model was trained on")
     try:
         return load_model(args.arch, args.checkpoint, num_classes=args.num_classes,
                           input_shape=tuple(data.input_shape), model_file=args.model_file,
@@ -239,8 +266,20 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
         source["checkpoint"] = str(args.checkpoint)
         source["sha256"] = sha256_file(args.checkpoint)
     calib_loader = make_loader(calib, batch_size=min(args.batch_size, len(calib)))  # a smaller set is legal
-    heldout_x = torch.stack([heldout[i][0] for i in range(len(heldout))]) if len(heldout) else None
+    items = [heldout[i] for i in range(len(heldout))]
+    heldout_x = torch.stack([item[0] for item in items]) if items else None
+    args.heldout_labels = _class_labels(items)  # for the accuracy of an int8 model (--quantize)
     return model, data, calib_loader, heldout_x, source
+
+
+def _class_labels(items: list[Any]) -> Any:
+    """The class indices of (input, label) samples as a tensor; None when they are not class indices."""
+    import torch
+
+    try:
+        return torch.tensor([int(item[1]) for item in items]) if items else None
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 # ---------------------------------------------------------------------- compress
@@ -256,11 +295,20 @@ def run_compress(args: argparse.Namespace) -> int:
     """Plain ``demp compress``: lossless (or the criterion's) removal, no training."""
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
+    _check_quantize_args(args)
     out = output_folder(args)
     check_output_dir(out, args)
     t_start = time.perf_counter()
     result = compress_losslessly(args)
     return ship(result, args, out, t_start)
+
+
+def _check_quantize_args(args: argparse.Namespace) -> None:
+    """``--quantize`` settings that cannot work fail before any work."""
+    from exporters.quantize import config_from_args
+
+    if config_from_args(args) is not None and args.no_export:
+        raise UsageError("--quantize int8 quantizes the exported model.onnx; drop --no-export")
 
 
 def output_folder(args: argparse.Namespace, suffix: str = "slim") -> Path:
@@ -292,6 +340,7 @@ def ship(result: Any, args: argparse.Namespace, out: Path, t_start: float) -> in
     """Choose the widths, then write the compressed folder (staged), export, time and report it."""
     from exporters.latency import parse_batch_sizes
     from exporters.pipeline import finalize
+    from exporters.quantize import config_from_args
     from exporters.report import compress_report
 
     from ..fileio import staged_directory
@@ -301,10 +350,13 @@ def ship(result: Any, args: argparse.Namespace, out: Path, t_start: float) -> in
     if result.removed == 0:
         print(NOTHING_REMOVED.format(criterion=result.criterion.spec(), n=result.calib_inputs.shape[0],
                                      checkpoint=args.checkpoint or "CKPT"))
-    bench = args.bench if args.bench is not None else (result.removed > 0 and not args.no_export)
     policy = None
     if args.round_to == "auto" and result.removed:
         result, policy = _choose_widths(result, args, batch_sizes)
+        if result.removed == 0:
+            print(unchanged_line(policy))
+    # an unchanged model is not timed against itself
+    bench = args.bench if args.bench is not None else (result.removed > 0 and not args.no_export)
     with staged_directory(out) as staging:  # the previous output survives until this one is complete
         save_pruned(result, staging, prepare=False)
         report = compress_report(result)
@@ -313,7 +365,8 @@ def ship(result: Any, args: argparse.Namespace, out: Path, t_start: float) -> in
         report = finalize(staging, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
                           heldout_x=result.heldout_inputs, report=report, export=not args.no_export, bench=bench,
                           runtimes=("torch",) if args.no_export else ("torch", "onnxruntime"), opset=args.opset,
-                          batch_sizes=batch_sizes, device=args.device, threads=args.threads, overwrite=True)
+                          batch_sizes=batch_sizes, device=args.device, threads=args.threads, overwrite=True,
+                          quantize=config_from_args(args), heldout_y=getattr(args, "heldout_labels", None))
     _print_summary(report, result, out, time.perf_counter() - t_start)
     return 0
 
@@ -343,11 +396,22 @@ def _choose_widths(result: Any, args: argparse.Namespace, batch_sizes: tuple[int
                          runtime=runtime, device=device, opset=args.opset, progress=log.info)
 
 
+def unchanged_line(policy: dict[str, Any]) -> str:
+    """What the console says when the width policy kept the dense widths: how many dead channels were
+    found, why they were kept (the measurement), and how to remove them anyway."""
+    exact = policy["candidates"][0]
+    slower = ", ".join(f"{c['label']} {c['worst']:.2f}x the time (noise floor +-{c['noise_floor']:.0%})"
+                       for c in policy["candidates"] if c["label"] != "dense")
+    return (f"unchanged: {exact['removed']} dead channels found, kept because every compact candidate ran slower "
+            f"than dense on {policy['runtime']} {policy['device']} ({slower}). To remove them anyway: --round-to 1 "
+            "(exact widths) or --round-to 8; for a smaller model: --target-macs 0.5 or a lossy --criterion")
+
+
 def _print_summary(report: dict[str, Any], result: Any, out: Path, seconds: float) -> None:
     """The speed verdicts first (a slower compact model is a warning), then what was removed and written."""
-    from exporters.render import speed_verdicts
+    from exporters.render import quantization_lines, speed_verdicts
 
-    for line in speed_verdicts(report):
+    for line in speed_verdicts(report) + quantization_lines(report):
         print(line)
     pr, model, parity = report["pruning"], report["model"], report["parity"]
     print(f"removed {pr['removed']} of {pr['neurons_before']} neurons ({pr['neurons_before']} -> "
@@ -367,6 +431,19 @@ def _print_summary(report: dict[str, Any], result: Any, out: Path, seconds: floa
 
 
 # ---------------------------------------------------------------------- inspect
+def _print_neuron_total(groups: list[dict[str, Any]], criterion: str, samples: int) -> None:
+    """The removable neurons, counted as ``demp compress`` and the report count them: the channels of the
+    groups some Conv/Linear reads; the model's outputs (read by no layer) are named apart, not counted."""
+    neurons = [g for g in groups if g["neurons"]]
+    print(f"\n{sum(g['removable'] for g in neurons)} of {sum(g['channels'] for g in neurons)} neurons removable "
+          f"under {criterion} ({samples} calibration samples)")
+    others = [g for g in groups if not g["neurons"]]
+    if others:
+        named = ", ".join(f"{g['root']} ({g['channels']})" for g in others)
+        print(f"not counted as neurons (as in demp compress): {named}, channels no Conv/Linear reads (the model's "
+              "outputs)")
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from ..activity import collect_activity
     from ..criteria import Dead, Dormant, Saturated, parse_criterion
@@ -377,7 +454,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     example = next(iter(calib_loader))[0][:1].to(args.device)
     analyzer = DependencyAnalyzer(model, example, ignore=args.ignore, min_channels=args.min_channels,
                                   round_to=args.round_to, time_budget=args.analyzer_budget)
-    stats = collect_activity(model, calib_loader, progress=True, desc="calibration")
+    stats = collect_activity(model, calib_loader, progress=not args.no_progress, desc="calibration")
     layers = []
     print(f"{'layer (input channels)':<44} {'chans':>6} {'dead':>6} {'saturated':>9} {'dormant<=0.1':>12}")
     for name, st in stats.items():
@@ -389,17 +466,16 @@ def run_inspect(args: argparse.Namespace) -> int:
         layers.append(row)
         print(f"{name:<44} {row['channels']:>6} {row['dead']:>6} {row['saturated']:>9} {row['dormant_0.1']:>12}")
     groups = []
+    neuron_roots = {g.root for g in analyzer.neuron_groups}
     print(f"\n{'group root':<44} {'chans':>6} {'removable':>9}  note ({crit.spec()})")
     for g in analyzer.groups:
         n = 0 if g.blocked else int(analyzer.removable_channels(g, stats, crit).sum())
         groups.append({"root": g.root, "channels": g.size, "removable": n, "blocked": g.blocked,
-                       "members": g.members})
+                       "members": g.members, "neurons": g.root in neuron_roots})
         print(f"{g.root:<44} {g.size:>6} {n:>9}  {g.blocked or ''}")
         if args.groups:
             print("\n".join("    " + line for line in g.details().splitlines()[1:]))
-    total = sum(x["removable"] for x in groups)
-    print(f"\n{total} of {sum(g.size for g in analyzer.groups)} neurons removable under {crit.spec()} "
-          f"({stats.samples} calibration samples)")
+    _print_neuron_total(groups, crit.spec(), stats.samples)
     if args.json:
         from ..fileio import atomic_write_json
 

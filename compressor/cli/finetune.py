@@ -111,7 +111,7 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
     from ..training.config import load_recipe
     from ..training.finish import RECIPE_FILE
     from .compress import check_output_dir, compress_losslessly, output_folder, ship
-    from .train import launch
+    from .train import check_resume_folder, launch
 
     if args.resume:
         out = Path(args.resume)
@@ -120,6 +120,7 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
                              "its own folder")
         if args.overwrite:
             raise UsageError("--overwrite and --resume contradict each other; drop one")
+        check_resume_folder(out)
         if not (out / RECIPE_FILE).is_file():
             raise UsageError(f"--resume {out}: no {RECIPE_FILE} there, so it is not an interrupted fine-tune of "
                              "demp compress --target-*")
@@ -152,6 +153,9 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
     print(f"lossless removal takes {100 * share:.1f}% of the {_noun(kind)} ({result.removed} dead neurons); "
           f"{100 * wanted:.1f}% asked: fine-tuning with DemP for {recipe.train.epochs:g} epoch(s) on "
           f"{recipe.data.spec} (the compact model will be in {out}/model/)")
+    if getattr(args, "quantize", None):
+        print(f"note: --quantize {args.quantize} is not applied to a fine-tuned model; afterwards run `demp export "
+              f"{out}/model --quantize {args.quantize} --data {recipe.data.spec} --overwrite`")
     inputs = (args.finetune_recipe,) if args.finetune_recipe else ()
     return launch(recipe, out, resume=False, overwrite=args.overwrite, progress=not args.no_progress,
                   export=not args.no_export, inputs=inputs, summarize=_summary)

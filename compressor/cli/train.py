@@ -20,8 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from ..errors import DempError, UsageError
 
 log = logging.getLogger(__name__)
@@ -95,6 +93,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--epochs", type=int, help="shorthand for --set train.epochs=N")
     p.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set train.device=...")
+    p.add_argument("--normalize", metavar="NORM", help="shorthand for --set data.normalize=NORM: input statistics, "
+                   "auto | imagenet | cifar10 | cifar100 | mnist | M1,M2,M3/S1,S2,S3, for every data set (an "
+                   "imagefolder: too); auto: those of the recipe's architecture's published weights, else the data's own")
     p.add_argument("--overwrite", action="store_true",
                    help="replace demp's own outputs in --out (a folder holding the recipe or other files is refused)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export and report (OUT/model keeps plan.json + weights)")
@@ -123,7 +124,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 def _shorthands(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides or [])
     for key, value in (("train.epochs", getattr(args, "epochs", None)), ("train.seed", getattr(args, "seed", None)),
-                       ("train.device", getattr(args, "device", None))):
+                       ("train.device", getattr(args, "device", None)),
+                       ("data.normalize", getattr(args, "normalize", None))):
         if value is not None:
             extra.append(f"{key}={value}")
     return extra
@@ -141,6 +143,10 @@ def run_train(args: argparse.Namespace) -> int:
         recipe_path = Path(args.recipe) if args.recipe else out / RECIPE_FILE
         if args.overwrite:
             raise UsageError("--overwrite and --resume contradict each other; drop one")
+        check_resume_folder(out)
+        if not recipe_path.is_file() and not args.recipe:
+            raise UsageError(f"--resume {out}: no {RECIPE_FILE} there, so it is not a run written by demp train; pass "
+                             "the --out folder of the interrupted run")
     else:
         if not args.recipe:
             raise UsageError("--recipe is required (see samples/recipes/), or pass --resume DIR to continue a run")
@@ -150,6 +156,14 @@ def run_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(recipe_path, _shorthands(args), data_spec=args.data)
     return launch(recipe, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
                   export=not args.no_export, inputs=(args.recipe,) if args.recipe else ())
+
+
+def check_resume_folder(out: Path) -> None:
+    """``--resume DIR`` names an existing folder (before any recipe is read from it)."""
+    if not out.exists():
+        raise UsageError(f"--resume {out}: the folder does not exist; pass the --out folder of the interrupted run")
+    if not out.is_dir():
+        raise UsageError(f"--resume {out}: not a folder; pass the --out folder of the interrupted run")
 
 
 def launch(recipe: Any, out: Path, *, resume: bool, overwrite: bool, progress: bool, export: bool,
@@ -287,6 +301,8 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
 
 
 def demo_recipe(epochs: int | None = None) -> Any:
+    import yaml
+
     from ..training.config import load_recipe
 
     raw = yaml.safe_load(DEMO_RECIPE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -141,13 +142,18 @@ def parse_normalize(normalize: str | None) -> Stats | None:
 
 
 def _spec_hint(spec: str) -> str:
-    """A did-you-mean for a bare path given as a spec."""
+    """A did-you-mean for a misspelt dataset name (``minst:ROOT``) or a bare path given as a spec."""
+    name, sep, arg = spec.strip().partition(":")
+    names = [form.partition(":")[0] for form in SPEC_FORMS]
+    close = difflib.get_close_matches(name.lower().replace("_", "-"), names, n=1, cutoff=0.6)
+    if close and (sep or close[0] == "digits"):
+        return f"; did you mean {close[0]}{sep}{arg}?"
     path = Path(os.path.expanduser(spec.strip()))
     if path.suffix == ".npz":
         return f"; did you mean npz:{spec}?"
     if path.is_dir():
         return f"; did you mean imagefolder:{spec}?"
-    return ""
+    return f"; did you mean {SPEC_FORMS[names.index(close[0])]}?" if close else ""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from torch_pruning import ops as tp_ops
 
 from ..activity import CONSUMER_TYPES, ActivityStats, ChannelStats
 from ..criteria import Criterion
+from ..defaults import ANALYZER_TIME_BUDGET
 from ..errors import CheckpointError, DempError, UsageError
 from ..plan import GroupRemoval, PruningPlan
 from .apply import Action, ApplyResult, apply_actions, expand_group, merge_actions
@@ -54,9 +55,6 @@ log = logging.getLogger(__name__)
 __all__ = ["DependencyAnalyzer", "ChannelGroup", "GroupItem", "ANALYZER_TIME_BUDGET"]
 
 OPT = tp_ops.OPTYPE
-#: Seconds the analyzer may spend mapping channel groups (issue: no model may hang it); past them the
-#: groups not yet mapped are blocked. 60 s covers every torchvision/timm model measured (BENCHMARKS.md).
-ANALYZER_TIME_BUDGET = 60.0
 # node types whose parameters/buffers are sliced per channel (safe to shrink)
 _LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)  # layers whose weight reads channels on dim 1
 _PER_CHANNEL_TYPES = {OPT.CONV, OPT.LINEAR, OPT.BN, OPT.DEPTHWISE_CONV, OPT.PRELU, OPT.IN, OPT.PARAMETER}

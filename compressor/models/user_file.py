@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from ..errors import DempError, UsageError
+from ..errors import UsageError
 from .spec import ModelSpec
 
 __all__ = ["split_model_file", "import_model_file", "declared_input_shape", "spec_from_file", "build_from_file"]
@@ -84,7 +84,7 @@ def import_model_file(path: str) -> Any:
         sys.modules.pop(module_name, None)
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
         where = f" (line {frames[-1].lineno})" if frames else ""
-        raise DempError(f"importing model file {path} failed{where}: {type(exc).__name__}: {exc}") from exc
+        raise UsageError(f"importing model file {path} failed{where}: {type(exc).__name__}: {exc}") from exc
     finally:
         try:
             sys.path.remove(parent)
@@ -116,7 +116,7 @@ def build_from_file(spec: ModelSpec) -> nn.Module:
     except Exception as exc:  # user code
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
         where = f" at line {frames[-1].lineno} ({frames[-1].line})" if frames else ""
-        raise DempError(f"{path}:{name}({_fmt_kwargs(kwargs)}) failed{where}: {type(exc).__name__}: {exc}") from exc
+        raise UsageError(f"{path}:{name}({_fmt_kwargs(kwargs)}) failed{where}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"{path}:{name} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

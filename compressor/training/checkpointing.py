@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointWriteError
 from ..fileio import atomic_write_json, atomic_write_with
 from ..plan import PruningPlan
 
@@ -198,7 +198,7 @@ def save_checkpoint(
         previous = latest_checkpoint(root)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{exc.strerror or exc}"
-        raise CheckpointError(
+        raise CheckpointWriteError(
             f"could not write checkpoint {final} ({what}); {kept}. Free space (or choose another --out) "
             "and resume with --resume"
         ) from exc
@@ -255,7 +255,9 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path} is incomplete: {exc.filename} is missing") from None
     except Exception as exc:  # noqa: BLE001 - safetensors/torch raise several types for damaged files
-        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({exc})") from None
+        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({type(exc).__name__}): it was cut off or "
+                              f"changed after it was written; move {path.name} out of {path.parent} and resume again "
+                              "to continue from the checkpoint before it") from None
     return Checkpoint(path=path, meta=meta, plan=plan, weights=weights, state=state)
 
 

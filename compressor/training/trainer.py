@@ -42,6 +42,7 @@ from ..data import DataBundle
 from ..errors import CheckpointError, DempError, UsageError
 from ..fileio import prepare_output_dir
 from ..measure import output_tensor
+from ..progress import progress_bar
 from . import checkpointing as ckpt
 from . import distributed as dist_util
 from .config import RESUME_TOLERANT_KEYS, RecipeConfig, load_recipe, recipe_diff
@@ -217,15 +218,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def _run_epoch(self, run: Run, pos: Position, sums: dict[str, Any], guard: SignalGuard) -> None:
-        from tqdm.auto import tqdm
-
         run.sampler.set_epoch(pos.epoch, pos.batch)
         epoch_sums = LossMeter(run.device, sums, "ep_")
         interval = LossMeter(run.device, sums, "iv_")
         epoch_start = time.perf_counter() - float(sums.get("ep_time", 0.0))
         steps = run.steps_in_epoch(pos.epoch)
-        bar = tqdm(total=steps, initial=pos.batch, desc=f"epoch {pos.epoch + 1}/{run.epochs}",
-                   leave=False, disable=None if self.progress else True, dynamic_ncols=True)
+        bar = progress_bar(steps, f"epoch {pos.epoch + 1}/{run.epochs}", enabled=self.progress, initial=pos.batch,
+                           dynamic_ncols=True)  # on no terminal: a plain line every 30 s
         try:
             t_last = time.perf_counter()
             macs, dense = run.macs(), not self._removed_any(run)
