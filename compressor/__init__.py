@@ -28,8 +28,8 @@ _LAZY = {
     "collect_activity": ("compressor.activity", "collect_activity"),
     "DependencyAnalyzer": ("compressor.graph", "DependencyAnalyzer"),
     "PruningPlan": ("compressor.plan", "PruningPlan"),
-    "count_macs": ("compressor.measure", "count_macs"),
-    "count_params": ("compressor.measure", "count_params"),
+    "count_macs": ("compressor.counting", "count_macs"),
+    "count_params": ("compressor.counting", "count_params"),
     "training": ("compressor.training", None),
 }
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .errors import DataError, DempError
 from .inputs import LABEL_KEYS, KeywordInputs, ModelInputs, call_model
-from .measure import output_tensor
+from .model_outputs import output_tensor
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)

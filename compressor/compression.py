@@ -30,7 +30,7 @@ from .culprits import find_culprits
 from .graph import DependencyAnalyzer
 from .graph.apply import apply_actions, merge_actions
 from .graph.tp_compat import version as torch_pruning_version
-from .measure import compare_outputs, run_model
+from .model_outputs import compare_outputs, run_model
 from .plan import PruningPlan
 
 log = logging.getLogger(__name__)

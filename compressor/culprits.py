@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .graph.apply import Action, execute_actions, merge_actions
 from .inputs import ModelInputs
-from .measure import compare_outputs, run_model
+from .model_outputs import compare_outputs, run_model
 
 __all__ = ["find_culprits", "explain_failure", "CHECK_SAMPLES"]
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from .checkpoint import load_weights, read_checkpoint
+from .weight_files import load_weights, read_checkpoint
 from .errors import CheckpointError
 from .models import build_model, canonical_arch, infer_num_classes, make_spec
 from .pruned import is_pruned_dir, load_pruned
@@ -42,7 +42,7 @@ def load_model(
     * ``checkpoint`` None: a fresh model (seed ``torch.manual_seed`` first for reproducibility).
     * ``checkpoint`` a directory with ``plan.json``: a compressed model written by demp, loaded via
       :func:`compressor.pruned.load_pruned` (``arch`` and the other options are then ignored).
-    * otherwise any format :func:`compressor.checkpoint.read_checkpoint` reads. When
+    * otherwise any format :func:`compressor.weight_files.read_checkpoint` reads. When
       ``num_classes`` is None it is inferred from the checkpoint's classifier.
     * ``model_file="path.py:factory"`` builds a user model: **this imports and executes that
       Python file**, by design (like ``python path.py``); ``factory(num_classes=..., **kwargs)`` is

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, load_weights_file, save_weights
+from .weight_files import load_weights, load_weights_file, save_weights
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_write_bytes, prepare_output_dir, sha256_file
 from .graph import DependencyAnalyzer

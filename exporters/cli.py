@@ -103,7 +103,7 @@ def register(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from compressor.measure import count_params, neuron_sparsity
+    from compressor.counting import count_params, neuron_sparsity
     from compressor.pruned import dense_model, input_shape, load_pruned, neuron_counts
 
     from .onnx import export_onnx
@@ -247,6 +247,7 @@ def run_bench(args: argparse.Namespace) -> int:
         parse_batch_sizes,
         parse_runtimes,
     )
+    from .runtimes import runtimes_named
 
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise OutputExistsError(f"{args.json} already exists; pass --overwrite to replace it or choose another --json")
@@ -261,7 +262,7 @@ def run_bench(args: argparse.Namespace) -> int:
                          device=_device(args.device), threads=args.threads, warmup=args.warmup,
                          min_iters=args.min_iters, min_time_s=args.min_time, max_time_s=args.max_time)
     config.validate()  # before any expensive loading or exporting
-    if is_onnx and any(r not in ("onnxruntime", "onnxruntime-trt") for r in runtimes):
+    if is_onnx and not all(r.takes_onnx for r in runtimes_named(runtimes)):
         raise UsageError("an .onnx file can only be timed with onnxruntime runtimes; use --runtimes onnxruntime, "
                          "or give the compressed directory to compare PyTorch too")
 
@@ -299,8 +300,11 @@ def _device(text: str) -> str:
 
 def _bench_variants(args: argparse.Namespace, config: Any, tmp: Path) -> tuple[list[Any], tuple[int, ...]]:
     """Build the variants to time for the three kinds of TARGET."""
-    needs_onnx = any(r.startswith("onnxruntime") for r in config.runtimes)
-    needs_torch = any(r.startswith("torch") for r in config.runtimes)
+    from .runtimes import runtimes_named
+
+    runtimes = runtimes_named(config.runtimes)
+    needs_onnx = any(r.takes_onnx for r in runtimes)
+    needs_torch = not all(r.takes_onnx for r in runtimes)
     if args.arch:
         return _arch_variant(args, tmp, needs_onnx=needs_onnx, needs_torch=needs_torch)
     target = Path(args.target)
@@ -317,7 +321,7 @@ def _arch_variant(args: argparse.Namespace, tmp: Path, *, needs_onnx: bool,
                   needs_torch: bool) -> tuple[list[Any], tuple[int, ...]]:
     """A freshly initialized dense model of ``--arch``."""
     from compressor.loading import load_model
-    from compressor.measure import count_macs
+    from compressor.counting import count_macs
 
     from .latency import Variant
 
@@ -353,7 +357,7 @@ def _onnx_variant(args: argparse.Namespace, target: Path) -> tuple[list[Any], tu
 def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, needs_onnx: bool,
                         needs_torch: bool) -> tuple[list[Any], tuple[int, ...]]:
     """Dense versus compact of a compressed directory (its own model.onnx when it matches the plan)."""
-    from compressor.measure import compare_macs
+    from compressor.counting import compare_macs
     from compressor.pruned import dense_model, input_shape, is_pruned_dir, load_pruned
 
     from .latency import Variant

@@ -12,6 +12,9 @@ seconds of measured time. Every iteration is timed on its own:
   the CUDA EP with IO binding (input and output stay on the GPU, ``--device cuda``);
 * ``onnxruntime-trt``: the TensorRT EP (CUDA only, when installed).
 
+Each runtime is one object of :mod:`exporters.runtimes` (what it takes, its devices and providers, how it
+prepares and runs a variant); this module only asks them.
+
 Results carry p50 / p90 / p99 / mean / std (milliseconds per batch), throughput (samples / s), the
 thread count, and — when MACs are known — the latency ratio next to the MAC ratio and the
 *speedup efficiency* = MAC ratio / latency ratio (1.0: latency fell exactly as much as the arithmetic).
@@ -36,12 +39,8 @@ from compressor.errors import UsageError
 from .defaults import DEFAULT_THREADS, RUNTIMES  # re-exported: the CLI's parsers read them without torch
 from .env import collect_environment
 from .ort import available_providers
-from .timing import (
-    ORT_RUNTIMES,
-    measure_interleaved,
-    prepare,
-    thread_count,
-)
+from .runtimes import REGISTRY, Prepared, Runtime, runtimes_named
+from .timing import measure_interleaved, prepare, thread_count
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +101,7 @@ class BenchConfig:
             raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if not self.runtimes:
             raise UsageError(f"no runtime given; choose from {', '.join(RUNTIMES)}")
-        for runtime in self.runtimes:
-            if runtime not in RUNTIMES:
-                raise UsageError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+        runtimes = runtimes_named(self.runtimes)
         if len(set(self.runtimes)) != len(self.runtimes):
             raise UsageError(f"runtime listed twice in {','.join(self.runtimes)}")
         if not self.batch_sizes:
@@ -118,19 +115,15 @@ class BenchConfig:
             raise UsageError("--warmup must be >= 0, --min-iters >= 1, --min-time >= 0")
         if self.max_time_s is not None and self.max_time_s < self.min_time_s:
             raise UsageError(f"--max-time {self.max_time_s} is below --min-time {self.min_time_s}")
-        if self.device == "cuda":
-            if not torch.cuda.is_available():
-                raise UsageError("--device cuda requested but no CUDA GPU is available to PyTorch; use --device cpu")
-            providers = available_providers()
-            if "onnxruntime" in self.runtimes and "CUDAExecutionProvider" not in providers:
-                raise UsageError(
-                    "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu), "
-                    "or drop onnxruntime from --runtimes"
-                )
-            if "onnxruntime-trt" in self.runtimes and "TensorrtExecutionProvider" not in providers:
-                raise UsageError("onnxruntime has no TensorrtExecutionProvider here; drop onnxruntime-trt from --runtimes")
-        elif "onnxruntime-trt" in self.runtimes:
-            raise UsageError("onnxruntime-trt needs --device cuda; use onnxruntime for --device cpu")
+        for runtime in runtimes:
+            runtime.check_device(self.device)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA GPU is available to PyTorch; use --device cpu")
+        needed = [(r, p) for r in runtimes if (p := r.needs_provider(self.device)) is not None]
+        available = available_providers() if needed else []
+        for runtime, provider in needed:
+            if provider not in available:
+                raise UsageError(runtime.missing_provider_message(provider))
 
     @property
     def time_cap_s(self) -> float:
@@ -269,7 +262,7 @@ def benchmark(variants: Sequence[Variant], input_shape: Sequence[int], config: B
     schedule: list[dict[str, Any]] = []
     with thread_count(config.threads) as threads:
         environment = collect_environment(threads=threads)
-        for runtime in config.runtimes:
+        for runtime in runtimes_named(config.runtimes):
             usable = _usable(variants, runtime, config)
             prepared = prepare(usable, runtime, config.device, threads)
             try:
@@ -289,25 +282,25 @@ def benchmark(variants: Sequence[Variant], input_shape: Sequence[int], config: B
                        schedule=schedule)
 
 
-def _usable(variants: Sequence[Variant], runtime: str, config: BenchConfig) -> list[Variant]:
+def _usable(variants: Sequence[Variant], runtime: Runtime, config: BenchConfig) -> list[Variant]:
     """The variants ``runtime`` can run, plus the A/A copy of the baseline when asked for."""
-    usable = [v for v in variants if _supports(v, runtime)]
+    usable = [v for v in variants if runtime.supports(v)]
     for v in variants:
         if v not in usable:
-            log.info("skipping %s for %s: it has no %s", v.name, runtime,
-                     "ONNX file" if runtime in ORT_RUNTIMES else "PyTorch model")
+            log.info("skipping %s for %s: it has no %s", v.name, runtime.name, runtime.takes)
     if not usable:
+        onnx_runtime = next(r.name for r in REGISTRY.values() if r.takes_onnx)
         raise UsageError(
-            f"runtime {runtime} has nothing to run: "
-            + ("give a model with an ONNX file" if runtime in ORT_RUNTIMES
-               else "an .onnx file can only be timed with --runtimes onnxruntime"))
+            f"runtime {runtime.name} has nothing to run: "
+            + (f"give a model with an {runtime.takes}" if runtime.takes_onnx
+               else f"an .onnx file can only be timed with --runtimes {onnx_runtime}"))
     base = next((v for v in usable if v.name == config.baseline), None)
     if config.noise_pair and base is not None and len(usable) > 1:
         usable.append(dataclasses.replace(base, name=AA_VARIANT))
     return usable
 
 
-def _measure_runtime(variants: Sequence[Variant], prepared: dict[str, dict[str, Any]], runtime: str,
+def _measure_runtime(variants: Sequence[Variant], prepared: dict[str, Prepared], runtime: Runtime,
                      config: BenchConfig, shape: tuple[int, ...], threads: int, schedule: list[dict[str, Any]],
                      progress: Callable[[str], None] | None) -> list[LatencyResult]:
     """Every batch size of one runtime; a batch whose measurement fails a check other than a busy
@@ -318,13 +311,13 @@ def _measure_runtime(variants: Sequence[Variant], prepared: dict[str, dict[str, 
 
     def measure(batch: int, again: bool) -> None:
         if progress:
-            progress(f"{runtime} {config.device} batch {batch}: {', '.join(v.name for v in variants)}"
+            progress(f"{runtime.name} {config.device} batch {batch}: {', '.join(v.name for v in variants)}"
                      + (" (again: the first measurement was unstable)" if again else ""))
         run = measure_interleaved(variants, prepared, runtime, config, batch, shape, settled=settled)
-        schedule.append({"runtime": runtime, "batch": batch, "turns": len(run.order), "order": run.order[:SCHEDULE_KEEP],
+        schedule.append({"runtime": runtime.name, "batch": batch, "turns": len(run.order), "order": run.order[:SCHEDULE_KEEP],
                          "cpu_share": run.cpu_share})
-        by_batch[batch] = [_summarize(run.times[v.name], v, runtime, config.device, batch, threads,
-                                      prepared[v.name]["provider"], run.cpu_share) for v in variants]
+        by_batch[batch] = [_summarize(run.times[v.name], v, runtime.name, config.device, batch, threads,
+                                      prepared[v.name].provider, run.cpu_share) for v in variants]
 
     for batch in config.batch_sizes:
         measure(int(batch), False)
@@ -422,10 +415,6 @@ def compare(results: Sequence[LatencyResult], variants: Sequence[Variant], *, ba
     return out
 
 
-def _supports(variant: Variant, runtime: str) -> bool:
-    return variant.onnx_path is not None if runtime in ORT_RUNTIMES else variant.model is not None
-
-
 def _summarize(times_ms: list[float], variant: Variant, runtime: str, device: str, batch: int, threads: int,
                provider: str | None, cpu_share: float | None = None) -> LatencyResult:
     arr = np.asarray(times_ms, dtype=np.float64)
@@ -461,9 +450,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def parse_runtimes(text: str) -> tuple[str, ...]:
     """``"torch,onnxruntime"`` -> ("torch", "onnxruntime"), validating each name."""
     out = tuple(item.strip() for item in str(text).split(",") if item.strip())
-    for runtime in out:
-        if runtime not in RUNTIMES:
-            raise UsageError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
+    runtimes_named(out)  # each name known
     if not out:
         raise UsageError(f"no runtime given; valid runtimes: {', '.join(RUNTIMES)}")
     return out

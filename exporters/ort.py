@@ -2,7 +2,7 @@
 
 :func:`check_parity` runs a file in a real ``onnxruntime.InferenceSession`` (CPU execution provider)
 on real samples, at more than one batch size, and compares it with the PyTorch model: the exported
-output at the position of the model's primary output (:func:`compressor.measure.output_tensor`).
+output at the position of the model's primary output (:func:`compressor.model_outputs.output_tensor`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from compressor.activity import batch_input
 from compressor.errors import DempError, UsageError, VerificationError
 from compressor.inputs import KeywordInputs, ModelInputs, call_model, concat_inputs
-from compressor.measure import module_device, output_tensors, primary_output_index
+from compressor.model_outputs import module_device, output_tensors, primary_output_index
 
 from .onnx import first_line
 

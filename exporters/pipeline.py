@@ -22,14 +22,16 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from compressor.errors import DempError, OutputExistsError, UsageError
 from compressor.fileio import jsonable
-from compressor.measure import compare_macs, compare_outputs, count_params, neuron_sparsity, run_model
+from compressor.counting import compare_macs, count_params, neuron_sparsity
+from compressor.model_outputs import compare_outputs, run_model
 from compressor.pruned import INT8_ONNX_FILE, ONNX_FILE, REPORT_JSON, REPORT_MD
 
 from .env import collect_environment
@@ -38,6 +40,7 @@ from .onnx import DEFAULT_OPSET, export_onnx
 from .ort import available_providers, check_parity
 from .quantize import QuantizeConfig, int8_speedups, quantize_and_check
 from .report import REPORT_SCHEMA, tool_section, validate_report, write_report
+from .runtimes import Runtime, runtimes_named
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +50,44 @@ PARITY_SAMPLES = 256
 MODULE_TABLE_DEPTH = 2
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How :func:`finalize` writes ``model.onnx`` (see :func:`exporters.onnx.export_onnx`); the dense ONNX
+    file made only for timing uses the same opset and exporter."""
+
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    exporter: str = "auto"  # auto, dynamo or torchscript
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What :func:`finalize` times, dense versus pruned: ``min_time_s`` per variant and batch size at least
+    (at most :data:`QUICK_MAX_S` unless ``min_time_s`` is longer). With ``run=False`` nothing is timed;
+    ``device`` and ``threads`` still describe the machine (the report's environment, the int8 check)."""
+
+    batch_sizes: tuple[int, ...] = (1, 8)
+    device: str = "cpu"
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime")
+    threads: int | None = DEFAULT_THREADS
+    min_time_s: float = QUICK_MIN_S
+    min_iters: int = 10
+    warmup: int = 2
+    run: bool = True
+
+
 def finalize(
     out_dir: str | os.PathLike, *, dense: nn.Module, pruned: nn.Module, calib_x: torch.Tensor,
-    heldout_x: torch.Tensor | None, report: Mapping[str, Any], export: bool = True, bench: bool = True,
-    opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, exporter: str = "auto",
-    batch_sizes: Sequence[int] = (1, 8), device: str = "cpu", runtimes: Sequence[str] = ("torch", "onnxruntime"),
-    threads: int | None = DEFAULT_THREADS, min_time_s: float = QUICK_MIN_S, min_iters: int = 10, warmup: int = 2,
-    atol_rel: float = 1e-4, plots: bool = True, overwrite: bool = False, quantize: QuantizeConfig | None = None,
-    heldout_y: torch.Tensor | None = None,
+    heldout_x: torch.Tensor | None, report: Mapping[str, Any], export: ExportOptions | None = ExportOptions(),
+    bench: BenchOptions = BenchOptions(), quantize: QuantizeConfig | None = None,
+    heldout_y: torch.Tensor | None = None, atol_rel: float = 1e-4, plots: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Complete ``report`` for the models in ``out_dir``, write the artefacts, return the report.
 
     ``calib_x`` / ``heldout_x`` are tensors of real samples (``heldout_x`` may be None). ``export``
-    writes ``out_dir/model.onnx`` and checks it against ``pruned`` with onnxruntime; ``bench`` times
-    dense versus pruned (``min_time_s`` per variant and batch size; the ONNX runtimes need
-    ``export``). Existing ``model.onnx`` / report files are replaced only with ``overwrite``. The
+    (None: no export) writes ``out_dir/model.onnx`` and checks it against ``pruned`` with onnxruntime
+    (relative tolerance ``atol_rel``); ``bench`` says what is timed, dense versus pruned (the ONNX runtimes
+    need the export). Existing ``model.onnx`` / report files are replaced only with ``overwrite``. The
     models are not modified; export and parity run on CPU copies. ``quantize`` adds ``model.int8.onnx``
     if it passes its check on ``heldout_x`` (labels ``heldout_y``), times it too, fills ``quantization``.
     """
@@ -69,7 +95,7 @@ def finalize(
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(calib_x, torch.Tensor) or calib_x.dim() < 2 or calib_x.shape[0] < 1:
         raise UsageError("finalize needs calib_x: a tensor of at least one real sample, shaped (N, *input_shape)")
-    if quantize is not None and not export:
+    if quantize is not None and export is None:
         raise UsageError("--quantize int8 quantizes the exported model.onnx; drop --no-export")
     if not overwrite:
         clash = [p for p in (out / ONNX_FILE, out / REPORT_JSON, out / REPORT_MD, out / INT8_ONNX_FILE) if p.exists()]
@@ -85,25 +111,23 @@ def finalize(
         rep["parity"].update(_torch_parity(dense_cpu, pruned_cpu, parity_x))
     onnx_path = out / ONNX_FILE
     rep["export"] = None
-    if export:
-        info = export_onnx(pruned_cpu, samples[:2], onnx_path, opset=opset, dynamic_batch=dynamic_batch,
-                           metadata=_metadata(out, rep), exporter=exporter, overwrite=overwrite)
+    if export is not None:
+        info = export_onnx(pruned_cpu, samples[:2], onnx_path, opset=export.opset, dynamic_batch=export.dynamic_batch,
+                           metadata=_metadata(out, rep), exporter=export.exporter, overwrite=overwrite)
         rep["export"] = {**info.to_dict(), "path": ONNX_FILE}
         rep["parity"].update(check_parity(onnx_path, pruned_cpu, parity_x, atol_rel=atol_rel).to_dict())
     int8_path = None
     if quantize is not None:  # model.int8.onnx, only when it agrees with model.onnx on the held-out samples
         rep["quantization"] = quantize_and_check(onnx_path, out / INT8_ONNX_FILE, samples, held, heldout_y, quantize,
-                                                 device=device, overwrite=overwrite)
+                                                 device=bench.device, overwrite=overwrite)
         int8_path = out / INT8_ONNX_FILE if rep["quantization"]["shipped"] else None
-    if bench:  # dense versus pruned (and int8), interleaved
-        rep.update(_bench(dense_cpu, pruned_cpu, onnx_path if export else None, rep, tuple(samples.shape[1:]),
-                          batch_sizes=batch_sizes, device=device, runtimes=runtimes, threads=threads,
-                          min_time_s=min_time_s, min_iters=min_iters, warmup=warmup, exporter=exporter,
-                          opset=opset, int8_onnx=int8_path))
+    if bench.run:  # dense versus pruned (and int8), interleaved
+        rep.update(_bench(dense_cpu, pruned_cpu, onnx_path if export is not None else None, rep,
+                          tuple(samples.shape[1:]), bench, export or ExportOptions(), int8_onnx=int8_path))
         if int8_path is not None:
             rep["quantization"]["latency"] = int8_speedups(rep["latency"], rep["latency_comparison"])
     else:
-        rep["environment"] = collect_environment(threads=threads)
+        rep["environment"] = collect_environment(threads=bench.threads)
     validate_report(rep)
     write_report(rep, out, plots=plots, overwrite=True)
     return json.loads(json.dumps(jsonable(rep), default=str))
@@ -190,35 +214,39 @@ def _metadata(out: Path, rep: Mapping[str, Any]) -> dict[str, str]:
     return meta
 
 
+def _runnable(runtimes: tuple[Runtime, ...], has_onnx: bool, device: str) -> list[Runtime]:
+    """The runtimes that can run here: those taking an ONNX file only when one was exported, and only
+    when onnxruntime has the execution provider they need on ``device`` (else a warning, not an error)."""
+    chosen = [r for r in runtimes if has_onnx or not r.takes_onnx]
+    needed = {r.name: p for r in chosen if (p := r.needs_provider(device)) is not None}
+    available = set(available_providers()) if needed else set()
+    missing = {name: provider for name, provider in needed.items() if provider not in available}
+    for name, provider in missing.items():
+        log.warning("onnxruntime has no %s here; not timing %s on %s", provider, name, device)
+    return [r for r in chosen if r.name not in missing]
+
+
 def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Mapping[str, Any],
-           input_shape: tuple[int, ...], *, batch_sizes: Sequence[int], device: str, runtimes: Sequence[str],
-           threads: int | None, min_time_s: float, min_iters: int, warmup: int, exporter: str,
-           opset: int, int8_onnx: Path | None = None) -> dict[str, Any]:
+           input_shape: tuple[int, ...], options: BenchOptions, export: ExportOptions,
+           int8_onnx: Path | None = None) -> dict[str, Any]:
     """Time dense versus pruned (and ``int8_onnx`` on the onnxruntime runtimes); returns the ``latency``,
     ``latency_comparison`` and ``environment`` sections."""
-    dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    chosen = list(runtimes)
-    if onnx_path is None:
-        chosen = [r for r in chosen if not r.startswith("onnxruntime")]
-    if dev == "cuda":
-        if "CUDAExecutionProvider" not in available_providers():
-            dropped = [r for r in chosen if r.startswith("onnxruntime")]
-            if dropped:
-                log.warning("onnxruntime has no CUDA execution provider here; timing torch only on cuda")
-            chosen = [r for r in chosen if not r.startswith("onnxruntime")]
+    dev = "cuda" if str(options.device).startswith("cuda") else "cpu"
+    chosen = _runnable(runtimes_named(options.runtimes), onnx_path is not None, dev)
     if not chosen:
-        return {"latency": [], "latency_comparison": [], "environment": collect_environment(threads=threads)}
+        return {"latency": [], "latency_comparison": [], "environment": collect_environment(threads=options.threads)}
     model_section = rep.get("model") or {}
-    config = BenchConfig(batch_sizes=tuple(int(b) for b in batch_sizes), runtimes=tuple(chosen), device=dev,
-                         threads=threads, warmup=warmup, min_iters=min_iters, min_time_s=min_time_s,
-                         max_time_s=max(min_time_s, QUICK_MAX_S))
+    config = BenchConfig(batch_sizes=tuple(int(b) for b in options.batch_sizes), runtimes=tuple(r.name for r in chosen),
+                         device=dev, threads=options.threads, warmup=options.warmup, min_iters=options.min_iters,
+                         min_time_s=options.min_time_s, max_time_s=max(options.min_time_s, QUICK_MAX_S))
     with tempfile.TemporaryDirectory(prefix=".demp-bench-", dir=onnx_path.parent if onnx_path else None) as tmp:
         dense_onnx = None
-        if any(r.startswith("onnxruntime") for r in chosen):
+        if any(r.takes_onnx for r in chosen):
             # The dense ONNX is only for timing: same exporter as the pruned file, not kept.
-            used = (rep.get("export") or {}).get("exporter", exporter)
-            dense_onnx = export_onnx(dense, torch.zeros((2, *input_shape)), Path(tmp) / "dense.onnx", opset=opset,
-                                     exporter=used if used in ("dynamo", "torchscript") else exporter).path
+            used = (rep.get("export") or {}).get("exporter", export.exporter)
+            dense_onnx = export_onnx(dense, torch.zeros((2, *input_shape)), Path(tmp) / "dense.onnx",
+                                     opset=export.opset,
+                                     exporter=used if used in ("dynamo", "torchscript") else export.exporter).path
         variants = [
             Variant("dense", dense, dense_onnx, model_section.get("macs_before")),
             Variant("pruned", pruned, str(onnx_path) if onnx_path else None, model_section.get("macs_after")),
@@ -227,8 +255,8 @@ def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Map
             variants.append(Variant("int8", None, str(int8_onnx), None))
         turns = (len(variants) + 1) * len(config.batch_sizes) * len(chosen)  # and the A/A copy of dense
         log.info("timing %s on %s (batch %s, %s thread(s)): up to %.0f s, or %d runs of each",
-                 ", ".join(v.name for v in variants), ", ".join(chosen), ", ".join(map(str, config.batch_sizes)),
-                 threads, turns * config.time_cap_s, config.min_iters)
+                 ", ".join(v.name for v in variants), ", ".join(config.runtimes), ", ".join(map(str, config.batch_sizes)),
+                 options.threads, turns * config.time_cap_s, config.min_iters)
         result = benchmark(variants, input_shape, config,
                            progress=lambda msg: log.info("timing %s", msg))
     data = result.to_dict()

@@ -25,7 +25,7 @@ compression or a training run, validated, and written with ``report.md`` and the
                 "bytes": {"float", "int8"}, "latency": [{"runtime", "device", "batch", "dense_p50_ms",
                 "compact_p50_ms", "int8_p50_ms", "int8_vs_dense", "int8_vs_compact", "reliable"}], "gpu"}
 
-MACs are multiply-accumulates per sample, counted by :func:`compressor.measure.count_macs` (the same
+MACs are multiply-accumulates per sample, counted by :func:`compressor.counting.count_macs` (the same
 counter as ``train_summary.json``); FLOPs = 2 x MACs.
 """
 
@@ -38,7 +38,7 @@ from typing import Any, Mapping
 from compressor.compression import CompressResult
 from compressor.errors import DempError, OutputExistsError
 from compressor.fileio import atomic_write_json, atomic_write_text
-from compressor.measure import count_params
+from compressor.counting import count_params
 from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY, REPORT_JSON, REPORT_MD
 from compressor.training.finish import TrainResult
 

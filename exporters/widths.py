@@ -31,10 +31,12 @@ import torch
 
 from compressor.compression import CompressResult, verify_deferred
 from compressor.errors import DempError
-from compressor.measure import count_macs
+from compressor.counting import count_macs
 
 from .latency import DEFAULT_THREADS, MIN_NOISE_FLOOR, QUICK_MAX_S, QUICK_MIN_S, BenchConfig, Variant, benchmark
 from .onnx import export_onnx
+from .ort import available_providers
+from .runtimes import REGISTRY, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,14 @@ def static_choice(candidates: Sequence[WidthCandidate]) -> WidthCandidate:
     return by_label.get("x8") or by_label["exact"]
 
 
+def timing_runtime(device: str) -> str:
+    """The runtime the width candidates are timed on: onnxruntime, where the compact file is shipped to,
+    unless onnxruntime lacks the execution provider ``device`` needs (then PyTorch on that device)."""
+    ort = REGISTRY["onnxruntime"]
+    needed = ort.needs_provider(device)
+    return ort.name if needed is None or needed in available_providers() else REGISTRY["torch"].name
+
+
 def choose_widths(exact: CompressResult, rewidth: Callable[[int], CompressResult], *, batch_sizes: Sequence[int],
                   threads: int | None = DEFAULT_THREADS, runtime: str = "onnxruntime", device: str = "cpu",
                   exporter: str = "auto", opset: int = 18, min_time_s: float = QUICK_MIN_S, max_time_s: float = QUICK_MAX_S,
@@ -143,12 +153,12 @@ def _time_candidates(candidates: Sequence[WidthCandidate], config: BenchConfig, 
                      say: Callable[[str], None]) -> Any:
     """Export each candidate (for onnxruntime) and time them all against dense, interleaved."""
     shape = tuple(candidates[0].result.calib_inputs.shape[1:])
-    runtime = config.runtimes[0]
+    runtime = get_runtime(config.runtimes[0])
     with tempfile.TemporaryDirectory(prefix="demp-widths-") as tmp:
         variants = []
         for c in candidates:
             model = c.result.model.eval()
-            if runtime.startswith("onnxruntime"):
+            if runtime.takes_onnx:
                 cpu_copy = copy.deepcopy(model).cpu()  # the candidate stays on its device for verification
                 exporter = _export_for_timing(cpu_copy, shape, Path(tmp) / f"{c.label}.onnx", opset, exporter)
                 variants.append(Variant(c.label, None, str(Path(tmp) / f"{c.label}.onnx"), c.macs))

@@ -124,7 +124,7 @@ def test_iterative_baseline_interrupted_mid_run_resumes_like_the_uninterrupted_r
     import signal
 
     from compressor.data import load_data
-    from compressor.training.checkpointing import latest_checkpoint
+    from compressor.training.run_checkpoints import latest_checkpoint
     from compressor.training.trainer import TrainingInterrupted
     from compressor.training.metrics import read_metrics
 

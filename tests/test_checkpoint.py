@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from compressor.checkpoint import (
+from compressor.weight_files import (
     find_classifier,
     load_weights,
     load_weights_file,

@@ -43,7 +43,9 @@ def test_the_parsers_light_constants_match_the_modules_that_use_them() -> None:
     from compressor.graph.analyzer import ANALYZER_TIME_BUDGET as analyzer_budget
     from compressor.models.registry import BUILTINS
     from exporters import defaults, latency
+    from exporters.runtimes import REGISTRY
 
     assert tuple(BUILTINS) == BUILTIN_ARCHS  # `demp compress --help` lists every built-in, in order
     assert analyzer_budget == ANALYZER_TIME_BUDGET
     assert (latency.DEFAULT_THREADS, latency.RUNTIMES) == (defaults.DEFAULT_THREADS, defaults.RUNTIMES)
+    assert tuple(REGISTRY) == defaults.RUNTIMES  # `demp bench --help` lists every registered runtime, in order

@@ -12,7 +12,7 @@ from compressor.criteria import Criterion
 from compressor.data import calibration_split, load_data, make_loader
 from compressor.errors import CheckpointError, OutputExistsError, VerificationError
 from compressor.graph import DependencyAnalyzer
-from compressor.measure import count_params
+from compressor.counting import count_params
 from compressor.planting import plant_dead_channels
 from exporters.report import compress_report
 

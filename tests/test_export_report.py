@@ -14,7 +14,7 @@ from compressor.errors import OutputExistsError
 from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
 from exporters.ort import read_onnx_metadata
-from exporters.pipeline import finalize
+from exporters.pipeline import BenchOptions, ExportOptions, finalize
 from exporters.render import format_summary, render_markdown
 from exporters.report import REPORT_SCHEMA, ReportError, compress_report, report_problems, validate_report, write_report
 
@@ -33,8 +33,9 @@ def finalized(tmp_path_factory):
     out = tmp_path_factory.mktemp("finalize") / "slim"
     compressor.save_pruned(result, out)
     report = finalize(out, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
-                      heldout_x=result.heldout_inputs, report=compress_report(result), batch_sizes=(1, 4),
-                      min_time_s=0.02, min_iters=3, warmup=1, exporter="torchscript")
+                      heldout_x=result.heldout_inputs, report=compress_report(result),
+                      export=ExportOptions(exporter="torchscript"),
+                      bench=BenchOptions(batch_sizes=(1, 4), min_time_s=0.02, min_iters=3, warmup=1))
     return out, report, result
 
 
@@ -107,13 +108,14 @@ def test_finalize_refuses_existing_outputs(finalized) -> None:
     out, report, result = finalized
     with pytest.raises(OutputExistsError, match="--overwrite"):
         finalize(out, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs, heldout_x=None,
-                 report=compress_report(result), bench=False)
+                 report=compress_report(result), bench=BenchOptions(run=False))
 
 
 def test_finalize_without_export_or_bench(tmp_path, finalized) -> None:
     _, _, result = finalized
     report = finalize(tmp_path, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs[:8],
-                      heldout_x=None, report={"source": {}, "pruning": {}}, export=False, bench=False, plots=False)
+                      heldout_x=None, report={"source": {}, "pruning": {}}, export=None, bench=BenchOptions(run=False),
+                      plots=False)
     validate_report(report)
     assert report["export"] is None and report["latency"] == []
     assert "torch_max_abs_diff" in report["parity"] and report["parity"]["samples"] == 8

@@ -1,5 +1,5 @@
-"""compressor.measure: MAC counting (fvcore plus explicit handlers, cross-checked against torch's
-FlopCounterMode, which is also the fallback), output extraction and output parity."""
+"""compressor.counting: MAC counting (fvcore plus explicit handlers, cross-checked against torch's
+FlopCounterMode, which is also the fallback); compressor.model_outputs: output extraction and output parity."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dataclasses import dataclass
 
-from compressor.measure import (EXTRA_HANDLES, FLOP_COUNTER_MODE, FVCORE, compare_macs, compare_outputs, count_macs,
-                                count_params, output_tensor, output_tensors, primary_output_index, run_model)
+from compressor.counting import EXTRA_HANDLES, FLOP_COUNTER_MODE, FVCORE, compare_macs, count_macs, count_params
+from compressor.model_outputs import compare_outputs, output_tensor, output_tensors, primary_output_index, run_model
 
 
 def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:

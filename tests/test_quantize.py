@@ -26,7 +26,7 @@ from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
 from exporters.onnx import export_onnx
 from exporters.ort import read_onnx_metadata
-from exporters.pipeline import finalize
+from exporters.pipeline import BenchOptions, ExportOptions, finalize
 from exporters.quantize import (
     OUTPUT_LAYER_REASON,
     QuantizeConfig,
@@ -223,9 +223,10 @@ def finalized_int8(planted_trained_ckpt, digits, tmp_path_factory):
     out = tmp_path_factory.mktemp("finalize") / "slim"
     compressor.save_pruned(result, out)
     report = finalize(out, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
-                      heldout_x=result.heldout_inputs, report=compress_report(result), batch_sizes=(1, 4),
-                      min_time_s=0.02, min_iters=3, warmup=1, exporter="torchscript", quantize=QuantizeConfig(),
-                      heldout_y=test_y[:200])
+                      heldout_x=result.heldout_inputs, report=compress_report(result),
+                      export=ExportOptions(exporter="torchscript"),
+                      bench=BenchOptions(batch_sizes=(1, 4), min_time_s=0.02, min_iters=3, warmup=1),
+                      quantize=QuantizeConfig(), heldout_y=test_y[:200])
     return out, report
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from compressor.errors import CheckpointError, UsageError
-from compressor.training import checkpointing
+from compressor.training import run_checkpoints
 from compressor.training.config import load_recipe
 from compressor.training.trainer import TrainingDiverged, TrainingInterrupted, train
 from compressor.training.metrics import read_metrics
@@ -126,7 +126,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_equals_uninterrupted_run(tmp_p
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "checkpoint saved" in stdout and "--resume" in stdout and "Traceback" not in stderr
-    latest = checkpointing.latest_checkpoint(out / "checkpoints")
+    latest = run_checkpoints.latest_checkpoint(out / "checkpoints")
     assert latest.name == f"ckpt-e0001-s{STOP_STEP + 1:08d}", "a mid-epoch checkpoint at the safe point"
     result = train(load_recipe(recipe_path), out, resume=True, progress=False, data=digits, plots=False)
     assert_same_run(out, result, reference)
@@ -166,7 +166,7 @@ def test_a_checkpoint_of_the_earlier_layout_still_resumes(tmp_path: Path, refere
     _interrupt_at(100, monkeypatch)
     with pytest.raises(TrainingInterrupted):
         train(recipe, tmp_path / "run", progress=False, data=digits, plots=False)
-    latest = checkpointing.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    latest = run_checkpoints.latest_checkpoint(tmp_path / "run" / "checkpoints")
     state = torch.load(latest / "state.pt", weights_only=True)
     state["demp"] = state["methods"].pop("demp")
     torch.save(state, latest / "state.pt")
@@ -175,7 +175,7 @@ def test_a_checkpoint_of_the_earlier_layout_still_resumes(tmp_path: Path, refere
 
 
 def test_disk_full_keeps_previous_checkpoint_and_resume_completes(tmp_path: Path, reference, digits, monkeypatch):
-    real = checkpointing._save_tensors
+    real = run_checkpoints._save_tensors
     calls = {"n": 0}
 
     def failing(tensors, path):
@@ -185,7 +185,7 @@ def test_disk_full_keeps_previous_checkpoint_and_resume_completes(tmp_path: Path
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, path)
 
-    monkeypatch.setattr(checkpointing, "_save_tensors", failing)
+    monkeypatch.setattr(run_checkpoints, "_save_tensors", failing)
     out = tmp_path / "run"
     recipe = load_recipe(recipe_dict())
     with pytest.raises(CheckpointError) as info:
@@ -195,16 +195,16 @@ def test_disk_full_keeps_previous_checkpoint_and_resume_completes(tmp_path: Path
     ckpt_dir = out / "checkpoints"
     assert [p.name for p in ckpt_dir.iterdir() if p.is_dir()] == ["ckpt-e0001-s00000044"], "no partial checkpoint left"
     assert json.loads((ckpt_dir / "latest.json").read_text())["checkpoint"] == "ckpt-e0001-s00000044"
-    assert checkpointing.load_checkpoint(ckpt_dir / "ckpt-e0001-s00000044").step == 44
+    assert run_checkpoints.load_checkpoint(ckpt_dir / "ckpt-e0001-s00000044").step == 44
 
-    monkeypatch.setattr(checkpointing, "_save_tensors", real)  # space freed
+    monkeypatch.setattr(run_checkpoints, "_save_tensors", real)  # space freed
     result = train(recipe, out, resume=True, progress=False, data=digits, plots=False)
     assert_same_run(out, result, reference)
 
 
 def test_checkpoint_holds_no_pickled_code(reference):
     out, _ = reference
-    latest = checkpointing.latest_checkpoint(out / "checkpoints")
+    latest = run_checkpoints.latest_checkpoint(out / "checkpoints")
     state = torch.load(latest / "state.pt", weights_only=True)  # would fail on any pickled object
     assert set(state) == {"optimizer", "lr_schedule", "methods", "rng", "loop"}
     assert set(state["methods"]) == {"demp"}, "every method's state is under 'methods', DemP's too"
@@ -259,5 +259,5 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, digit
     assert "nan" in message.lower() and "epoch 2" in message and "ckpt-e0001-s00000044" in message
     ckpt_dir = tmp_path / "run" / "checkpoints"
     assert [p.name for p in ckpt_dir.iterdir() if p.is_dir()] == ["ckpt-e0001-s00000044"]
-    weights = checkpointing.load_checkpoint(ckpt_dir / "ckpt-e0001-s00000044").weights
+    weights = run_checkpoints.load_checkpoint(ckpt_dir / "ckpt-e0001-s00000044").weights
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

@@ -230,7 +230,7 @@ def test_stripping_run_on_digits_revives_neurons_and_records_metrics(tmp_path, d
 
 def test_stripping_masks_survive_resume_in_the_loop(tmp_path, digits):
     """An interrupted-and-resumed run ends with the same masks and weights as an uninterrupted one."""
-    from compressor.training import checkpointing as ckpt
+    from compressor.training import run_checkpoints as ckpt
 
     kw = dict(progress=False, plots=False, tensorboard=False, data=digits, save_model=False)
     raw = _raw("stripping", train={"epochs": 3}, stripping={"remove_dead": False})
@@ -306,7 +306,7 @@ def test_conv_channels_are_stripped_only_with_conv_true_and_sliced_on_removal():
 
 
 def test_stripping_cnn_with_conv_and_a_validation_split_trains_on_digits(tmp_path, digits):
-    from compressor.training import checkpointing as ckpt
+    from compressor.training import run_checkpoints as ckpt
 
     raw = {"method": "stripping", "model": {"arch": "cnn", "kwargs": {"channels": [8, 16]}},
            "data": {"spec": "digits", "batch_size": 32, "val_samples": 200},

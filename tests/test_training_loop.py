@@ -14,7 +14,7 @@ from compressor.errors import DataError, UsageError
 from compressor.training.config import TrainConfig, load_recipe
 from compressor.training.optim import LRSchedule, build_optimizer
 from compressor.training.trainer import train
-from compressor.measure import count_macs
+from compressor.counting import count_macs
 from compressor.training.metrics import read_metrics
 
 

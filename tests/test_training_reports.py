@@ -2,7 +2,7 @@
 
 A report names the method the run used and the criterion that removed its neurons (not DemP's for
 every method), and ``train_summary.json``, ``report.json`` and the console print one MAC count (one
-counter, :func:`compressor.measure.count_macs`) for one model.
+counter, :func:`compressor.counting.count_macs`) for one model.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
 from exporters import latency, widths
 from exporters.latency import BenchConfig, BenchResult, Comparison, LatencyResult, Variant, format_table
+from exporters.runtimes import Prepared
 from exporters.timing import Interleaved
 from exporters.render import render_markdown, speed_verdicts
 
@@ -132,7 +133,7 @@ def _interleaved(times: dict[str, list[float]], cpu_share: float | None = 1.0) -
 
 
 def _fake_prepare(variants, runtime, device, threads):
-    return {v.name: {"provider": "CPUExecutionProvider"} for v in variants}
+    return {v.name: Prepared(None, "CPUExecutionProvider") for v in variants}
 
 
 @pytest.mark.parametrize("settles", [True, False])

@@ -4,8 +4,9 @@ seed, reported as mean ± sd of test accuracy and neuron sparsity (``summary["ne
 removed share of the hidden neurons) with the number of runs, and a verdict computed from those numbers
 and their seed spread: "holds", "does not hold" or "inconclusive (within seed spread)". No timings.
 
-Studies (papers in the project's shared ``seeds/``: 000 "A Demon at Work", 001 "DNR-Pruning",
-002 "Maxwell's Demon at Work"):
+Studies (papers as README's "Methods" numbers them: 000 "A Demon at Work" (the first version of
+arXiv:2403.07688), 001 "DNR-Pruning" (anonymous submission, no arXiv id), 002 "Maxwell's Demon at Work"
+(arXiv:2403.07688)):
 
 - ``noise``: peak sigma of DemP's asymmetric noise (``demp.noise``, 0 included) at a fixed lambda.
   002 Fig. 2 (right): noise on live neurons only raises the dead-neuron count (at equal accuracy).

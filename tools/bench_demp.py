@@ -222,7 +222,7 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_demp", help="output directory for bench_demp.json/.md")
     p.add_argument("--seeds", default="0,1,2")
@@ -233,7 +233,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead-blocks", type=int, default=9)
     p.add_argument("--resnet", action="store_true", help="also time the overhead on ResNet-18 (about a minute more)")
     p.add_argument("--quick", action="store_true", help="1 seed, 2 peaks, 2 epochs, few overhead blocks (smoke test)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _accuracy_at_half(summary: list[dict]) -> tuple[dict | None, dict | None]:
+    """The first peak reaching 50% sparsity and its accuracy against the unregularized baseline."""
+    base = next(r for r in summary if r["peak"] == 0.0)
+    half = next((r for r in summary if r["peak"] > 0 and r["sparsity_mean"] >= 0.5), None)
+    if half is None:
+        return None, None
+    delta = 100 * (half["accuracy_mean"] - base["accuracy_mean"])
+    return half, {"peak": half["peak"], "sparsity": half["sparsity_mean"], "accuracy": half["accuracy_mean"],
+                  "baseline_accuracy": base["accuracy_mean"], "delta_points": delta, "within_1_point": delta >= -1.0,
+                  "per_seed": half["accuracy_per_seed"], "baseline_per_seed": base["accuracy_per_seed"]}
+
+
+def _speedups(dvf: list[dict], seeds: list[int]) -> list[float]:
+    """Per seed: training time of removal at the end only over that of dynamic removal."""
+    speedups = []
+    for seed in seeds:
+        d = next(r for r in dvf if r["seed"] == seed and r["mode"] == "dynamic")
+        f = next(r for r in dvf if r["seed"] == seed and r["mode"] == "final_only")
+        speedups.append(f["train_seconds"] / d["train_seconds"])
+    return speedups
+
+
+def _overheads(args: argparse.Namespace, bundle: Any) -> list[dict]:
+    """DemP's per-step bookkeeping overhead on the small models (and ResNet-18 with ``--resnet``)."""
+    from compressor.data import load_data
+
+    overhead = []
+    cases = [("cnn", {}, "lasso", "norm_scale", bundle, args.overhead_steps, args.overhead_blocks),
+             ("cnn", {}, "lasso", "weights", bundle, args.overhead_steps, args.overhead_blocks),
+             ("mlp", {"widths": [256, 256]}, "lasso", "weights", bundle, args.overhead_steps, args.overhead_blocks)]
+    if args.resnet and not args.quick:
+        # A real network: ResNet-18 (CIFAR stem) on the digits upscaled to 32x32, few long steps.
+        cases.append(("resnet18-cifar", {}, "lasso", "norm_scale", load_data("digits", input_size=32), 4, 3))
+    for arch, kwargs, reg, target, data, steps, blocks in cases:
+        o = step_overhead(arch, kwargs, reg, target, data, steps=steps, blocks=blocks, batch_size=32)
+        overhead.append(o)
+        print(f"  {arch} {reg}/{target}: plain {o['plain_ms']:.3f} ms, demp {o['demp_ms']:.3f} ms "
+              f"({100 * o['overhead']:+.1f}%)", flush=True)
+    return overhead
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
 
     import torch
 
@@ -260,37 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize_sweep(rows)
     means = [r["sparsity_mean"] for r in summary]
     monotonic = all(b >= a - 1e-9 for a, b in zip(means, means[1:]))
-    base = next(r for r in summary if r["peak"] == 0.0)
-    half = next((r for r in summary if r["peak"] > 0 and r["sparsity_mean"] >= 0.5), None)
-    acc_half = None
-    if half is not None:
-        delta = 100 * (half["accuracy_mean"] - base["accuracy_mean"])
-        acc_half = {"peak": half["peak"], "sparsity": half["sparsity_mean"], "accuracy": half["accuracy_mean"],
-                    "baseline_accuracy": base["accuracy_mean"], "delta_points": delta, "within_1_point": delta >= -1.0,
-                    "per_seed": half["accuracy_per_seed"], "baseline_per_seed": base["accuracy_per_seed"]}
+    half, acc_half = _accuracy_at_half(summary)
 
     print("3. dynamic removal vs final_only", flush=True)
     chosen = half["peak"] if half is not None else max(peaks)
     dvf = dynamic_vs_final(chosen, seeds, epochs, bundle, work)
-    speedups = []
-    for seed in seeds:
-        d = next(r for r in dvf if r["seed"] == seed and r["mode"] == "dynamic")
-        f = next(r for r in dvf if r["seed"] == seed and r["mode"] == "final_only")
-        speedups.append(f["train_seconds"] / d["train_seconds"])
+    speedups = _speedups(dvf, seeds)
 
     print("4. per-step bookkeeping overhead", flush=True)
-    overhead = []
-    cases = [("cnn", {}, "lasso", "norm_scale", bundle, args.overhead_steps, args.overhead_blocks),
-             ("cnn", {}, "lasso", "weights", bundle, args.overhead_steps, args.overhead_blocks),
-             ("mlp", {"widths": [256, 256]}, "lasso", "weights", bundle, args.overhead_steps, args.overhead_blocks)]
-    if args.resnet and not args.quick:
-        # A real network: ResNet-18 (CIFAR stem) on the digits upscaled to 32x32, few long steps.
-        cases.append(("resnet18-cifar", {}, "lasso", "norm_scale", load_data("digits", input_size=32), 4, 3))
-    for arch, kwargs, reg, target, data, steps, blocks in cases:
-        o = step_overhead(arch, kwargs, reg, target, data, steps=steps, blocks=blocks, batch_size=32)
-        overhead.append(o)
-        print(f"  {arch} {reg}/{target}: plain {o['plain_ms']:.3f} ms, demp {o['demp_ms']:.3f} ms "
-              f"({100 * o['overhead']:+.1f}%)", flush=True)
+    overhead = _overheads(args, bundle)
 
     recipe = demo_recipe()
     res = {
@@ -299,17 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_model(), "cores": __import__("os").cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version()},
-        "recipe": recipe.to_dict(),
-        "epochs": epochs or recipe.train.epochs,
-        "seeds": seeds,
-        "peaks": peaks,
-        "sweep": rows,
-        "sweep_summary": summary,
-        "sparsity_monotonic": monotonic,
-        "accuracy_at_half": acc_half,
-        "dynamic_vs_final": dvf,
-        "dynamic_speedup_mean": statistics.fmean(speedups),
-        "overhead": overhead,
+        "recipe": recipe.to_dict(), "epochs": epochs or recipe.train.epochs, "seeds": seeds, "peaks": peaks,
+        "sweep": rows, "sweep_summary": summary, "sparsity_monotonic": monotonic, "accuracy_at_half": acc_half,
+        "dynamic_vs_final": dvf, "dynamic_speedup_mean": statistics.fmean(speedups), "overhead": overhead,
         "seconds": time.perf_counter() - started,
     }
     from compressor.fileio import atomic_write_json, atomic_write_text
@@ -319,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(res))
     print(f"wrote {out / 'bench_demp.json'} and {out / 'bench_demp.md'} ({res['seconds']:.0f}s)")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

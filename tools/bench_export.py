@@ -31,6 +31,23 @@ from bench_latency import make_pruned_pair  # noqa: E402
 GOAL_S = 30.0
 
 
+def _markdown(args: argparse.Namespace, command: str, env: dict, rows: list[dict]) -> str:
+    """bench_export.md: one row per exporter."""
+    lines = [
+        f"# ONNX export + parity: compact {args.arch} ({args.input_size}x{args.input_size})", "",
+        f"Command: `{command}`", "",
+        f"Machine: {env['cpu_model']}, {env['logical_cores']} logical cores, {env['threads']} threads; date {env['date']}.",
+        "",
+        "| exporter | export s | parity s | total s | MB | parity rel diff | samples | goal < 30 s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['exporter']} | {r['export_s']:.1f} | {r['parity_s']:.1f} | {r['total_s']:.1f} | "
+                     f"{r['bytes'] / 1e6:.1f} | {r['parity_rel_diff']:.2e} | {r['samples']} | "
+                     f"{'met' if r['goal_met'] else 'missed'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
@@ -76,20 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "arch": args.arch, "input_shape": list(shape), "ratio": args.ratio, "goal_s": GOAL_S,
                "results": rows, "environment": env}
-    lines = [
-        f"# ONNX export + parity: compact {args.arch} ({args.input_size}x{args.input_size})", "",
-        f"Command: `{command}`", "",
-        f"Machine: {env['cpu_model']}, {env['logical_cores']} logical cores, {env['threads']} threads; date {env['date']}.",
-        "",
-        "| exporter | export s | parity s | total s | MB | parity rel diff | samples | goal < 30 s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['exporter']} | {r['export_s']:.1f} | {r['parity_s']:.1f} | {r['total_s']:.1f} | "
-                     f"{r['bytes'] / 1e6:.1f} | {r['parity_rel_diff']:.2e} | {r['samples']} | "
-                     f"{'met' if r['goal_met'] else 'missed'} |")
     atomic_write_json(out / "bench_export.json", payload)
-    atomic_write_text(out / "bench_export.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "bench_export.md", _markdown(args, command, env, rows))
     print(f"wrote {out / 'bench_export.json'} and {out / 'bench_export.md'}")
     return 0
 

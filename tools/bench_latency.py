@@ -62,7 +62,7 @@ def make_pruned_pair(arch: str, input_size: int = 224, ratio: float = 0.5, seed:
 
 
 def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from compressor.measure import compare_macs
+    from compressor.counting import compare_macs
     from exporters.latency import BenchConfig, Variant, benchmark, format_table
     from exporters.onnx import export_onnx
     from exporters.ort import check_parity

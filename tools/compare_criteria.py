@@ -177,6 +177,34 @@ class Runner:
         return rec
 
 
+def _points(method: str, runner: Runner, targets: list[float], mac_targets: list[float],
+            knobs: dict[str, list[float]], first_seed: int) -> list[tuple[float | None, dict[str, Any], str, str]]:
+    """The settings a method is run at, as (target, recipe section, label, how it is matched); DemP and
+    dormant pruning sweep their knob with the first seed and take the value closest to each target."""
+    ep = runner.epochs
+    points: list[tuple[float | None, dict[str, Any], str, str]] = []  # (target, section, label, matching)
+    if method == "dense":
+        points.append((None, {}, "dense", "no pruning"))
+    elif method == "demp-target":
+        points += [(t, {"target_sparsity": t}, f"S{t:g}", "budget: target_sparsity") for t in targets]
+        points += [(None, {"target_macs": r}, f"M{r:g}", f"budget: target_macs={r:g}") for r in mac_targets]
+    elif method == "stripping":
+        points.append((None, {"conv": runner.conv}, "reached", "no knob: sparsity reached"))
+    elif method == "dnr":
+        points += [(t, {"target_sparsity": t, "interval_epochs": max(1, ep // 4), "stop_epoch": max(1, ep // 2)},
+                    f"S{t:g}", "target_sparsity") for t in targets]
+    elif method.startswith("baseline:"):
+        points += [(t, {"target_sparsity": t, "at_epoch": max(1, ep // 2)}, f"S{t:g}", "target_sparsity")
+                   for t in targets]
+    else:  # demp / dormant: sweep with the first seed, pick the closest per target
+        knob = "peak" if method == "demp" else "tau"
+        sweep = [(v, runner.run(method, {knob: v}, first_seed, f"{knob}{v:g}")) for v in knobs[knob]]
+        for t in targets:
+            v, _ = min(sweep, key=lambda vr: (abs(vr[1]["neuron_sparsity"] - t), vr[0]))
+            points.append((t, {knob: v}, f"{knob}{v:g}", f"sweep of {knob}: closest to S={t:g}"))
+    return points
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     from compressor.data import load_data
     from compressor.fileio import atomic_write_json, atomic_write_text, check_output_dir, prepare_output_dir
@@ -206,26 +234,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     for method in methods:
         print(f"{method}:", flush=True)
-        points: list[tuple[float | None, dict[str, Any], str, str]] = []  # (target, section, label, matching)
-        if method == "dense":
-            points.append((None, {}, "dense", "no pruning"))
-        elif method == "demp-target":
-            points += [(t, {"target_sparsity": t}, f"S{t:g}", "budget: target_sparsity") for t in targets]
-            points += [(None, {"target_macs": r}, f"M{r:g}", f"budget: target_macs={r:g}") for r in mac_targets]
-        elif method == "stripping":
-            points.append((None, {"conv": runner.conv}, "reached", "no knob: sparsity reached"))
-        elif method == "dnr":
-            points += [(t, {"target_sparsity": t, "interval_epochs": max(1, ep // 4), "stop_epoch": max(1, ep // 2)},
-                        f"S{t:g}", "target_sparsity") for t in targets]
-        elif method.startswith("baseline:"):
-            points += [(t, {"target_sparsity": t, "at_epoch": max(1, ep // 2)}, f"S{t:g}", "target_sparsity")
-                       for t in targets]
-        else:  # demp / dormant: sweep with the first seed, pick the closest per target
-            knob, values = ("peak", peaks) if method == "demp" else ("tau", taus)
-            sweep = [(v, runner.run(method, {knob: v}, seeds[0], f"{knob}{v:g}")) for v in values]
-            for t in targets:
-                v, _ = min(sweep, key=lambda vr: (abs(vr[1]["neuron_sparsity"] - t), vr[0]))
-                points.append((t, {knob: v}, f"{knob}{v:g}", f"sweep of {knob}: closest to S={t:g}"))
+        points = _points(method, runner, targets, mac_targets, {"peak": peaks, "tau": taus}, seeds[0])
         for target, section, label, matching in points:
             recs = [runner.run(method, section, s, label) for s in seeds]
             rows.append(_aggregate(method, target, section, matching, recs))

@@ -24,62 +24,78 @@ KWARGS = {name: {"image_size": 64} for name in ("vit_b_16", "vit_b_32", "vit_l_1
 KWARGS["vit_h_14"] = {"image_size": 70}
 
 
-def run_one(name: str, size: int) -> dict:
+def _planted_found(analyzer, planted: dict, stats, plan) -> tuple[int, int]:
+    """Planted dead channels the criterion sees as removable, and how many of those the plan missed."""
+    from compressor.criteria import Dead
+
+    effective = missed = 0
+    for root, chans in planted.items():
+        mask = analyzer.removable_channels(analyzer.group(root), stats, Dead())
+        removed = set(plan.group(root).removed) if plan.group(root) else set()
+        for c in chans:
+            if bool(mask[c]):
+                effective += 1
+                missed += c not in removed
+    return effective, missed
+
+
+def _compress_one(name: str, size: int, row: dict) -> None:
+    """Plant dead channels in one torchvision model, remove them and record the figures in ``row``."""
     import copy
 
     import torch
     import torchvision
 
     from compressor.activity import collect_activity
-    from compressor.measure import compare_outputs
     from compressor.criteria import Dead
-    from compressor.errors import DempError
     from compressor.graph import DependencyAnalyzer
+    from compressor.model_outputs import compare_outputs
     from compressor.planting import plant_dead_channels
+
+    model = torchvision.models.get_model(name, num_classes=10, **KWARGS.get(name, {})).eval()
+    x = torch.randn(8, 3, size, size)
+    x_held = torch.randn(4, 3, size, size)
+    row["params_before"] = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    analyzer = DependencyAnalyzer(model, x)
+    row["graph_s"] = round(time.perf_counter() - t0, 3)
+    row["groups"] = len(analyzer.groups)
+    row["prunable_groups"] = len(analyzer.prunable_groups)
+    blocked = sorted({(g.blocked or "").split(" ")[0] for g in analyzer.groups if g.blocked})
+    row["blocked_kinds"] = blocked
+    planted = plant_dead_channels(model, analyzer, channels=(0, 3), max_groups=3)
+    dense = copy.deepcopy(model)
+    stats = collect_activity(model, [x], layers=analyzer.consumer_names or None, progress=False)
+    t0 = time.perf_counter()
+    plan = analyzer.decide(stats, Dead())
+    effective, missed = _planted_found(analyzer, planted, stats, plan)
+    analyzer.apply(plan, track_indices=False)
+    row["decide_apply_s"] = round(time.perf_counter() - t0, 3)
+    row["planted_effective"] = effective
+    row["planted_missed"] = missed
+    row["removed"] = plan.removed_channels
+    row["neurons"] = sum(g.size for g in analyzer.groups)
+    row["params_after"] = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        calib = compare_outputs(dense(x), model(x))
+        held = compare_outputs(dense(x_held), model(x_held))
+    row["rel_diff_calib"] = calib["rel_diff"]
+    row["rel_diff_heldout"] = held["rel_diff"]
+    # lossless on the samples the decision saw; held-out differences come from channels that were
+    # dead on the few random calibration samples only (random init) and are reported, not judged
+    row["status"] = "ok" if calib["rel_diff"] <= 1e-4 and missed == 0 else "MISMATCH"
+
+
+def run_one(name: str, size: int) -> dict:
+    import torch
+
+    from compressor.errors import DempError
 
     torch.manual_seed(0)
     size = max(size, MIN_SIZE.get(name, size))
     row: dict = {"model": name, "input": size}
     try:
-        model = torchvision.models.get_model(name, num_classes=10, **KWARGS.get(name, {})).eval()
-        x = torch.randn(8, 3, size, size)
-        x_held = torch.randn(4, 3, size, size)
-        row["params_before"] = sum(p.numel() for p in model.parameters())
-        t0 = time.perf_counter()
-        analyzer = DependencyAnalyzer(model, x)
-        row["graph_s"] = round(time.perf_counter() - t0, 3)
-        row["groups"] = len(analyzer.groups)
-        row["prunable_groups"] = len(analyzer.prunable_groups)
-        blocked = sorted({(g.blocked or "").split(" ")[0] for g in analyzer.groups if g.blocked})
-        row["blocked_kinds"] = blocked
-        planted = plant_dead_channels(model, analyzer, channels=(0, 3), max_groups=3)
-        dense = copy.deepcopy(model)
-        stats = collect_activity(model, [x], layers=analyzer.consumer_names or None, progress=False)
-        t0 = time.perf_counter()
-        plan = analyzer.decide(stats, Dead())
-        effective = missed = 0
-        for root, chans in planted.items():
-            mask = analyzer.removable_channels(analyzer.group(root), stats, Dead())
-            removed = set(plan.group(root).removed) if plan.group(root) else set()
-            for c in chans:
-                if bool(mask[c]):
-                    effective += 1
-                    missed += c not in removed
-        analyzer.apply(plan, track_indices=False)
-        row["decide_apply_s"] = round(time.perf_counter() - t0, 3)
-        row["planted_effective"] = effective
-        row["planted_missed"] = missed
-        row["removed"] = plan.removed_channels
-        row["neurons"] = sum(g.size for g in analyzer.groups)
-        row["params_after"] = sum(p.numel() for p in model.parameters())
-        with torch.no_grad():
-            calib = compare_outputs(dense(x), model(x))
-            held = compare_outputs(dense(x_held), model(x_held))
-        row["rel_diff_calib"] = calib["rel_diff"]
-        row["rel_diff_heldout"] = held["rel_diff"]
-        # lossless on the samples the decision saw; held-out differences come from channels that were
-        # dead on the few random calibration samples only (random init) and are reported, not judged
-        row["status"] = "ok" if calib["rel_diff"] <= 1e-4 and missed == 0 else "MISMATCH"
+        _compress_one(name, size, row)
     except DempError as exc:
         row["status"] = "error"
         row["error"] = str(exc)

@@ -339,7 +339,7 @@ def compress_losslessly(args: argparse.Namespace) -> Any:
 def ship(result: Any, args: argparse.Namespace, out: Path, t_start: float) -> int:
     """Choose the widths, then write the compressed folder (staged), export, time and report it."""
     from exporters.latency import parse_batch_sizes
-    from exporters.pipeline import finalize
+    from exporters.pipeline import BenchOptions, ExportOptions, finalize
     from exporters.quantize import config_from_args
     from exporters.report import compress_report
 
@@ -362,11 +362,12 @@ def ship(result: Any, args: argparse.Namespace, out: Path, t_start: float) -> in
         report = compress_report(result)
         if policy is not None:
             report["width_policy"] = policy
+        # the default runtimes; those that take an ONNX file are left out without an export
+        timing = BenchOptions(batch_sizes=batch_sizes, device=args.device, threads=args.threads, run=bool(bench))
         report = finalize(staging, dense=result.dense, pruned=result.model, calib_x=result.calib_inputs,
-                          heldout_x=result.heldout_inputs, report=report, export=not args.no_export, bench=bench,
-                          runtimes=("torch",) if args.no_export else ("torch", "onnxruntime"), opset=args.opset,
-                          batch_sizes=batch_sizes, device=args.device, threads=args.threads, overwrite=True,
-                          quantize=config_from_args(args), heldout_y=getattr(args, "heldout_labels", None))
+                          heldout_x=result.heldout_inputs, heldout_y=getattr(args, "heldout_labels", None),
+                          report=report, export=None if args.no_export else ExportOptions(opset=args.opset),
+                          bench=timing, quantize=config_from_args(args), overwrite=True)
     _print_summary(report, result, out, time.perf_counter() - t_start)
     return 0
 
@@ -379,7 +380,7 @@ def _choose_widths(result: Any, args: argparse.Namespace, batch_sizes: tuple[int
     """
     from functools import partial
 
-    from exporters.widths import UNTIMED_MULTIPLE, choose_widths, untimed_policy
+    from exporters.widths import UNTIMED_MULTIPLE, choose_widths, timing_runtime, untimed_policy
 
     from ..compression import rewidth
 
@@ -387,13 +388,8 @@ def _choose_widths(result: Any, args: argparse.Namespace, batch_sizes: tuple[int
         chosen = rewidth(result, UNTIMED_MULTIPLE)
         return chosen, untimed_policy(result, chosen)
     device = "cuda" if args.device.startswith("cuda") else "cpu"
-    runtime = "onnxruntime"
-    if device == "cuda":
-        from exporters.ort import available_providers
-
-        runtime = runtime if "CUDAExecutionProvider" in available_providers() else "torch"
     return choose_widths(result, partial(rewidth, result), batch_sizes=batch_sizes, threads=args.threads,
-                         runtime=runtime, device=device, opset=args.opset, progress=log.info)
+                         runtime=timing_runtime(device), device=device, opset=args.opset, progress=log.info)
 
 
 def unchanged_line(policy: dict[str, Any]) -> str:

@@ -82,7 +82,7 @@ def _lossless_share(result: Any, kind: str) -> float:
     """The share of ``kind`` the lossless removal took (MACs / parameters / neurons removed)."""
     if kind == "sparsity":
         return 1.0 - result.neurons_after / result.neurons_before if result.neurons_before else 0.0
-    from ..measure import compare_macs
+    from ..counting import compare_macs
 
     cmp = compare_macs(result.dense, result.model, result.calib_inputs[:1])
     return 1.0 - (cmp.param_ratio if kind == "params" else cmp.mac_ratio)

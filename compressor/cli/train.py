@@ -235,7 +235,7 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     :func:`exporters.pipeline.finalize` (dense = the unpruned architecture, for MACs and latency)."""
     import torch
 
-    from exporters.pipeline import finalize
+    from exporters.pipeline import BenchOptions, ExportOptions, finalize
     from exporters.report import training_report
 
     from ..models import build_model
@@ -250,12 +250,10 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     else:
         torch.manual_seed(0)
         dense = build_model(result.spec).eval()
-    return finalize(
-        result.compact_dir, dense=dense, pruned=pruned, calib_x=calib_x, heldout_x=heldout_x,
-        report=training_report(result), export=True, bench=e.latency, batch_sizes=tuple(e.batch_sizes),
-        threads=e.threads,
-        **({"opset": e.opset} if e.opset is not None else {}), overwrite=overwrite,
-    )
+    export = ExportOptions(opset=e.opset) if e.opset is not None else ExportOptions()
+    bench = BenchOptions(batch_sizes=tuple(e.batch_sizes), threads=e.threads, run=e.latency)
+    return finalize(result.compact_dir, dense=dense, pruned=pruned, calib_x=calib_x, heldout_x=heldout_x,
+                    report=training_report(result), export=export, bench=bench, overwrite=overwrite)
 
 
 def _pct(x: float | None) -> str:

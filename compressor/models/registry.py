@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import find_classifier
+from ..weight_files import find_classifier
 from ..errors import UsageError
 from .cnn import build_cnn
 from .mlp import build_mlp

@@ -10,7 +10,7 @@ Typical use::
 
 Layout: :mod:`.config` (recipes), :mod:`.methods` (the method registry and one module per method),
 :mod:`.mechanics` (regularizers, schedules, noise, optimizer surgery), :mod:`.run` (everything a run
-works with), :mod:`.trainer` (the loop), :mod:`.finish` (the end of a run), :mod:`.checkpointing`,
+works with), :mod:`.trainer` (the loop), :mod:`.finish` (the end of a run), :mod:`.run_checkpoints`,
 :mod:`.distributed`, :mod:`.metrics` / :mod:`.records` / :mod:`.plots` (what a run records).
 Everything is imported lazily so ``import compressor.training`` stays cheap for the CLI.
 """
@@ -46,8 +46,8 @@ _LAZY = {
     "TrainingInterrupted": ("compressor.training.trainer", "TrainingInterrupted"),
     "TrainingDiverged": ("compressor.training.trainer", "TrainingDiverged"),
     "train": ("compressor.training.trainer", "train"),
-    "load_checkpoint": ("compressor.training.checkpointing", "load_checkpoint"),
-    "latest_checkpoint": ("compressor.training.checkpointing", "latest_checkpoint"),
+    "load_checkpoint": ("compressor.training.run_checkpoints", "load_checkpoint"),
+    "latest_checkpoint": ("compressor.training.run_checkpoints", "latest_checkpoint"),
     "read_metrics": ("compressor.training.metrics", "read_metrics"),
 }
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import yaml
 
 from ..errors import UsageError
 from ..fileio import atomic_write_text
+from .bounds import bounded, check_bounds, reject
 from .methods import METHODS, method_names
 
 RECIPE_SCHEMA = "demp.recipe/1"
@@ -65,9 +65,9 @@ RESUME_TOLERANT_KEYS = (
 class ModelConfig:
     """Which network to train (see :func:`compressor.models.build_model`)."""
 
-    arch: str = field(default="cnn", metadata={"help": "a built-in (\"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", \"vit-tiny\", ...: docs/models-data.md) or a torchvision name"})
+    arch: str = bounded("cnn", text=True, what="an architecture name", help="a built-in (\"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", \"vit-tiny\", ...: docs/models-data.md) or a torchvision name")
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "passed to the architecture's builder"})
-    num_classes: int | None = field(default=None, metadata={"help": "default: the dataset's number of classes"})
+    num_classes: int | None = bounded(None, integer=True, low=2, nullable=True, help="default: the dataset's number of classes")
     checkpoint: str | None = field(default=None, metadata={"help": "optional starting weights (fine-tune with DemP); safetensors or state dict"})
     model_file: str | None = field(default=None, metadata={"help": "optional user factory file (see compressor.models)"})
 
@@ -76,14 +76,14 @@ class ModelConfig:
 class DataConfig:
     """Which data to train on and how it is batched (see :func:`compressor.data.load_data`)."""
 
-    spec: str = field(default="digits", metadata={"help": "\"digits\", \"mnist:ROOT\", \"cifar10:ROOT\", \"imagefolder:PATH\", \"npz:PATH\", ..."})
-    input_size: int | None = field(default=None, metadata={"help": "resize images to this side length (None: the dataset's own)"})
+    spec: str = bounded("digits", text=True, what="a dataset spec such as digits or cifar10:/data/cifar", help="\"digits\", \"mnist:ROOT\", \"cifar10:ROOT\", \"imagefolder:PATH\", \"npz:PATH\", ...")
+    input_size: int | None = bounded(None, integer=True, low=1, nullable=True, help="resize images to this side length (None: the dataset's own)")
     normalize: str = field(default="auto", metadata={"help": "input statistics: auto | imagenet | cifar10 | cifar100 | mnist | \"M1,M2,M3/S1,S2,S3\"; auto: those the architecture's published weights expect (resnet*-cifar-a: imagenet), else the dataset's own"})
-    batch_size: int = field(default=128, metadata={"help": "training batch size"})
-    eval_batch_size: int | None = field(default=None, metadata={"help": "None: 2 x batch_size"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: load in the training process)"})
+    batch_size: int = bounded(128, integer=True, low=1, help="training batch size")
+    eval_batch_size: int | None = bounded(None, integer=True, low=1, nullable=True, help="None: 2 x batch_size")
+    num_workers: int = bounded(0, integer=True, low=0, help="DataLoader worker processes (0: load in the training process)")
     drop_last: bool = field(default=True, metadata={"help": "drop the last incomplete training batch (keeps BatchNorm batches >= 2)"})
-    val_samples: int = field(default=0, metadata={"help": "training samples held out as a validation split (never trained on): death, dormancy and importance are measured there and val accuracy is logged per epoch; 0: measure on held-aside training samples"})
+    val_samples: int = bounded(0, integer=True, low=0, note="0: no validation split", help="training samples held out as a validation split (never trained on): death, dormancy and importance are measured there and val accuracy is logged per epoch; 0: measure on held-aside training samples")
 
 
 @dataclass
@@ -91,31 +91,31 @@ class TrainConfig:
     """The optimization recipe. Epoch-valued fields (``step_size``, ``milestones``, ``warmup_epochs``)
     are converted to optimizer steps with the number of batches per epoch."""
 
-    epochs: int | float = field(default=10, metadata={"help": "training epochs (> 0; a fraction such as 0.2 trains that share of an epoch: the run takes round(epochs x batches per epoch) optimizer steps)"})
-    optimizer: str = field(default="adam", metadata={"help": "adam | adamw | sgd"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (peak lr for one_cycle)"})
-    momentum: float = field(default=0.9, metadata={"help": "sgd only"})
+    epochs: int | float = bounded(10, low=0, low_open=True, note="a fraction trains part of an epoch", help="training epochs (> 0; a fraction such as 0.2 trains that share of an epoch: the run takes round(epochs x batches per epoch) optimizer steps)")
+    optimizer: str = bounded("adam", choices=OPTIMIZERS, help="adam | adamw | sgd")
+    lr: float = bounded(1e-3, low=0, low_open=True, help="learning rate (peak lr for one_cycle)")
+    momentum: float = bounded(0.9, low=0, high=1, high_open=True, help="sgd only")
     nesterov: bool = field(default=False, metadata={"help": "sgd only"})
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "adam/adamw"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon (it matters for neuron death: paper 000, appendix E)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "coupled (adam, sgd) or decoupled (adamw) decay, beside DemP's penalty"})
-    lr_schedule: str = field(default="constant", metadata={"help": "constant | step | multistep | cosine | one_cycle"})
-    step_size: int = field(default=30, metadata={"help": "step: decay every step_size epochs"})
-    gamma: float = field(default=0.1, metadata={"help": "step / multistep: multiply the lr by gamma at each decay"})
-    milestones: list[int] = field(default_factory=list, metadata={"help": "multistep: epochs at which to decay"})
-    min_lr_factor: float = field(default=0.0, metadata={"help": "cosine: final lr = lr * min_lr_factor"})
-    pct_start: float = field(default=0.3, metadata={"help": "one_cycle: fraction of the steps spent rising"})
-    div_factor: float = field(default=25.0, metadata={"help": "one_cycle: initial lr = lr / div_factor"})
-    final_div_factor: float = field(default=1e4, metadata={"help": "one_cycle: final lr = initial lr / final_div_factor"})
-    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from 0, composed with any schedule above"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
+    betas: list[float] = bounded(default_factory=lambda: [0.9, 0.999], each=True, length=2, low=0, high=1, high_open=True, help="adam/adamw")
+    adam_eps: float = bounded(1e-8, low=0, low_open=True, help="adam/adamw epsilon (it matters for neuron death: paper 000, appendix E)")
+    weight_decay: float = bounded(0.0, low=0, help="coupled (adam, sgd) or decoupled (adamw) decay, beside DemP's penalty")
+    lr_schedule: str = bounded("constant", choices=LR_SCHEDULES, help="constant | step | multistep | cosine | one_cycle")
+    step_size: int = bounded(30, integer=True, low=1, note="epochs", help="step: decay every step_size epochs")
+    gamma: float = bounded(0.1, low=0, low_open=True, high=1, help="step / multistep: multiply the lr by gamma at each decay")
+    milestones: list[int] = bounded(default_factory=list, each=True, integer=True, low=1, help="multistep: epochs at which to decay")
+    min_lr_factor: float = bounded(0.0, low=0, high=1, help="cosine: final lr = lr * min_lr_factor")
+    pct_start: float = bounded(0.3, low=0, low_open=True, high=1, high_open=True, help="one_cycle: fraction of the steps spent rising")
+    div_factor: float = bounded(25.0, low=1, help="one_cycle: initial lr = lr / div_factor")
+    final_div_factor: float = bounded(1e4, low=1, help="one_cycle: final lr = initial lr / final_div_factor")
+    warmup_epochs: float = bounded(0.0, low=0, help="linear warm-up from 0, composed with any schedule above")
+    label_smoothing: float = bounded(0.0, low=0, high=1, high_open=True, help="cross-entropy label smoothing in [0, 1)")
     augment: bool = field(default=False, metadata={"help": "random crop with side/8 padding (+ horizontal flip for colour images) at the input size; large-image folders: random-resized crop + flip"})
-    grad_clip: float | None = field(default=None, metadata={"help": "clip the global gradient norm to this value"})
-    seed: int = field(default=0, metadata={"help": "seeds python, numpy, torch, the shuffling order and the death-sample choice"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    grad_clip: float | None = bounded(None, low=0, low_open=True, nullable=True, help="clip the global gradient norm to this value")
+    seed: int = bounded(0, integer=True, low=0, help="seeds python, numpy, torch, the shuffling order and the death-sample choice")
+    device: str = bounded("auto", choices=DEVICES, help="auto | cpu | cuda")
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)"})
-    checkpoint_keep: int = field(default=2, metadata={"help": "keep the last N epoch checkpoints"})
-    log_every: int = field(default=20, metadata={"help": "optimizer steps between interval records in metrics.jsonl"})
+    checkpoint_keep: int = bounded(2, integer=True, low=1, help="keep the last N epoch checkpoints")
+    log_every: int = bounded(20, integer=True, low=1, help="optimizer steps between interval records in metrics.jsonl")
 
 
 @dataclass
@@ -125,16 +125,16 @@ class ExportConfig:
 
     onnx: bool = field(default=True, metadata={"help": "export model.onnx, report.json, report.md through exporters.pipeline"})
     latency: bool = field(default=True, metadata={"help": "measure dense vs compact latency in the report"})
-    batch_sizes: list[int] = field(default_factory=lambda: [1], metadata={"help": "latency batch sizes"})
-    opset: int | None = field(default=None, metadata={"help": "ONNX opset (None: the exporter's default)"})
-    threads: int = field(default=1, metadata={"help": "intra-op threads while timing (1: demp's timing policy, see docs/exporters.md)"})
+    batch_sizes: list[int] = bounded(default_factory=lambda: [1], each=True, nonempty=True, integer=True, low=1, help="latency batch sizes")
+    opset: int | None = bounded(None, integer=True, low=7, nullable=True, what="an ONNX opset >= 7", help="ONNX opset (None: the exporter's default)")
+    threads: int = bounded(1, integer=True, low=1, help="intra-op threads while timing (1: demp's timing policy, see docs/exporters.md)")
 
 
 def _recipe_fields() -> list[tuple[str, Any, Any]]:
     """The recipe's sections: run settings, one section per registered method, export, labels."""
     methods = " | ".join(method_names())
     return [
-        ("method", str, field(default="demp", metadata={"help": f"{methods} (none: plain training)"})),
+        ("method", str, bounded("demp", choices=method_names(), help=f"{methods} (none: plain training)")),
         ("model", ModelConfig, field(default_factory=ModelConfig)),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
@@ -362,104 +362,41 @@ def load_recipe(
 # ---------------------------------------------------------------------------- validation
 
 
-def _check(cond: bool, key: str, value: Any, expected: str) -> None:
-    if not cond:
-        raise UsageError(f"recipe value {key}={value!r} is out of range: expected {expected}")
-
-
-def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"recipe value {key}={value!r} is not one of {', '.join(choices)}{hint}")
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _validate_model(m: ModelConfig) -> None:
-    _check(bool(m.arch.strip()), "model.arch", m.arch, "an architecture name")
-    _check(m.num_classes is None or m.num_classes >= 2, "model.num_classes", m.num_classes, "an integer >= 2")
-
-
-def _validate_data(d: DataConfig) -> None:
-    _check(bool(d.spec.strip()), "data.spec", d.spec, "a dataset spec such as digits or cifar10:/data/cifar")
-    _check(d.input_size is None or d.input_size >= 1, "data.input_size", d.input_size, "a positive integer")
-    _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
-    _check(d.eval_batch_size is None or d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size,
-           "an integer >= 1")
-    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
-    _check(d.val_samples >= 0, "data.val_samples", d.val_samples, "an integer >= 0 (0: no validation split)")
-
-
-def _validate_optimizer(t: TrainConfig) -> None:
-    _choice(t.optimizer, "train.optimizer", OPTIMIZERS)
-    _check(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a number > 0")
-    _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "0 <= momentum < 1")
-    _check(not (t.nesterov and t.optimizer == "sgd" and t.momentum <= 0), "train.nesterov", t.nesterov,
-           "false when train.momentum is 0 (Nesterov needs momentum)")
-    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas, "two numbers in [0, 1)")
-    _check(t.adam_eps > 0, "train.adam_eps", t.adam_eps, "a number > 0")
-    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
-
-
-def _validate_lr_schedule(t: TrainConfig) -> None:
-    _choice(t.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
-    _check(t.step_size >= 1, "train.step_size", t.step_size, "an integer >= 1 (epochs)")
-    _check(0 < t.gamma <= 1, "train.gamma", t.gamma, "0 < gamma <= 1")
-    _check(all(m_ >= 1 for m_ in t.milestones) and t.milestones == sorted(set(t.milestones)),
-           "train.milestones", t.milestones, "strictly increasing positive epochs")
-    _check(t.lr_schedule != "multistep" or bool(t.milestones), "train.milestones", t.milestones,
-           "a non-empty list when lr_schedule is multistep")
-    _check(0 <= t.min_lr_factor <= 1, "train.min_lr_factor", t.min_lr_factor, "0 <= factor <= 1")
-    _check(0 < t.pct_start < 1, "train.pct_start", t.pct_start, "0 < pct_start < 1")
-    _check(t.div_factor >= 1, "train.div_factor", t.div_factor, "a number >= 1")
-    _check(t.final_div_factor >= 1, "train.final_div_factor", t.final_div_factor, "a number >= 1")
-    _check(0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs", t.warmup_epochs,
-           f"0 <= warmup_epochs < epochs ({t.epochs})")
-
-
 def _validate_train(t: TrainConfig) -> None:
-    _check(_finite(t.epochs) and t.epochs > 0, "train.epochs", t.epochs, "a number > 0 (a fraction trains part of an epoch)")
-    _validate_optimizer(t)
-    _validate_lr_schedule(t)
-    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "0 <= smoothing < 1")
-    _check(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
-    _check(t.seed >= 0, "train.seed", t.seed, "an integer >= 0")
-    _choice(t.device, "train.device", DEVICES)
-    _check(t.checkpoint_keep >= 1, "train.checkpoint_keep", t.checkpoint_keep, "an integer >= 1")
-    _check(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
-
-
-def _validate_export(e: ExportConfig) -> None:
-    _check(bool(e.batch_sizes) and all(b >= 1 for b in e.batch_sizes), "export.batch_sizes", e.batch_sizes,
-           "a non-empty list of positive integers")
-    _check(e.opset is None or e.opset >= 7, "export.opset", e.opset, "an ONNX opset >= 7 or null")
-    _check(e.threads >= 1, "export.threads", e.threads, "an integer >= 1")
+    """What one field's bounds cannot say: the checks across fields of ``train``."""
+    if t.nesterov and t.optimizer == "sgd" and t.momentum <= 0:
+        reject("train.nesterov", t.nesterov, "false when train.momentum is 0 (Nesterov needs momentum)")
+    if t.milestones != sorted(set(t.milestones)):
+        reject("train.milestones", t.milestones, "strictly increasing positive epochs")
+    if t.lr_schedule == "multistep" and not t.milestones:
+        reject("train.milestones", t.milestones, "a non-empty list when lr_schedule is multistep")
+    if not t.warmup_epochs < t.epochs:
+        reject("train.warmup_epochs", t.warmup_epochs, f"0 <= warmup_epochs < epochs ({t.epochs})")
 
 
 def validate_recipe(recipe: RecipeConfig) -> None:
     """Reject values out of range with a UsageError naming the key, the value and the valid range.
 
-    The run's own sections are checked here; every method section validates itself (its config's
-    ``validate()``), and a method that needs something of the run (``validate_run(epochs)``, e.g. the
-    baseline's pruning epochs) checks it for the methods the recipe runs.
+    Every field's bounds are declared next to it (:func:`~compressor.training.bounds.bounded`) and
+    checked by :func:`~compressor.training.bounds.check_bounds`, the run's sections here and every method
+    section by its config's ``validate()``, which adds its checks across fields; a method that needs
+    something of the run (``validate_run(epochs)``, e.g. the baseline's pruning epochs) checks it for the
+    methods the recipe runs.
     """
-    _choice(recipe.method, "method", method_names())
-    _validate_model(recipe.model)
-    _validate_data(recipe.data)
+    check_bounds(recipe)
+    for section in ("model", "data", "train"):
+        check_bounds(getattr(recipe, section), section)
     _validate_train(recipe.train)
     for section in METHODS:
         try:
             getattr(recipe, section).validate()
-        except (UsageError, ValueError) as exc:
+        except ValueError as exc:
             raise UsageError(f"recipe section {section!r}: {exc}") from None
     for section in recipe.method_sections():
         check = getattr(getattr(recipe, section), "validate_run", None)
         if check is not None:
             check(recipe.train.epochs)
-    _validate_export(recipe.export)
+    check_bounds(recipe.export, "export")
 
 
 # ---------------------------------------------------------------------------- comparison

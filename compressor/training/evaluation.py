@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, UsageError
-from ..measure import output_tensor
+from ..model_outputs import output_tensor
 
 __all__ = ["seed_everything", "resolve_device", "autocast", "split_batch", "evaluate", "sample_inputs"]
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..data import DataBundle
 from ..fileio import atomic_write_json
-from ..measure import compare_outputs, neuron_sparsity, run_model
+from ..counting import neuron_sparsity
+from ..model_outputs import compare_outputs, run_model
 from ..models import ModelSpec
 from ..plan import PruningPlan
 from ..pruned import save_pruned
@@ -28,7 +29,7 @@ from . import distributed as dist_util
 from .config import RecipeConfig
 from .evaluation import evaluate, sample_inputs
 from .methods import RemovalEvent
-from .checkpointing import CHECKPOINT_DIR
+from .run_checkpoints import CHECKPOINT_DIR
 from .metrics import METRICS_FILE, TENSORBOARD_DIR, read_metrics
 from .plots import make_plots
 from .records import event_record, live_fields, method_fields
@@ -45,7 +46,7 @@ PLOTS_DIR = "plots"
 SUMMARY_FILE = "train_summary.json"
 #: Everything a run writes into its output folder (``--overwrite`` replaces these and nothing else).
 OUTPUTS = (RECIPE_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR, PLOTS_DIR, TENSORBOARD_DIR, MODEL_DIR)
-#: Version 2: MACs are counted by :func:`compressor.measure.count_macs` (fvcore, as in ``report.json``;
+#: Version 2: MACs are counted by :func:`compressor.counting.count_macs` (fvcore, as in ``report.json``;
 #: version 1, unlabeled, counted Conv/Linear layers only), the methods describe themselves, and
 #: ``neurons_after`` / ``neuron_sparsity`` count the neurons left in the model (the removed ratio, as
 #: ``report.json`` does; version 1 counted the live ones), with the live count in ``live_after``.

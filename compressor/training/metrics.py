@@ -6,7 +6,7 @@
   lambda, sigma, live neurons (total and per group), params, step_ms (mean wall time per step)
 - ``removal``  each time a method measures death or removes neurons: step, removed, live, total, seconds
 - ``epoch``    after each epoch: train loss/accuracy, validation (``data.val_samples``) and test
-  loss/accuracy, live neurons, params, MACs (:func:`compressor.measure.count_macs`, the same counter as
+  loss/accuracy, live neurons, params, MACs (:func:`compressor.counting.count_macs`, the same counter as
   ``report.json``), epoch seconds
 - ``final``    once at the end: the compact model's test accuracy, neurons/params/MACs before & after
 

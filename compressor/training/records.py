@@ -1,7 +1,7 @@
 """The records a run writes to ``metrics.jsonl``, and the running sums they are made of.
 
 Every figure comes from one definition: neuron counts from the plan owner, parameters and MACs from
-:mod:`compressor.measure`, and each method's own fields from its ``metrics(step)``.
+:mod:`compressor.counting`, and each method's own fields from its ``metrics(step)``.
 """
 
 from __future__ import annotations

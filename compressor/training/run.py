@@ -19,16 +19,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import load_weights, read_checkpoint
+from ..weight_files import load_weights, read_checkpoint
 from ..data import DataBundle, seed_worker
 from ..errors import CheckpointError, DataError, DempError
-from ..measure import count_macs, count_params
+from ..counting import count_macs, count_params
 from .cost import TrainingCost
 from ..models import ModelSpec, build_model, make_spec
 from ..plan import PruningPlan
 from ..pruned import replay_plan
 from . import distributed as dist_util
-from .checkpointing import Checkpoint
+from .run_checkpoints import Checkpoint
 from .config import RecipeConfig
 from .evaluation import resolve_device, seed_everything
 from .methods import METHODS, AnalyzerPruner, MethodContext, TrainingMethod

@@ -41,9 +41,9 @@ from torch import nn
 from ..data import DataBundle
 from ..errors import CheckpointError, DempError, UsageError
 from ..fileio import prepare_output_dir
-from ..measure import output_tensor
+from ..model_outputs import output_tensor
 from ..progress import progress_bar
-from . import checkpointing as ckpt
+from . import run_checkpoints as ckpt
 from . import distributed as dist_util
 from .config import RESUME_TOLERANT_KEYS, RecipeConfig, load_recipe, recipe_diff
 from .evaluation import autocast, evaluate, split_batch

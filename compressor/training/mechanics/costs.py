@@ -10,7 +10,7 @@ weight for the resource a budget names:
 
 - ``macs``: the multiply-accumulates one channel of the group costs per sample, summed over every
   Conv/Linear that produces it (its output slice) and every one that reads it (its input slice), from
-  the same per-module fvcore count as every report (:func:`compressor.measure.count_macs`);
+  the same per-module fvcore count as every report (:func:`compressor.counting.count_macs`);
 - ``params``: the parameters of every slice the channel owns or is read through (normalization and
   biases included);
 - ``uniform``: 1 for every neuron (the papers).
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from ...graph import DependencyAnalyzer
-from ...measure import count_macs
+from ...counting import count_macs
 
 __all__ = ["COSTS", "neuron_costs", "group_weights", "tensor_weights", "describe_costs"]
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ...activity import ActivityStats, collect_activity
 from ...errors import CheckpointError
 from ...graph import ApplyResult, DependencyAnalyzer
-from ...measure import compare_outputs, run_model
+from ...model_outputs import compare_outputs, run_model
 from ...plan import GroupRemoval, PruningPlan
 from .. import distributed as dist_util
 from ..mechanics.optim_surgery import slice_optimizer_state
@@ -59,7 +59,7 @@ class RemovalEvent:
     the event; ``total``: neurons of the original model; ``present``: channels still in the model;
     ``dead``: channels measured dead (removed now or kept by min_channels / round_to / blocked groups);
     ``plan_delta``: this event's removals in the numbering of the model *before* it; ``error``: for a
-    lossy criterion, :func:`compressor.measure.compare_outputs` of the model's outputs just before and
+    lossy criterion, :func:`compressor.model_outputs.compare_outputs` of the model's outputs just before and
     after the removal on the method's measurement samples (None when lossless or nothing was removed).
     """
 

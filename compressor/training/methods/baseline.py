@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from ...criteria import Dormant
 from ...errors import UsageError
-from ...measure import count_macs
+from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
+from ...counting import count_macs
 from ...plan import PruningPlan
 from .. import distributed as dist_util
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
@@ -64,34 +65,22 @@ NORMALIZERS = ("mean", "max", "sum", "none")
 class BaselineConfig:
     """Options of ``method: baseline``."""
 
-    importance: str = field(default="magnitude-l1", metadata={"help": "magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning estimators) / redo (the ReDo dormant score on held-aside samples)"})
-    target_sparsity: float = field(default=0.5, metadata={"help": "fraction of the neurons removed by the last pruning (0 < S < 1)"})
-    target_macs: float | None = field(default=None, metadata={"help": "prune to this MAC ratio compact/dense instead of target_sparsity (0 < R < 1; the fewest lowest-ranked neurons that reach it)"})
-    schedule: str = field(default="oneshot", metadata={"help": "oneshot: prune once at at_epoch / iterative: steps prunings"})
-    at_epoch: int = field(default=1, metadata={"help": "prune at the end of this epoch (1-based; the first pruning when iterative); 0: before the first step, from the starting checkpoint (prune, then fine-tune)"})
-    steps: int = field(default=3, metadata={"help": "iterative: number of prunings, the same share each"})
-    interval_epochs: int = field(default=1, metadata={"help": "iterative: epochs between prunings"})
-    normalizer: str = field(default="mean", metadata={"help": "per-group score normalization before the global ranking: mean / max / sum / none"})
-    taylor_batches: int = field(default=4, metadata={"help": "taylor: batches of held-aside training samples whose gradients are accumulated"})
-    samples: int = field(default=512, metadata={"help": "taylor: held-aside training samples (no augmentation)"})
-    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+    importance: str = bounded("magnitude-l1", choices=IMPORTANCES, help="magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning estimators) / redo (the ReDo dormant score on held-aside samples)")
+    target_sparsity: float = bounded(0.5, low=0, low_open=True, high=1, high_open=True, help="fraction of the neurons removed by the last pruning (0 < S < 1)")
+    target_macs: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="prune to this MAC ratio compact/dense instead of target_sparsity (0 < R < 1; the fewest lowest-ranked neurons that reach it)")
+    schedule: str = bounded("oneshot", choices=SCHEDULES, help="oneshot: prune once at at_epoch / iterative: steps prunings")
+    at_epoch: int = bounded(1, integer=True, low=0, help="prune at the end of this epoch (1-based; the first pruning when iterative); 0: before the first step, from the starting checkpoint (prune, then fine-tune)")
+    steps: int = bounded(3, integer=True, low=1, help="iterative: number of prunings, the same share each")
+    interval_epochs: int = bounded(1, integer=True, low=1, help="iterative: epochs between prunings")
+    normalizer: str = bounded("mean", choices=NORMALIZERS, help="per-group score normalization before the global ranking: mean / max / sum / none")
+    taylor_batches: int = bounded(4, integer=True, low=1, help="taylor: batches of held-aside training samples whose gradients are accumulated")
+    samples: int = bounded(512, integer=True, low=1, help="taylor: held-aside training samples (no augmentation)")
+    min_channels: int = min_channels_field()
+    ignore: list[str] = ignore_field()
 
     def validate(self) -> None:
-        for name, choices in (("importance", IMPORTANCES), ("schedule", SCHEDULES), ("normalizer", NORMALIZERS)):
-            if getattr(self, name) not in choices:
-                raise UsageError(f"baseline.{name} = {getattr(self, name)!r} is invalid: expected one of {', '.join(choices)}")
-        s = self.target_sparsity
-        if not (isinstance(s, (int, float)) and math.isfinite(s) and 0 < s < 1):
-            raise UsageError(f"baseline.target_sparsity = {s!r} is invalid: expected 0 < S < 1")
-        m = self.target_macs
-        if m is not None and not (isinstance(m, (int, float)) and math.isfinite(m) and 0 < m < 1):
-            raise UsageError(f"baseline.target_macs = {m!r} is invalid: expected 0 < R < 1 or null")
-        for name in ("at_epoch", "steps", "interval_epochs", "taylor_batches", "samples", "min_channels"):
-            v = getattr(self, name)
-            least = 0 if name == "at_epoch" else 1
-            if int(v) != v or v < least:
-                raise UsageError(f"baseline.{name} = {v!r} is invalid: expected an integer >= {least}")
+        """Raise :class:`UsageError` naming the option outside its bounds and what it accepts."""
+        check_bounds(self, "baseline")
 
     def validate_run(self, epochs: int) -> None:
         """The last pruning must fall within the run's ``epochs``."""

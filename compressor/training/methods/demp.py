@@ -46,9 +46,10 @@ from torch import Tensor, nn
 
 from ...criteria import Dormant, parse_criterion
 from ...errors import UsageError
+from ..bounds import bounded, check_bounds, ignore_field, min_channels_field, reject
 from ...graph import ApplyResult
 from ...plan import PruningPlan
-from ...measure import count_macs, count_params, neuron_sparsity
+from ...counting import count_macs, count_params, neuron_sparsity
 from ..mechanics.budget import BudgetController
 from ..mechanics.costs import COSTS, describe_costs, group_weights, neuron_costs, tensor_weights
 from ..mechanics.selection import BudgetSelection, rank_by_scale
@@ -80,74 +81,44 @@ CLOSEST_TO_DEAD = Dormant()
 class DemPConfig:
     """DemP's options; defaults from the papers and the authors' code (see ``docs/demp.md``)."""
 
-    regularizer: str = field(default="lasso", metadata={"help": "l2 | lasso | cdg_l2 | cdg_lasso | none: the penalty added to the loss"})
-    target: str = field(default="norm_scale", metadata={"help": "weights (Conv/Linear weights) | norm_scale (normalization gamma, the later paper's final runs) | all"})
-    peak: float = field(default=5e-3, metadata={"help": "peak lambda of the penalty (>= 0); higher kills more neurons (authors' Adam + Lasso(gamma) sweeps: 5e-8 ... 0.35)"})
-    schedule: str = field(default="one_cycle", metadata={"help": "one_cycle (optax cosine one-cycle, the paper's) | constant | linear: the shape of lambda_t and sigma_t"})
-    span: float = field(default=0.85, metadata={"help": "fraction of the training steps the lambda/sigma schedules span (0 < span <= 1; authors 0.85-0.9)"})
-    pct_start: float = field(default=0.3, metadata={"help": "one_cycle: fraction of the span spent rising (0 < pct_start < 1)"})
-    div_factor: float = field(default=25.0, metadata={"help": "one_cycle: start value = peak / div_factor (>= 1)"})
-    final_div_factor: float = field(default=1e4, metadata={"help": "one_cycle: end value = start / final_div_factor (>= 1)"})
-    noise: float = field(default=5e-5, metadata={"help": "peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)"})
-    interval: int = field(default=1000, metadata={"help": "measure death and remove dead neurons every k optimizer steps (paper: 1000); 0: auto, the training steps / 20 (short fine-tunes)"})
-    death_samples: int = field(default=1024, metadata={"help": "training samples (no augmentation) on which death is measured (paper: 1024)"})
-    criterion: str = field(default="dead", metadata={"help": "dead (max|activation| <= eps: ReLU's exact zeros, lossless at eps 0) | saturated (max activation <= eps: never leaves the saturated region, e.g. Leaky ReLU's only-negative units, GELU/SiLU with a small eps; lossy, each removal's output change is reported)"})
-    eps: float = field(default=0.0, metadata={"help": "the criterion's threshold at every consumer (dead, eps 0: exact zeros, lossless)"})
-    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
-    round_to: int = field(default=1, metadata={"help": "keep channel counts a multiple of this (keeps a few dead channels)"})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
-    target_sparsity: float | None = field(default=None, metadata={"help": "budget mode (experimental, beyond the papers; docs/demp.md section 8): the neuron sparsity (removed share) to reach; lambda is adapted online up to peak, and lambda and noise stop once it is reached (null: fixed lambda)"})
-    target_macs: float | None = field(default=None, metadata={"help": "budget mode: the MAC ratio compact/dense to reach (e.g. 0.3), instead of target_sparsity"})
-    target_params: float | None = field(default=None, metadata={"help": "budget mode: the parameter ratio compact/dense to reach, instead of target_sparsity"})
-    cost: str = field(default="uniform", metadata={"help": "uniform (the papers: one lambda for every neuron) | macs | params: each regularized tensor's lambda scaled by what one neuron of its group costs, normalized to mean 1 over the prunable neurons, and 0 on groups that cannot be removed (beyond the papers, MorphNet-style; mechanics/costs.py)"})
-    select: str = field(default="all", metadata={"help": "all (the papers: every regularized tensor) | budget: penalize only the live neurons the budget still needs, the smallest |gamma| / cost weight, chosen again at every measurement, with lambda w (|gamma| + max(beta, 0)) so they die exactly (budget mode and target norm_scale; beyond the papers, mechanics/selection.py)"})
+    regularizer: str = bounded("lasso", choices=REGULARIZERS, help="l2 | lasso | cdg_l2 | cdg_lasso | none: the penalty added to the loss")
+    target: str = bounded("norm_scale", choices=TARGETS, help="weights (Conv/Linear weights) | norm_scale (normalization gamma, the later paper's final runs) | all")
+    peak: float = bounded(5e-3, low=0, help="peak lambda of the penalty (>= 0); higher kills more neurons (authors' Adam + Lasso(gamma) sweeps: 5e-8 ... 0.35)")
+    schedule: str = bounded("one_cycle", choices=SCHEDULES, help="one_cycle (optax cosine one-cycle, the paper's) | constant | linear: the shape of lambda_t and sigma_t")
+    span: float = bounded(0.85, low=0, low_open=True, high=1, note="a fraction of the training steps", help="fraction of the training steps the lambda/sigma schedules span (0 < span <= 1; authors 0.85-0.9)")
+    pct_start: float = bounded(0.3, low=0, low_open=True, high=1, high_open=True, help="one_cycle: fraction of the span spent rising (0 < pct_start < 1)")
+    div_factor: float = bounded(25.0, low=1, help="one_cycle: start value = peak / div_factor (>= 1)")
+    final_div_factor: float = bounded(1e4, low=1, help="one_cycle: end value = start / final_div_factor (>= 1)")
+    noise: float = bounded(5e-5, low=0, help="peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)")
+    interval: int = bounded(1000, integer=True, low=0, note="optimizer steps between removals; 0: auto", help="measure death and remove dead neurons every k optimizer steps (paper: 1000); 0: auto, the training steps / 20 (short fine-tunes)")
+    death_samples: int = bounded(1024, integer=True, low=1, help="training samples (no augmentation) on which death is measured (paper: 1024)")
+    criterion: str = bounded("dead", choices=DEATH_CRITERIA, help="dead (max|activation| <= eps: ReLU's exact zeros, lossless at eps 0) | saturated (max activation <= eps: never leaves the saturated region, e.g. Leaky ReLU's only-negative units, GELU/SiLU with a small eps; lossy, each removal's output change is reported)")
+    eps: float = bounded(0.0, low=0, help="the criterion's threshold at every consumer (dead, eps 0: exact zeros, lossless)")
+    min_channels: int = min_channels_field()
+    round_to: int = bounded(1, integer=True, low=1, help="keep channel counts a multiple of this (keeps a few dead channels)")
+    ignore: list[str] = ignore_field()
+    target_sparsity: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="budget mode (experimental, beyond the papers; docs/demp.md section 8): the neuron sparsity (removed share) to reach; lambda is adapted online up to peak, and lambda and noise stop once it is reached (null: fixed lambda)")
+    target_macs: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="budget mode: the MAC ratio compact/dense to reach (e.g. 0.3), instead of target_sparsity")
+    target_params: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="budget mode: the parameter ratio compact/dense to reach, instead of target_sparsity")
+    cost: str = bounded("uniform", choices=COSTS, help="uniform (the papers: one lambda for every neuron) | macs | params: each regularized tensor's lambda scaled by what one neuron of its group costs, normalized to mean 1 over the prunable neurons, and 0 on groups that cannot be removed (beyond the papers, MorphNet-style; mechanics/costs.py)")
+    select: str = bounded("all", choices=SELECTIONS, help="all (the papers: every regularized tensor) | budget: penalize only the live neurons the budget still needs, the smallest |gamma| / cost weight, chosen again at every measurement, with lambda w (|gamma| + max(beta, 0)) so they die exactly (budget mode and target norm_scale; beyond the papers, mechanics/selection.py)")
     remove_at_start: bool = field(default=False, metadata={"help": "measure death and remove the dead neurons before the first step (fine-tuning a checkpoint: the lossless part of a budget comes first)"})
-    reach_by: float = field(default=0.5, metadata={"help": "budget mode: share of the training steps by which the target is planned to be reached"})
+    reach_by: float = bounded(0.5, low=0, low_open=True, high=1, help="budget mode: share of the training steps by which the target is planned to be reached")
     prune: bool = field(default=True, metadata={"help": "false: measure and record deaths but never remove"})
     final_only: bool = field(default=False, metadata={"help": "remove only once at the end (the dynamic-removal benchmark's baseline)"})
 
     def validate(self) -> None:
-        """Raise :class:`UsageError` naming the bad option and its valid values."""
-
-        def check(ok: bool, name: str, want: str) -> None:
-            if not ok:
-                raise UsageError(f"demp.{name} = {getattr(self, name)!r} is invalid: expected {want}")
-
-        def finite(value: Any) -> bool:
-            return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
-
-        def whole(value: Any, least: int) -> bool:
-            return isinstance(value, (int, float)) and int(value) == value and value >= least
-
-        check(self.regularizer in REGULARIZERS, "regularizer", " | ".join(REGULARIZERS))
-        check(self.target in TARGETS, "target", " | ".join(TARGETS))
-        check(self.schedule in SCHEDULES, "schedule", " | ".join(SCHEDULES))
-        check(self.criterion in DEATH_CRITERIA, "criterion", " | ".join(DEATH_CRITERIA))
-        for name in ("peak", "noise", "eps"):
-            check(finite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0")
-        check(finite(self.span) and 0 < self.span <= 1, "span", "a fraction 0 < span <= 1 of the training steps")
-        check(finite(self.pct_start) and 0 < self.pct_start < 1, "pct_start", "0 < pct_start < 1")
-        check(finite(self.div_factor) and self.div_factor >= 1, "div_factor", "a number >= 1")
-        check(finite(self.final_div_factor) and self.final_div_factor >= 1, "final_div_factor", "a number >= 1")
-        check(whole(self.interval, 0), "interval", "an integer >= 1 (optimizer steps between removals), or 0: auto")
-        check(whole(self.death_samples, 1), "death_samples", "an integer >= 1")
-        check(whole(self.min_channels, 1), "min_channels", "an integer >= 1")
-        check(whole(self.round_to, 1), "round_to", "an integer >= 1")
-        check(not isinstance(self.ignore, str) and all(isinstance(s, str) for s in self.ignore), "ignore",
-              "a list of layer names")
-        for name in BUDGETS.values():
-            value = getattr(self, name)
-            check(value is None or (finite(value) and 0 < value < 1), name, "a fraction 0 < x < 1, or null")
+        """Raise :class:`UsageError` naming the option outside its bounds (declared with each field) or
+        in conflict with another, and what it accepts."""
+        check_bounds(self, "demp")
         given = [name for name in BUDGETS.values() if getattr(self, name) is not None]
-        check(len(given) <= 1, given[-1] if given else "target_macs",
-              f"null when demp.{given[0] if given else ''} is set (choose one budget)")
-        check(self.cost in COSTS, "cost", " | ".join(COSTS))
-        check(self.select in SELECTIONS, "select", " | ".join(SELECTIONS))
-        check(self.select == "all" or (self.budget_share is not None and self.target == "norm_scale"), "select",
-              "all unless a budget (target_sparsity / target_macs / target_params) is set and target is norm_scale")
-        check(finite(self.reach_by) and 0 < self.reach_by <= 1, "reach_by", "a fraction 0 < reach_by <= 1")
-        check(self.budget_share is None or (self.regularizer != "none" and self.peak > 0), "peak",
-              "> 0 with a regularizer in budget mode (the largest lambda the controller may use)")
+        if len(given) > 1:
+            reject(f"demp.{given[-1]}", getattr(self, given[-1]), f"null when demp.{given[0]} is set (choose one budget)")
+        if self.select != "all" and (self.budget_share is None or self.target != "norm_scale"):
+            reject("demp.select", self.select,
+                   "all unless a budget (target_sparsity / target_macs / target_params) is set and target is norm_scale")
+        if self.budget_share is not None and (self.regularizer == "none" or self.peak <= 0):
+            reject("demp.peak", self.peak, "> 0 with a regularizer in budget mode (the largest lambda the controller may use)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,15 +35,15 @@ leaves room:
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UsageError
+from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
 from ...plan import PruningPlan
 from .. import distributed as dist_util
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
@@ -58,31 +58,19 @@ _D_MAX_KEY = "\0d_max:"  # + root: rides along with the broadcast scores (no mod
 class DNRConfig:
     """Options of ``method: dnr``."""
 
-    alpha: float = field(default=1.0, metadata={"help": "weight of the relative entropy change"})
-    beta: float = field(default=1.0, metadata={"help": "weight of the normalized KL divergence"})
-    tau: float = field(default=0.5, metadata={"help": "without target_sparsity: prune neurons with DNR > tau"})
-    interval_epochs: int = field(default=10, metadata={"help": "prune every PI epochs (paper: 10-15 best)"})
-    stop_epoch: int | None = field(default=None, metadata={"help": "prune at no epoch after this one (1-based): with target_sparsity the target is reached there and the remaining epochs recover (null: the last epoch)"})
-    target_sparsity: float | None = field(default=None, metadata={"help": "fraction of neurons to remove by the end, the same share each interval, highest DNR first (null: use tau)"})
-    eps: float = field(default=1e-12, metadata={"help": "epsilon of the entropy, KL and score formulas"})
-    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+    alpha: float = bounded(1.0, help="weight of the relative entropy change")
+    beta: float = bounded(1.0, help="weight of the normalized KL divergence")
+    tau: float = bounded(0.5, help="without target_sparsity: prune neurons with DNR > tau")
+    interval_epochs: int = bounded(10, integer=True, low=1, help="prune every PI epochs (paper: 10-15 best)")
+    stop_epoch: int | None = bounded(None, integer=True, low=1, nullable=True, help="prune at no epoch after this one (1-based): with target_sparsity the target is reached there and the remaining epochs recover (null: the last epoch)")
+    target_sparsity: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="fraction of neurons to remove by the end, the same share each interval, highest DNR first (null: use tau)")
+    eps: float = bounded(1e-12, low=0, low_open=True, high=1, high_open=True, help="epsilon of the entropy, KL and score formulas")
+    min_channels: int = min_channels_field()
+    ignore: list[str] = ignore_field()
 
     def validate(self) -> None:
-        for name in ("alpha", "beta", "tau"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v)):
-                raise UsageError(f"dnr.{name} = {v!r} is invalid: expected a finite number")
-        if not (isinstance(self.eps, (int, float)) and 0 < self.eps < 1):
-            raise UsageError(f"dnr.eps = {self.eps!r} is invalid: expected 0 < eps < 1")
-        if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
-            raise UsageError(f"dnr.target_sparsity = {self.target_sparsity!r} is invalid: expected 0 < S < 1 or null")
-        for name in ("interval_epochs", "min_channels"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise UsageError(f"dnr.{name} = {v!r} is invalid: expected an integer >= 1")
-        if self.stop_epoch is not None and (int(self.stop_epoch) != self.stop_epoch or self.stop_epoch < 1):
-            raise UsageError(f"dnr.stop_epoch = {self.stop_epoch!r} is invalid: expected an integer >= 1 or null")
+        """Raise :class:`UsageError` naming the option outside its bounds and what it accepts."""
+        check_bounds(self, "dnr")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

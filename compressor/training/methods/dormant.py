@@ -9,7 +9,7 @@ through the DependencyAnalyzer (lossy unless the neuron is exactly dead).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ...criteria import Dormant
 from ...errors import UsageError
+from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
 
 __all__ = ["DormantConfig", "DormantPruning"]
@@ -28,19 +29,15 @@ STATE_VERSION = 1
 class DormantConfig:
     """Options of ``method: dormant``."""
 
-    tau: float = field(default=0.025, metadata={"help": "a neuron is dormant when its ReDo score <= tau (ReDo: 0.025 or 0.1)"})
-    interval_epochs: int = field(default=1, metadata={"help": "prune every PI epochs"})
-    samples: int = field(default=1024, metadata={"help": "held-aside training samples (no augmentation) on which scores are measured"})
-    min_channels: int = field(default=1, metadata={"help": "keep at least this many channels per group"})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "layer names never pruned"})
+    tau: float = bounded(0.025, low=0, help="a neuron is dormant when its ReDo score <= tau (ReDo: 0.025 or 0.1)")
+    interval_epochs: int = bounded(1, integer=True, low=1, help="prune every PI epochs")
+    samples: int = bounded(1024, integer=True, low=1, help="held-aside training samples (no augmentation) on which scores are measured")
+    min_channels: int = min_channels_field()
+    ignore: list[str] = ignore_field()
 
     def validate(self) -> None:
-        if not (isinstance(self.tau, (int, float)) and 0 <= self.tau < float("inf")):
-            raise UsageError(f"dormant.tau = {self.tau!r} is invalid: expected a finite number >= 0")
-        for name in ("interval_epochs", "samples", "min_channels"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise UsageError(f"dormant.{name} = {v!r} is invalid: expected an integer >= 1")
+        """Raise :class:`UsageError` naming the option outside its bounds and what it accepts."""
+        check_bounds(self, "dormant")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

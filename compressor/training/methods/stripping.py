@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from ...activity import ActivityStats
 from ...criteria import Dead
 from ...errors import CheckpointError, UsageError
+from ..bounds import bounded, check_bounds, ignore_field
 from ...graph import ApplyResult
 from ...plan import PruningPlan
 from .. import distributed as dist_util
@@ -74,23 +75,17 @@ MODES = ("fraction", "quantile")
 class StrippingConfig:
     """Synaptic Stripping's options (paper defaults)."""
 
-    fraction: float = field(default=0.1, metadata={"help": "share of a dead neuron's remaining incoming weights stripped per measurement (paper 0.1; authors' code 0.05 with mode quantile)"})
-    mode: str = field(default="fraction", metadata={"help": "fraction (the most negative ceil(f*n) remaining weights < 0) | quantile (weights <= the f-quantile of the remaining non-zero ones)"})
-    interval_steps: int = field(default=0, metadata={"help": "strip every N optimizer steps (0: after each epoch, as in the paper)"})
-    samples: int = field(default=1024, metadata={"help": "held-aside training samples (no augmentation) on which death is measured"})
+    fraction: float = bounded(0.1, low=0, low_open=True, high=1, help="share of a dead neuron's remaining incoming weights stripped per measurement (paper 0.1; authors' code 0.05 with mode quantile)")
+    mode: str = bounded("fraction", choices=MODES, help="fraction (the most negative ceil(f*n) remaining weights < 0) | quantile (weights <= the f-quantile of the remaining non-zero ones)")
+    interval_steps: int = bounded(0, integer=True, low=0, help="strip every N optimizer steps (0: after each epoch, as in the paper)")
+    samples: int = bounded(1024, integer=True, low=1, help="held-aside training samples (no augmentation) on which death is measured")
     conv: bool = field(default=False, metadata={"help": "also strip dead convolution channels (a filter's weights are its incoming weights); the paper covers Linear layers only"})
     remove_dead: bool = field(default=True, metadata={"help": "remove the neurons still dead at the end (lossless); method stripping only"})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "layers never stripped nor pruned"})
+    ignore: list[str] = ignore_field("layers never stripped nor pruned")
 
     def validate(self) -> None:
-        if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction <= 1):
-            raise UsageError(f"stripping.fraction = {self.fraction!r} is invalid: expected 0 < fraction <= 1")
-        if self.mode not in MODES:
-            raise UsageError(f"stripping.mode = {self.mode!r} is invalid: expected {' | '.join(MODES)}")
-        if int(self.interval_steps) != self.interval_steps or self.interval_steps < 0:
-            raise UsageError(f"stripping.interval_steps = {self.interval_steps!r} is invalid: expected an integer >= 0")
-        if int(self.samples) != self.samples or self.samples < 1:
-            raise UsageError(f"stripping.samples = {self.samples!r} is invalid: expected an integer >= 1")
+        """Raise :class:`UsageError` naming the option outside its bounds and what it accepts."""
+        check_bounds(self, "stripping")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

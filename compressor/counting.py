@@ -1,9 +1,11 @@
-"""The one place for every model measurement a user sees: parameters, MACs, outputs and parity.
+"""Counting a model: parameters, neurons removed and MACs, one counter for every figure a user sees.
 
-Every number in the console, ``metrics.jsonl``, ``train_summary.json`` and ``report.json`` comes from
-these functions, so one model always gets one count:
+Every count in the console, ``metrics.jsonl``, ``train_summary.json`` and ``report.json`` comes from
+these functions, so one model always gets one count (its outputs and their parity are
+:mod:`compressor.model_outputs`' job):
 
 * :func:`count_params` — parameter elements, a shared (tied) parameter counted once;
+* :func:`neuron_sparsity` — the share of neurons removed;
 * :func:`count_macs` — multiply-accumulates of one forward pass on one sample (FLOPs = 2 x MACs),
   per module and in total. The counter is fvcore's :class:`~fvcore.nn.FlopCountAnalysis` (a
   TorchScript trace) with explicit handlers for the operators fvcore skips (below). A model that
@@ -11,12 +13,7 @@ these functions, so one model always gets one count:
   counted with torch's :class:`~torch.utils.flop_counter.FlopCounterMode` instead, which runs the
   ordinary forward pass; it counts matrix products, convolutions and attention only (no pooling or
   element-wise arithmetic), so :attr:`MacCount.counter` records which counter produced a number;
-* :func:`output_tensors` / :func:`output_tensor` — the tensors of a model's result and the *primary*
-  one: a tensor; the first element of a tuple or list; of a mapping (a Hugging Face ``ModelOutput``
-  is one) the ``logits`` entry, else ``out``, else the first value. ONNX parity compares the
-  exported output at the same position;
-* :func:`run_model`, :func:`compare_outputs` — outputs on samples and the parity figures of two
-  models (max abs difference, difference relative to the output scale, top-1 agreement).
+* :func:`compare_macs` — dense against pruned, per module.
 
 fvcore handlers (:data:`EXTRA_HANDLES`), so that no operator counts as zero silently:
 
@@ -37,18 +34,18 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .errors import DempError
 from .inputs import KeywordInputs, ModelInputs, call_model
+from .model_outputs import module_device
 
 __all__ = [
-    "neuron_sparsity",
-    "count_params", "count_macs", "compare_macs", "MacCount", "MacComparison", "ModuleRow", "EXTRA_HANDLES",
-    "output_tensors", "output_tensor", "primary_output_index", "run_model", "compare_outputs", "module_device",
+    "neuron_sparsity", "count_params", "count_macs", "compare_macs", "MacCount", "MacComparison", "ModuleRow",
+    "EXTRA_HANDLES", "FVCORE", "FLOP_COUNTER_MODE",
 ]
 
 FVCORE = "fvcore"
@@ -72,89 +69,6 @@ def neuron_sparsity(before: int | None, after: int | None) -> float | None:
 def count_params(model: nn.Module) -> int:
     """Parameter elements of ``model``; a parameter shared by several modules counts once."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def module_device(model: nn.Module) -> torch.device:
-    """Where the model's first parameter or buffer lives (CPU for a model without tensors)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-# ------------------------------------------------------------------------------------------ outputs
-
-
-def output_tensors(value: Any) -> list[Tensor]:
-    """Every tensor of a model's result, in the order an ONNX exporter flattens them."""
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for v in value.values() for t in output_tensors(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in output_tensors(v)]
-    if isinstance(getattr(value, "logits", None), Tensor):
-        return [value.logits]
-    return []
-
-
-def primary_output_index(value: Any) -> int:
-    """Position of the primary output (see the module docstring) in :func:`output_tensors`."""
-    if isinstance(value, Mapping):
-        for key in ("logits", "out"):
-            if key in value:
-                offset = 0
-                for k, v in value.items():
-                    if k == key:
-                        return offset + primary_output_index(v)
-                    offset += len(output_tensors(v))
-    return 0
-
-
-def output_tensor(value: Any) -> Tensor:
-    """The primary output tensor of a model's result (see the module docstring)."""
-    tensors = output_tensors(value)
-    if not tensors:
-        raise DempError(f"cannot find an output tensor in a model result of type {type(value).__name__}; "
-                        "the model must return a tensor, a tuple of tensors or a mapping with 'logits'")
-    return tensors[primary_output_index(value)]
-
-
-@torch.no_grad()
-def run_model(model: nn.Module, inputs: ModelInputs, batch_size: int = 64) -> Tensor:
-    """The primary outputs of ``model`` (eval mode, restored after) on ``inputs`` (a tensor or keyword
-    inputs), batched, float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = module_device(model)
-    try:
-        outs = [output_tensor(call_model(model, inputs[i:i + batch_size].to(device))).float().cpu()
-                for i in range(0, inputs.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(outs) if outs else torch.zeros(0)
-
-
-def compare_outputs(reference: Tensor, candidate: Tensor) -> dict[str, Any]:
-    """Parity of two models' outputs on the same samples.
-
-    ``max_abs_diff``; ``rel_diff``: max_abs_diff over the reference's output scale (max |y|);
-    ``output_scale``; ``samples``; ``top1_agreement`` for (batch, classes) outputs.
-    """
-    reference, candidate = reference.float(), candidate.float()
-    if reference.shape != candidate.shape:
-        raise DempError(f"cannot compare outputs of shapes {tuple(reference.shape)} and {tuple(candidate.shape)}")
-    diff = (reference - candidate).abs()
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    max_abs = float(diff.max()) if diff.numel() else 0.0
-    result: dict[str, Any] = {
-        "max_abs_diff": max_abs,
-        "rel_diff": max_abs / scale if scale > 0 else max_abs,
-        "output_scale": scale,
-        "samples": int(reference.shape[0]) if reference.dim() else 1,
-    }
-    if reference.dim() == 2 and reference.shape[1] > 1:
-        result["top1_agreement"] = float((reference.argmax(1) == candidate.argmax(1)).float().mean())
-    return result
 
 
 # --------------------------------------------------------------------------------------------- MACs
