@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,8 @@ from .progress import progress_bar
 log = logging.getLogger(__name__)
 
 CONSUMER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: One batch's per-channel (max, max |x|, sum |x|, nonzero count); a field not asked for is None.
+_Reduced = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
 
 ALL_FIELDS = ("max_abs", "max", "sum_abs", "nonzero")
 
@@ -45,7 +48,7 @@ class ChannelStats:
     count: int  # elements seen per channel (samples x spatial positions)
 
     @classmethod
-    def empty(cls, channels: int) -> "ChannelStats":
+    def empty(cls, channels: int) -> ChannelStats:
         z = torch.zeros(channels, dtype=torch.float64)
         return cls(max_abs=z.clone(), max=torch.full((channels,), -torch.inf, dtype=torch.float64),
                    sum_abs=z.clone(), nonzero=z.clone(), count=0)
@@ -89,7 +92,7 @@ class ActivityStats:
     def items(self):
         return self.layers.items()
 
-    def all_reduce(self, group: Any = None) -> "ActivityStats":
+    def all_reduce(self, group: Any = None) -> ActivityStats:
         """Reduce across distributed ranks in place: MAX for maxima, SUM for sums and counts.
 
         Every rank must hold statistics for the same layers in the same order (they run the same
@@ -100,7 +103,8 @@ class ActivityStats:
         if not (dist.is_available() and dist.is_initialized()):
             return self
         names = sorted(self.layers)
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+        nccl = dist.get_backend(group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         maxima = torch.cat([torch.cat([self.layers[n].max_abs, self.layers[n].max]) for n in names]).to(device)
         sums = torch.cat([torch.cat([self.layers[n].sum_abs, self.layers[n].nonzero,
                                      torch.tensor([float(self.layers[n].count)], dtype=torch.float64)])
@@ -135,7 +139,7 @@ class _Recorder:
         self.fields = tuple(fields)
         self.modules = modules
         self.stats: dict[str, ChannelStats] = {}
-        self._cache: dict[tuple, tuple[weakref.ref, tuple[Tensor, ...]]] = {}
+        self._cache: dict[tuple, tuple[weakref.ref, _Reduced]] = {}
         self._scratch: dict[tuple, Tensor] = {}
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in modules.items()]
 
@@ -157,16 +161,16 @@ class _Recorder:
             self._scratch[(x.device, x.dtype)] = buf
         return buf[: x.numel()].view(x.shape)
 
-    def _reduce(self, x: Tensor, dim: int) -> tuple[Tensor | None, ...]:
+    def _reduce(self, x: Tensor, dim: int) -> _Reduced:
         dims = [d for d in range(x.dim()) if d != dim % x.dim()]
         want = self.fields
         if not x.is_contiguous():
             x = x.contiguous()
         amax = x.amax(dim=dims)
         amin = x.amin(dim=dims) if ("max_abs" in want or "sum_abs" in want) else None
-        max_abs = torch.maximum(amax, -amin) if "max_abs" in want else None
+        max_abs = torch.maximum(amax, -amin) if amin is not None and "max_abs" in want else None
         sum_abs = None
-        if "sum_abs" in want:
+        if amin is not None and "sum_abs" in want:
             # post-ReLU inputs (the common case) are non-negative: skip the |x| pass. Per-batch sums
             # in the input's precision, accumulated across batches in float64.
             nonneg = bool((amin >= 0).all())
@@ -199,7 +203,7 @@ class _Recorder:
 
         return hook
 
-    def _accumulate(self, name: str, x: Tensor, dim: int, reduced: tuple[Tensor, ...]) -> None:
+    def _accumulate(self, name: str, x: Tensor, dim: int, reduced: _Reduced) -> None:
         amax, max_abs, sum_abs, nonzero = reduced
         channels = x.shape[dim]
         st = self.stats.get(name)
@@ -226,7 +230,7 @@ class _Recorder:
 
 def consumer_modules(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """The Conv/Linear modules of ``model`` (optionally restricted to ``names``), by name."""
-    found = {n: m for n, m in model.named_modules() if isinstance(m, CONSUMER_TYPES)}
+    found: dict[str, nn.Module] = {n: m for n, m in model.named_modules() if isinstance(m, CONSUMER_TYPES)}
     if names is None:
         return found
     names = list(names)

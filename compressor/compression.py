@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,19 +24,20 @@ from torch import Tensor, nn
 from . import __version__
 from .activity import ActivityStats, batch_input, collect_activity
 from .criteria import Criterion, parse_criterion
+from .culprits import find_culprits
 from .defaults import ANALYZER_TIME_BUDGET
 from .errors import DataError, VerificationError
-from .inputs import KeywordInputs, ModelInputs, concat_inputs
-from .culprits import find_culprits
 from .graph import DependencyAnalyzer
 from .graph.apply import apply_actions, merge_actions
 from .graph.tp_compat import version as torch_pruning_version
+from .inputs import KeywordInputs, ModelInputs, concat_inputs
 from .model_outputs import compare_outputs, run_model
 from .plan import PruningPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["compress", "rewidth", "verify_deferred", "CompressResult", "group_table", "HELDOUT_SKIPPED"]
+__all__ = ["compress", "rewidth", "verify_deferred", "calibration_inputs", "CompressResult", "group_table",
+           "HELDOUT_SKIPPED"]
 
 #: The note a verification carries when no sample was left for the held-out check.
 HELDOUT_SKIPPED = ("no held-out samples were left: the outputs were checked on the calibration samples only, where "
@@ -156,16 +158,24 @@ def rewidth(result: CompressResult, round_to: int, *, verify: bool = True) -> Co
 
     ``verify=False`` defers the parity check (a candidate that may not be kept: it keeps a superset of
     ``result``'s channels, which passed); :func:`verify_deferred` runs it on the one that is kept."""
+    calib_x = calibration_inputs(result)
     pruned = copy.deepcopy(result.dense)
     t0 = time.perf_counter()
     opts = {**result.options, "round_to": int(round_to)}
-    analyzer = DependencyAnalyzer(pruned, result.calib_inputs[:1].to(next(pruned.parameters()).device),
+    analyzer = DependencyAnalyzer(pruned, calib_x[:1].to(next(pruned.parameters()).device),
                                   ignore=opts["ignore"], min_channels=opts["min_channels"], round_to=opts["round_to"],
                                   time_budget=opts.get("analyzer_budget", ANALYZER_TIME_BUDGET))
     timings = {"graph_s": time.perf_counter() - t0, "stats_s": 0.0}
-    return _decide(result.dense, pruned, analyzer, result.stats, result.criterion, result.calib_inputs,
+    return _decide(result.dense, pruned, analyzer, result.stats, result.criterion, calib_x,
                    result.heldout_inputs, timings=timings, tolerance=opts["tolerance"], options=opts,
                    source=result.source, verify=verify)
+
+
+def calibration_inputs(result: CompressResult) -> ModelInputs:
+    """The calibration inputs ``result`` was decided on (for :func:`rewidth` and the width policy)."""
+    if result.calib_inputs is None:
+        raise ValueError("this result has no calibration inputs (a CompressResult from compress() keeps them)")
+    return result.calib_inputs
 
 
 def verify_deferred(result: CompressResult) -> CompressResult:
@@ -175,7 +185,7 @@ def verify_deferred(result: CompressResult) -> CompressResult:
         return result
     tolerance = result.verification["tolerance"]
     result.verification = _verify(result.dense, result.model, result.criterion, torch.cat(result.stats.outputs),
-                                  result.calib_inputs, result.heldout_inputs, tolerance)
+                                  calibration_inputs(result), result.heldout_inputs, tolerance)
     if result.criterion.lossless and not result.verification["passed"]:
         raise VerificationError(
             f"the widths rounded to {result.options['round_to']} changed the outputs by "
@@ -198,7 +208,8 @@ def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, s
     try:
         analyzer.apply(plan, track_indices=False)
         timings["decide_apply_s"] = time.perf_counter() - t0
-        verification = {"criterion": crit.spec(), "lossless": crit.lossless, "tolerance": tolerance, "deferred": True}
+        verification: dict[str, Any] = {"criterion": crit.spec(), "lossless": crit.lossless, "tolerance": tolerance,
+                                        "deferred": True}
         if verify:
             verification = _verify(dense, pruned, crit, dense_out, calib_x, heldout_x, tolerance)
         if verify and crit.lossless and verification["calibration"]["rel_diff"] > tolerance:
@@ -215,7 +226,7 @@ def _decide(dense: nn.Module, pruned: nn.Module, analyzer: DependencyAnalyzer, s
             raise VerificationError(_nothing_kept_message(failure, blocked))
         plan = PruningPlan(groups=kept, criterion=plan.criterion)
         pruned = copy.deepcopy(dense)
-        apply_actions(pruned, merge_actions([a for r, a in zip(roots, actions) if r not in blocked]),
+        apply_actions(pruned, merge_actions([a for r, a in zip(roots, actions, strict=True) if r not in blocked]),
                       removed=plan.removed_channels, track_indices=False)
         timings["decide_apply_s"] = time.perf_counter() - t0
         verification = _verify(dense, pruned, crit, dense_out, calib_x, heldout_x, tolerance)
@@ -262,7 +273,7 @@ def _final_plan(dense: nn.Module, pruned: nn.Module, plan: PruningPlan, crit: Cr
     prior = getattr(dense, "demp_plan", None)
     if isinstance(prior, PruningPlan):  # the model was compressed before: one plan, original numbering
         plan = prior.compose(plan)
-        pruned.demp_plan = plan
+        pruned.demp_plan = plan  # type: ignore[assignment]  # demp's attribute on the module
     plan.criterion = crit.to_dict()
     plan.input_shape = list(calib_x.shape[1:]) if isinstance(calib_x, Tensor) else None  # keyword inputs: none
     spec = getattr(dense, "demp_spec", None)

@@ -32,9 +32,10 @@ Any operator still unhandled is listed in :attr:`MacCount.unsupported_ops` and i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -185,7 +186,7 @@ def _params_by_module(model: nn.Module) -> dict[str, int]:
     return {name: count_params(module) for name, module in model.named_modules()}
 
 
-def _fvcore_count(model: nn.Module, x: Tensor) -> MacCount:
+def _fvcore_count(model: nn.Module, x: ModelInputs) -> MacCount:
     with warnings.catch_warnings():  # fvcore's import scripts a function (a torch.jit deprecation warning)
         warnings.simplefilter("ignore")
         from fvcore.nn import FlopCountAnalysis
@@ -215,7 +216,7 @@ def _fvcore_count(model: nn.Module, x: Tensor) -> MacCount:
     return count
 
 
-def _flop_counter_count(model: nn.Module, x: Tensor, why: str) -> MacCount:
+def _flop_counter_count(model: nn.Module, x: ModelInputs, why: str) -> MacCount:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():

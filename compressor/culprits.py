@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +93,7 @@ def find_culprits(dense: nn.Module, roots: Sequence[str], actions: Sequence[list
     """
     inputs = inputs[:CHECK_SAMPLES]
     reference = run_model(dense, inputs)
-    by_root = dict(zip(roots, actions))
+    by_root = dict(zip(roots, actions, strict=True))
     checks = 0
 
     def check(subset: Sequence[str]) -> str | None:

@@ -10,7 +10,8 @@ dimension, sliced, moved and concatenated like one tensor (``x[:16]``, ``x.to(de
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Union
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,17 +42,17 @@ class KeywordInputs(dict):
         """The batch dimension only (``shape[0]``); per-sample shapes differ between the inputs."""
         return torch.Size([int(next(iter(self.values())).shape[0])])
 
-    def to(self, *args: Any, **kwargs: Any) -> "KeywordInputs":
+    def to(self, *args: Any, **kwargs: Any) -> KeywordInputs:
         return KeywordInputs({k: v.to(*args, **kwargs) for k, v in self.items()})
 
-    def detach(self) -> "KeywordInputs":
+    def detach(self) -> KeywordInputs:
         return KeywordInputs({k: v.detach() for k, v in self.items()})
 
-    def cpu(self) -> "KeywordInputs":
+    def cpu(self) -> KeywordInputs:
         return KeywordInputs({k: v.cpu() for k, v in self.items()})
 
 
-ModelInputs = Union[Tensor, KeywordInputs]
+ModelInputs = Tensor | KeywordInputs
 
 
 def call_model(model: nn.Module, x: ModelInputs) -> Any:
@@ -67,4 +68,7 @@ def concat_inputs(parts: Iterable[ModelInputs]) -> ModelInputs:
         if any(list(p) != keys for p in parts):
             raise ValueError("keyword input batches have different keys")
         return KeywordInputs({k: torch.cat([p[k] for p in parts]) for k in keys})
-    return torch.cat(parts)
+    tensors = [p for p in parts if isinstance(p, Tensor)]
+    if len(tensors) != len(parts):
+        raise TypeError("cannot concatenate tensors with keyword inputs")
+    return torch.cat(tensors)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 
-from .weight_files import load_weights, read_checkpoint
 from .errors import CheckpointError
 from .models import build_model, canonical_arch, infer_num_classes, make_spec
 from .pruned import is_pruned_dir, load_pruned
+from .weight_files import load_weights, read_checkpoint
 
 log = logging.getLogger(__name__)
 

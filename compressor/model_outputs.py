@@ -13,7 +13,8 @@ Counting parameters and MACs is :mod:`compressor.counting`' job.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -96,7 +96,7 @@ class PruningPlan:
         return hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).hexdigest()
 
     # ------------------------------------------------------------------ composition
-    def compose(self, later: "PruningPlan") -> "PruningPlan":
+    def compose(self, later: PruningPlan) -> PruningPlan:
         """Return one plan equal to applying ``self`` and then ``later`` (whose numbering is post-``self``).
 
         Everything but the removals is taken from ``later`` where it is set, else from ``self``.
@@ -136,10 +136,11 @@ class PruningPlan:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PruningPlan":
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         if not isinstance(data, dict) or data.get("schema") != PLAN_SCHEMA:
             raise CheckpointError(
-                f"not a demp plan (expected schema {PLAN_SCHEMA!r}, found {data.get('schema') if isinstance(data, dict) else type(data).__name__!r})"
+                f"not a demp plan (expected schema {PLAN_SCHEMA!r}, found "
+                f"{data.get('schema') if isinstance(data, dict) else type(data).__name__!r})"
             )
         try:
             groups = [GroupRemoval(**g) for g in data.get("groups", [])]
@@ -156,7 +157,7 @@ class PruningPlan:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "PruningPlan":
+    def load(cls, path: str | Path) -> PruningPlan:
         path = Path(path)
         try:
             data = json.loads(path.read_text())

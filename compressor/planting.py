@@ -8,7 +8,7 @@ benchmarks create "half of every group is dead" models without training.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ def plant_dead_channels(
             continue
         for name, dim, idxs, root_idxs in targets:
             tensor = model.get_parameter(name)
-            where = {r: i for i, r in zip(idxs, root_idxs)}
+            where = {r: i for i, r in zip(idxs, root_idxs, strict=True)}
             for c in chosen:
                 if c in where:
                     tensor.select(dim, where[c]).fill_(value)

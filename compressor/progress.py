@@ -61,7 +61,8 @@ class PlainProgress(_Off):
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = (self.n - self.start_n) / elapsed
         extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        return f"{self.desc}: {self.n}{of} {self.unit}s{share}, {rate:.3g} {self.unit}s/s" + (f", {extra}" if extra else "")
+        return (f"{self.desc}: {self.n}{of} {self.unit}s{share}, {rate:.3g} {self.unit}s/s"
+                + (f", {extra}" if extra else ""))
 
 
 def _is_terminal(stream: TextIO | None) -> bool:

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .weight_files import load_weights, load_weights_file, save_weights
 from .errors import CheckpointError, UsageError
 from .fileio import atomic_write_bytes, prepare_output_dir, sha256_file
 from .graph import DependencyAnalyzer
 from .models import ModelSpec, build_model
 from .plan import PruningPlan
+from .weight_files import load_weights, load_weights_file, save_weights
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -43,7 +44,7 @@ __all__ = ["save_pruned", "load_pruned", "replay_plan", "is_pruned_dir", "dense_
            "OUTPUTS"]
 
 
-def is_pruned_dir(path: str | Path) -> bool:
+def is_pruned_dir(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     return path.is_dir() and (path / PLAN_FILE).is_file()
 
@@ -96,7 +97,7 @@ def _copy_model_code(plan: PruningPlan, out: Path) -> PruningPlan:
     (out / CODE_DIR).mkdir(exist_ok=True)
     atomic_write_bytes(out / CODE_DIR / source.name, source.read_bytes())
     plan = copy.copy(plan)
-    plan.model = {**plan.model, "model_file": f"{CODE_DIR}/{source.name}:{factory}"}
+    plan.model = {**(plan.model or {}), "model_file": f"{CODE_DIR}/{source.name}:{factory}"}
     plan.source = {**(plan.source or {}), "model_file_sha256": sha256_file(out / CODE_DIR / source.name),
                    "model_file_origin": str(source)}
     return plan
@@ -149,7 +150,7 @@ def _resolve_model_code(spec: ModelSpec, plan: PruningPlan, path: Path) -> Model
     return dataclasses.replace(spec, model_file=f"{resolved.resolve()}:{factory}")
 
 
-def load_pruned(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_pruned(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a compressed model from ``path`` (plan replay + safetensors weights), in eval mode.
 
     Returns the model; ``model.demp_plan`` (the plan), ``model.demp_spec`` (the architecture) and
@@ -174,7 +175,8 @@ def load_pruned(path: str | Path, *, map_location: str | torch.device = "cpu") -
     replay_plan(model, plan, plan.input_shape or spec.input_shape)
     load_weights(model, load_weights_file(weights_path))
     model.to(map_location).eval()
-    model.demp_spec = spec
-    model.demp_plan = plan  # compressing this model again composes onto this plan
-    model.demp_dir = path
+    # demp's own attributes on the module (nn.Module's __setattr__ is typed for tensors and modules only)
+    model.demp_spec = spec  # type: ignore[assignment]
+    model.demp_plan = plan  # type: ignore[assignment]  # compressing this model again composes onto this plan
+    model.demp_dir = path  # type: ignore[assignment]
     return model

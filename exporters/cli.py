@@ -14,11 +14,15 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.errors import DempError, OutputExistsError, UsageError
 
 from .defaults import DEFAULT_THREADS, RUNTIMES  # not .latency: that imports torch
+
+if TYPE_CHECKING:
+    from compressor.models import ModelSpec
+    from compressor.plan import PruningPlan
 
 log = logging.getLogger("demp")
 
@@ -40,10 +44,10 @@ BENCH_EXAMPLES = """examples:
 def register(subparsers: Any) -> None:
     """Add ``export`` and ``bench`` to the ``demp`` command."""
     e = subparsers.add_parser(
-        "export", epilog=EXPORT_EXAMPLES, help="export a compressed directory to ONNX (with an onnxruntime parity check)",
+        "export", epilog=EXPORT_EXAMPLES,
+        help="export a compressed directory to ONNX (with an onnxruntime parity check)",
         description="Re-export a compressed model directory (made by `demp compress` or `demp train`) to ONNX, "
-        "check it with onnxruntime against PyTorch, and record metadata (tool version, plan hash, sparsity).",
-    )
+        "check it with onnxruntime against PyTorch, and record metadata (tool version, plan hash, sparsity).")
     e.add_argument("dir", metavar="DIR", help="compressed model directory (contains plan.json)")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     batch = e.add_mutually_exclusive_group()
@@ -122,7 +126,8 @@ def run_export(args: argparse.Namespace) -> int:
     pruned = load_pruned(directory)
     shape = input_shape(pruned)
     samples = _parity_inputs(args.data, shape, args.parity_samples)
-    plan = pruned.demp_plan
+    plan: PruningPlan = pruned.demp_plan  # type: ignore[assignment]  # set by load_pruned
+    spec: ModelSpec = pruned.demp_spec  # type: ignore[assignment]  # set by load_pruned
     dense_params = count_params(dense_model(pruned))
     params = count_params(pruned)
     meta = {"demp.plan_hash": plan.removal_hash(), "demp.weight_sparsity": f"{1 - params / dense_params:.6f}"}
@@ -131,7 +136,7 @@ def run_export(args: argparse.Namespace) -> int:
         meta["demp.neuron_sparsity"] = f"{sparsity:.6f}"
     if (plan.source or {}).get("sha256"):
         meta["demp.source_sha256"] = str(plan.source["sha256"])
-    meta["demp.arch"] = str(pruned.demp_spec.arch)
+    meta["demp.arch"] = str(spec.arch)
     example = samples[: (2 if args.dynamic_batch else args.batch_size)]
     if example.shape[0] < (1 if args.dynamic_batch else args.batch_size):
         example = torch.cat([example] * args.batch_size)[: args.batch_size]
@@ -225,14 +230,14 @@ def _parity_inputs(data: str | None, shape: tuple[int, ...], n: int) -> Any:
 
     if not data:
         return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
-    from compressor.data import load_data
+    from compressor.data import load_data, num_samples
 
     bundle = load_data(data, input_size=shape[-1] if len(shape) == 3 else None)
     if tuple(bundle.input_shape) != shape:
         raise UsageError(f"--data {data} gives samples of shape {tuple(bundle.input_shape)}, but the model takes "
                          f"{shape}; pass the data set the model was compressed with")
     dataset = bundle.test if bundle.test is not None else bundle.train
-    count = min(n, len(dataset))
+    count = min(n, num_samples(dataset))
     return torch.stack([dataset[i][0] for i in range(count)])
 
 
@@ -320,8 +325,8 @@ def _bench_variants(args: argparse.Namespace, config: Any, tmp: Path) -> tuple[l
 def _arch_variant(args: argparse.Namespace, tmp: Path, *, needs_onnx: bool,
                   needs_torch: bool) -> tuple[list[Any], tuple[int, ...]]:
     """A freshly initialized dense model of ``--arch``."""
-    from compressor.loading import load_model
     from compressor.counting import count_macs
+    from compressor.loading import load_model
 
     from .latency import Variant
 
@@ -369,7 +374,8 @@ def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, ne
     pruned = load_pruned(target)
     shape = input_shape(pruned)
     dense = dense_model(pruned)
-    if pruned.demp_plan.is_empty():  # an unchanged model is not timed against itself
+    plan: PruningPlan = pruned.demp_plan  # type: ignore[assignment]  # set by load_pruned
+    if plan.is_empty():  # an unchanged model is not timed against itself
         print(f"unchanged: {target} keeps the dense widths (nothing was removed), so it is timed alone")
         onnx_file = _export_for_timing(dense, shape, tmp / "dense.onnx", args) if needs_onnx else None
         return [Variant("dense", dense if needs_torch else None, onnx_file)] + \
@@ -378,7 +384,7 @@ def _directory_variants(args: argparse.Namespace, target: Path, tmp: Path, *, ne
     if needs_onnx:
         existing = target / "model.onnx"
         meta = read_onnx_metadata(existing) if existing.is_file() else {}
-        if meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == pruned.demp_plan.removal_hash():
+        if meta.get("demp.dynamic_batch") == "true" and meta.get("demp.plan_hash") == plan.removal_hash():
             pruned_onnx = str(existing)
             args.exporter = meta.get("demp.exporter", args.exporter)  # same exporter for the dense file
         else:

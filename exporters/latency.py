@@ -26,9 +26,10 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,8 @@ class BenchConfig:
             raise UsageError("no batch size given; pass e.g. --batch-sizes 1,8")
         for batch in self.batch_sizes:
             if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
-                raise UsageError(f"batch size {batch!r} is invalid; batch sizes must be integers >= 1, e.g. --batch-sizes 1,8")
+                raise UsageError(f"batch size {batch!r} is invalid; batch sizes must be integers >= 1, e.g. "
+                                 "--batch-sizes 1,8")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise UsageError(f"--threads {self.threads!r} is invalid; give a positive integer")
         if self.warmup < 0 or self.min_iters < 1 or self.min_time_s < 0 or self.chunk < 1 or self.chunk_s < 0:
@@ -287,7 +289,7 @@ def _usable(variants: Sequence[Variant], runtime: Runtime, config: BenchConfig) 
     usable = [v for v in variants if runtime.supports(v)]
     for v in variants:
         if v not in usable:
-            log.info("skipping %s for %s: it has no %s", v.name, runtime.name, runtime.takes)
+            log.debug("skipping %s for %s: it has no %s", v.name, runtime.name, runtime.takes)
     if not usable:
         onnx_runtime = next(r.name for r in REGISTRY.values() if r.takes_onnx)
         raise UsageError(
@@ -314,8 +316,8 @@ def _measure_runtime(variants: Sequence[Variant], prepared: dict[str, Prepared],
             progress(f"{runtime.name} {config.device} batch {batch}: {', '.join(v.name for v in variants)}"
                      + (" (again: the first measurement was unstable)" if again else ""))
         run = measure_interleaved(variants, prepared, runtime, config, batch, shape, settled=settled)
-        schedule.append({"runtime": runtime.name, "batch": batch, "turns": len(run.order), "order": run.order[:SCHEDULE_KEEP],
-                         "cpu_share": run.cpu_share})
+        schedule.append({"runtime": runtime.name, "batch": batch, "turns": len(run.order),
+                         "order": run.order[:SCHEDULE_KEEP], "cpu_share": run.cpu_share})
         by_batch[batch] = [_summarize(run.times[v.name], v, runtime.name, config.device, batch, threads,
                                       prepared[v.name].provider, run.cpu_share) for v in variants]
 
@@ -368,7 +370,7 @@ def unreliable_reasons(results: Sequence[LatencyResult], comparison: Comparison)
     out = []
     same = [r for r in results if (r.runtime, r.device) == (comparison.runtime, comparison.device)]
     pair = [r for r in same if r.batch == comparison.batch and r.variant in (comparison.variant, comparison.baseline)]
-    busy = [r.cpu_share for r in pair if r.busy]
+    busy = [r.cpu_share for r in pair if r.busy and r.cpu_share is not None]
     if busy:
         out.append(f"the machine was busy (the timing thread got {min(busy):.0%} of a CPU)")
     for r in pair:
@@ -386,7 +388,8 @@ def unreliable_reasons(results: Sequence[LatencyResult], comparison: Comparison)
     return out
 
 
-def compare(results: Sequence[LatencyResult], variants: Sequence[Variant], *, baseline: str = "dense") -> list[Comparison]:
+def compare(results: Sequence[LatencyResult], variants: Sequence[Variant], *,
+            baseline: str = "dense") -> list[Comparison]:
     """Latency ratio, MAC ratio and speedup efficiency of each variant against ``baseline``, with the
     noise floor of the same measurement (from the A/A pair when it was timed)."""
     macs = {v.name: v.macs for v in variants}
@@ -400,8 +403,8 @@ def compare(results: Sequence[LatencyResult], variants: Sequence[Variant], *, ba
             continue
         latency_ratio = r.p50_ms / base.p50_ms if base.p50_ms > 0 else float("nan")
         mac_ratio = None
-        if macs.get(r.variant) and macs.get(baseline):
-            mac_ratio = macs[r.variant] / macs[baseline]
+        if (variant_macs := macs.get(r.variant)) and (baseline_macs := macs.get(baseline)):
+            mac_ratio = variant_macs / baseline_macs
         efficiency = mac_ratio / latency_ratio if mac_ratio is not None and latency_ratio > 0 else None
         aa = by_key.get((r.runtime, r.device, r.batch, AA_VARIANT))
         aa_ratio = aa.p50_ms / base.p50_ms if aa is not None and base.p50_ms > 0 else None
@@ -474,8 +477,10 @@ def format_table(result: BenchResult | dict[str, Any]) -> str:
             mac = "-" if c.get("mac_ratio") is None else f"{c['mac_ratio']:.3f}"
             eff = "-" if c.get("speedup_efficiency") is None else f"{c['speedup_efficiency']:.2f}"
             floor = "-" if c.get("noise_floor") is None else f"+-{c['noise_floor']:.0%}"
-            lines.append(f"{c['runtime']:<16} {c['device']:<4} {c['batch']:>5} {c['variant']:<11} {c['latency_ratio']:>13.3f} {mac:>9} "
-                         f"{c['speedup']:>6.2f}x {eff:>10} {floor:>6}" + ("" if c.get("reliable", True) else "  UNRELIABLE"))
+            lines.append(f"{c['runtime']:<16} {c['device']:<4} {c['batch']:>5} {c['variant']:<11} "
+                         f"{c['latency_ratio']:>13.3f} {mac:>9} "
+                         f"{c['speedup']:>6.2f}x {eff:>10} {floor:>6}"
+                         + ("" if c.get("reliable", True) else "  UNRELIABLE"))
             for note in c.get("notes") or []:
                 lines.append(f"    unreliable: {note}")
     return "\n".join(lines)

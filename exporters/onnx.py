@@ -25,9 +25,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,7 +120,8 @@ def export_onnx(
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
             raw = Path(tmp) / "raw" / "model.onnx"
             raw.parent.mkdir()
-            used, fallback_reason = _run_exporter(model, x, raw, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
+            used, fallback_reason = _run_exporter(model, x, raw, opset=opset, dynamic_batch=dynamic_batch,
+                                                  exporter=exporter)
             meta = _export_metadata(used, opset, dynamic_batch, int(x.shape[0]), metadata)
             proto = _finish_proto(onnx.load(str(raw), load_external_data=True), meta, used=used,
                                   dynamic_batch=dynamic_batch, simplify=simplify, infer=not big)
@@ -136,7 +138,8 @@ def export_onnx(
                       input_shape=input_shape, output_names=output_names, bytes=size, external_data=data_name,
                       simplified=simplify, seconds=time.perf_counter() - start, fallback_reason=fallback_reason,
                       metadata=meta, input_names=input_names)
-    log.debug("exported %s with the %s exporter (opset %d, %.1f MB) in %.1f s", path, used, opset, size / 1e6, info.seconds)
+    log.debug("exported %s with the %s exporter (opset %d, %.1f MB) in %.1f s", path, used, opset, size / 1e6,
+              info.seconds)
     return info
 
 
@@ -145,7 +148,8 @@ def _export_metadata(used: str, opset: int, dynamic_batch: bool, example_batch: 
     """``metadata_props``: how the file was made, plus the caller's entries (plan hash, sparsity, ...)."""
     return {f"{META_PREFIX}version": _tool_version(), f"{META_PREFIX}exporter": used,
             f"{META_PREFIX}opset": str(opset), f"{META_PREFIX}dynamic_batch": str(bool(dynamic_batch)).lower(),
-            f"{META_PREFIX}example_batch": str(example_batch), **{str(k): _meta_str(v) for k, v in (extra or {}).items()}}
+            f"{META_PREFIX}example_batch": str(example_batch),
+            **{str(k): _meta_str(v) for k, v in (extra or {}).items()}}
 
 
 def _check_export_args(example_input: ModelInputs, path: Path, *, opset: int, exporter: str, overwrite: bool,
@@ -158,8 +162,8 @@ def _check_export_args(example_input: ModelInputs, path: Path, *, opset: int, ex
         if example_input.shape[0] < 1:
             raise UsageError("example_input's keyword tensors must have a non-empty batch dimension")
     elif not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
-        raise UsageError("example_input must be a tensor with a non-empty batch dimension, e.g. torch.randn(2, 3, 224, 224), "
-                         "or keyword inputs (compressor.inputs.KeywordInputs)")
+        raise UsageError("example_input must be a tensor with a non-empty batch dimension, e.g. "
+                         "torch.randn(2, 3, 224, 224), or keyword inputs (compressor.inputs.KeywordInputs)")
     if path.suffix != ".onnx":
         raise UsageError(f"output file {path} must end in .onnx")
     if path.exists() and not overwrite:
@@ -442,4 +446,5 @@ def _simplify(proto: Any) -> Any:
         with quiet():
             return onnxslim.slim(proto)
     except Exception as exc:  # onnxslim raises assorted types; the unsimplified export is still valid
-        raise DempError(f"onnxslim failed to simplify the model ({first_line(exc)}); export without --simplify") from None
+        raise DempError(f"onnxslim failed to simplify the model ({first_line(exc)}); "
+                        "export without --simplify") from None

@@ -8,9 +8,10 @@ output at the position of the model's primary output (:func:`compressor.model_ou
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,10 +113,11 @@ def check_parity(
     """Compare ``onnx_path`` (onnxruntime, CPU EP) with ``model`` (PyTorch) on real samples.
 
     ``batches`` is a tensor of samples (or keyword inputs) or an iterable of tensors / ``(x, y)`` pairs /
-    dicts of keyword input tensors (calibration and held-out data). Samples run in chunks of ``chunk``; with a dynamic batch axis the first samples
-    also run alone and as a batch of three, so the file is exercised at batch sizes other than the
-    one it was traced with. The difference is relative to the largest |output| of PyTorch. Raises
-    :class:`VerificationError` when ``rel_diff > atol_rel`` (unless ``raise_on_failure`` is false).
+    dicts of keyword input tensors (calibration and held-out data). Samples run in chunks of ``chunk``;
+    with a dynamic batch axis the first samples also run alone and as a batch of three, so the file is
+    exercised at batch sizes other than the one it was traced with. The difference is relative to the
+    largest |output| of PyTorch. Raises :class:`VerificationError` when ``rel_diff > atol_rel`` (unless
+    ``raise_on_failure`` is false).
     """
     samples = _gather(batches)
     if samples.shape[0] == 0:
@@ -137,7 +139,8 @@ def check_parity(
         raise VerificationError(
             f"ONNX model {onnx_path} does not reproduce the PyTorch model: max abs diff {max_abs:.3g} "
             f"(relative {rel:.3g} > tolerance {atol_rel:g}; top-1 agreement "
-            f"{'n/a' if top1 is None else f'{top1:.4f}'}) on {result.samples} samples at batch sizes {result.batch_sizes}; "
+            f"{'n/a' if top1 is None else f'{top1:.4f}'}) on {result.samples} samples at batch sizes "
+            f"{result.batch_sizes}; "
             "re-export with the other --exporter, or report this as an exporter bug"
         )
     return result
@@ -201,13 +204,13 @@ def _parity_slices(n: int, chunk: int, static_batch: int | None) -> list[Any]:
     """Index sets covering every sample; for a dynamic axis also batch sizes 1 and 3."""
     if static_batch is not None:
         # A static file only runs at its own batch size: pad the last chunk by wrapping around.
-        out = []
+        out: list[Any] = []
         for start in range(0, n, static_batch):
             idx = [(start + i) % n for i in range(static_batch)]
             out.append(torch.tensor(idx))
         return out
     chunk = max(1, int(chunk))
-    out: list[Any] = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    out = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     # Batch sizes other than the traced one: a single sample and an odd-sized batch.
     for extra in sorted({1, min(3, n)}):
         out.append(slice(0, extra))

@@ -21,16 +21,17 @@ import logging
 import math
 import os
 import tempfile
-from pathlib import Path
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from compressor.counting import compare_macs, count_params, neuron_sparsity
 from compressor.errors import DempError, OutputExistsError, UsageError
 from compressor.fileio import jsonable
-from compressor.counting import compare_macs, count_params, neuron_sparsity
 from compressor.model_outputs import compare_outputs, run_model
 from compressor.pruned import INT8_ONNX_FILE, ONNX_FILE, REPORT_JSON, REPORT_MD
 
@@ -100,7 +101,8 @@ def finalize(
     if not overwrite:
         clash = [p for p in (out / ONNX_FILE, out / REPORT_JSON, out / REPORT_MD, out / INT8_ONNX_FILE) if p.exists()]
         if clash:
-            raise OutputExistsError(f"{', '.join(map(str, clash))} already exist(s) in {out}; pass --overwrite to replace")
+            raise OutputExistsError(f"{', '.join(map(str, clash))} already exist(s) in {out}; pass --overwrite to "
+                                    "replace")
     samples = calib_x.detach().cpu()
     held = heldout_x.detach().cpu() if isinstance(heldout_x, torch.Tensor) and heldout_x.shape[0] else None
     parity_x = _parity_samples(samples, held)
@@ -144,7 +146,8 @@ def _start(report: Mapping[str, Any]) -> dict[str, Any]:
     return rep
 
 
-def _model_sections(rep: Mapping[str, Any], dense: nn.Module, pruned: nn.Module, example: torch.Tensor) -> dict[str, Any]:
+def _model_sections(rep: Mapping[str, Any], dense: nn.Module, pruned: nn.Module,
+                    example: torch.Tensor) -> dict[str, Any]:
     """``model`` (parameters and MACs, dense versus pruned) and the per-module ``modules`` table.
 
     A MAC count that no counter can make is reported as unavailable, with the reason: a report
@@ -255,7 +258,8 @@ def _bench(dense: nn.Module, pruned: nn.Module, onnx_path: Path | None, rep: Map
             variants.append(Variant("int8", None, str(int8_onnx), None))
         turns = (len(variants) + 1) * len(config.batch_sizes) * len(chosen)  # and the A/A copy of dense
         log.info("timing %s on %s (batch %s, %s thread(s)): up to %.0f s, or %d runs of each",
-                 ", ".join(v.name for v in variants), ", ".join(config.runtimes), ", ".join(map(str, config.batch_sizes)),
+                 ", ".join(v.name for v in variants), ", ".join(config.runtimes),
+                 ", ".join(map(str, config.batch_sizes)),
                  options.threads, turns * config.time_cap_s, config.min_iters)
         result = benchmark(variants, input_shape, config,
                            progress=lambda msg: log.info("timing %s", msg))

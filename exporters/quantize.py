@@ -31,9 +31,10 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from compressor.errors import OutputExistsError, UsageError
 

@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 log = logging.getLogger("exporters.onnx")
 

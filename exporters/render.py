@@ -7,9 +7,10 @@ Every figure is read from the report (:mod:`exporters.report`), so the console, 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from numbers import Real
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, TypeGuard
 
 from compressor.plotting import pyplot, save_figure
 from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY
@@ -19,12 +20,12 @@ __all__ = ["render_markdown", "plot_channels", "plot_latency", "format_summary",
 
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
     """A real number that is neither a bool nor NaN."""
     return isinstance(value, Real) and not isinstance(value, bool) and value == value
 
@@ -104,7 +105,8 @@ def removal_error_lines(pruning: Mapping[str, Any]) -> list[str]:
         if err:
             deadline = (m.get("budget") or {}).get("closed_step") is not None
             how = ("its budget's deadline (live neurons closest to dead)" if deadline else
-                   "a lossy criterion (`{}`)".format(m.get("criterion")) if not m.get("lossless") else "a lossy removal")
+                   "a lossy criterion (`{}`)".format(m.get("criterion")) if not m.get("lossless")
+                   else "a lossy removal")
             lines.append(f"{m.get('method')} removed neurons by {how}: the largest "
                          f"change of the outputs at a removal was {err['max_abs_diff']:.3g} ({err['rel_diff']:.2%} of "
                          f"the output scale) on {err['samples']} measurement samples, over {err['removals']} removals")
@@ -112,7 +114,8 @@ def removal_error_lines(pruning: Mapping[str, Any]) -> list[str]:
 
 
 #: What a budget's share counts, in words (``budget.kind`` of a method's report entry).
-BUDGET_KINDS = {"neuron_sparsity": "of the neurons", "macs_removed": "of the MACs", "params_removed": "of the parameters"}
+BUDGET_KINDS = {"neuron_sparsity": "of the neurons", "macs_removed": "of the MACs",
+                "params_removed": "of the parameters"}
 
 
 def _budget_breakdown(b: Mapping[str, Any]) -> str:
@@ -126,7 +129,8 @@ def _budget_breakdown(b: Mapping[str, Any]) -> str:
     parts.append(f"{100 * d.get('died', 0.0):.1f}% neurons that died under the penalty (removed losslessly)")
     if d.get("cut_neurons"):
         err = d.get("cut_error") or {}
-        change = f"; output change {100 * err['rel_diff']:.1f}% of the output scale" if is_number(err.get("rel_diff")) else ""
+        change = (f"; output change {100 * err['rel_diff']:.1f}% of the output scale"
+                  if is_number(err.get("rel_diff")) else "")
         parts.append(f"{100 * d['cut']:.1f}% a forced cut of {d['cut_neurons']} live neurons at the deadline "
                      f"(lossy{change})")
     return f"{100 * d['final']:.1f}% removed = " + " + ".join(parts)
@@ -153,10 +157,12 @@ def budget_lines(pruning: Mapping[str, Any]) -> list[str]:
         breakdown = _budget_breakdown(b)
         lines.append(f"{head}; {how}" + (f". {breakdown}" if breakdown else ""))
         cost, select = m.get("cost_aware"), m.get("select")
-        how = [f"only on the neurons the budget still needs (select: budget)" if isinstance(select, Mapping) else "",
-               f"weighted by the {cost.get('cost')} each neuron costs (cost-aware)" if isinstance(cost, Mapping) else ""]
-        if any(how):
-            lines.append(f"{m.get('method')} penalty " + " and ".join(h for h in how if h) + ", beyond the papers")
+        parts = ["only on the neurons the budget still needs (select: budget)"
+                 if isinstance(select, Mapping) else "",
+                 f"weighted by the {cost.get('cost')} each neuron costs (cost-aware)"
+                 if isinstance(cost, Mapping) else ""]
+        if any(parts):
+            lines.append(f"{m.get('method')} penalty " + " and ".join(h for h in parts if h) + ", beyond the papers")
     return lines
 
 
@@ -179,7 +185,8 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     if policy.get("reliable") is False:
         verdicts.append(f"**widths: `{policy['chosen']}`, {policy.get('note')}**")
     verdicts += [f"**{line}**" for line in removal_error_lines(pruning)] + budget_lines(pruning)
-    return ["# demp compression report", "", *verdicts, *([""] if verdicts else []), (", ".join(desc) + ". ") if desc else "",
+    return ["# demp compression report", "", *verdicts, *([""] if verdicts else []),
+            (", ".join(desc) + ". ") if desc else "",
             f"demp {tool.get('version', '?')}, torch {tool.get('torch', '?')}, onnx {tool.get('onnx', '?')}, "
             f"onnxruntime {tool.get('onnxruntime', '?')}. MACs are multiply-accumulates per sample "
             "(FLOPs = 2 x MACs)."]
@@ -232,7 +239,8 @@ def _width_section(report: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["## Width policy", ""]
     if policy.get("note"):
-        lines += [f"Chosen: `{policy['chosen']}`, by the {policy.get('decided_by', 'static rule')}: {policy['note']}.", ""]
+        lines += [f"Chosen: `{policy['chosen']}`, by the {policy.get('decided_by', 'static rule')}: {policy['note']}.",
+                  ""]
     else:
         lines += [f"Chosen: `{policy['chosen']}`, by timing on {policy['runtime']} {policy['device']} "
                   f"({policy['threads']} thread(s)): the candidate whose slowest batch ran fastest against dense, "
@@ -465,7 +473,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
     lines.append(f"{'MACs / sample':<22} {_fmt(model.get('macs_before')):>14} {_fmt(model.get('macs_after')):>14} "
                  f"{_ratio(model.get('macs_after'), model.get('macs_before')):>7}")
     if is_int(pruning.get("neurons_before")):
-        lines.append(f"{'neurons':<22} {_fmt(pruning.get('neurons_before')):>14} {_fmt(pruning.get('neurons_after')):>14} "
+        lines.append(f"{'neurons':<22} {_fmt(pruning.get('neurons_before')):>14} "
+                     f"{_fmt(pruning.get('neurons_after')):>14} "
                      f"{_ratio(pruning.get('neurons_after'), pruning.get('neurons_before')):>7}")
     parity = report.get("parity", {})
     bits = []

@@ -32,13 +32,14 @@ counter as ``train_summary.json``); FLOPs = 2 x MACs.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from compressor.compression import CompressResult
+from compressor.counting import count_params
 from compressor.errors import DempError, OutputExistsError
 from compressor.fileio import atomic_write_json, atomic_write_text
-from compressor.counting import count_params
 from compressor.pruned import PLOT_CHANNELS, PLOT_LATENCY, REPORT_JSON, REPORT_MD
 from compressor.training.finish import TrainResult
 
@@ -121,7 +122,7 @@ def _group_problems(groups: Any) -> list[str]:
         if not isinstance(group.get("root"), str):
             problems.append(f"pruning.groups[{i}].root must be a string")
         for key in ("before", "after"):
-            if not is_int(group.get(key)) or group.get(key) < 0:
+            if not is_int(count := group.get(key)) or count < 0:
                 problems.append(f"pruning.groups[{i}].{key} must be a non-negative integer")
         if is_int(group.get("before")) and is_int(group.get("after")) and group["after"] > group["before"]:
             problems.append(f"pruning.groups[{i}] has more channels after ({group['after']}) than before "
@@ -145,7 +146,8 @@ def _latency_problems(latency: Any) -> list[str]:
         if is_int(entry.get("batch")) and entry["batch"] < 1:
             problems.append(f"latency[{i}].batch must be >= 1")
         p = [entry.get(k) for k in ("p50_ms", "p90_ms", "p99_ms")]
-        if all(is_number(v) for v in p) and not (0 <= p[0] <= p[1] <= p[2]):
+        numbers = [v for v in p if is_number(v)]
+        if len(numbers) == 3 and not (0 <= numbers[0] <= numbers[1] <= numbers[2]):
             problems.append(f"latency[{i}] percentiles must satisfy 0 <= p50 <= p90 <= p99, found {p}")
     return problems
 

@@ -4,97 +4,29 @@ A :class:`Runtime` knows its name, which model it takes (an ``nn.Module`` or an 
 runs on, the onnxruntime execution providers it asks for on each device, how to prepare a variant (the
 model on the device, compiled, or an onnxruntime session) and how to run a prepared variant at one batch
 size. :data:`REGISTRY` maps the names ``--runtimes`` accepts to them, so the rest of the timing code asks a
-runtime instead of comparing names. A new runtime is one object plus one line in :data:`REGISTRY` (and its
-name in :data:`exporters.defaults.RUNTIMES`, which ``demp --help`` reads without importing torch; a test
-keeps the two equal).
+runtime instead of comparing names. A new runtime is one object plus one line in :data:`REGISTRY`.
+This module imports neither torch nor onnxruntime (``demp --help`` lists the registry's names): the
+runners that do are in :mod:`.runners`, loaded when something is timed.
 """
 
 from __future__ import annotations
 
 import copy
-import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from compressor.errors import DempError, UsageError
 
-from .ort import load_onnx_session
+if TYPE_CHECKING:  # the registry stays light: `demp --help` lists its names without importing torch
+    import torch
 
-__all__ = ["Runtime", "TorchRuntime", "OrtRuntime", "Prepared", "Runner", "REGISTRY", "get_runtime", "runtimes_named"]
+    from .runners import Runner
+
+__all__ = ["Runtime", "TorchRuntime", "OrtRuntime", "Prepared", "REGISTRY", "get_runtime", "runtimes_named"]
 
 #: onnxruntime's CPU provider: built into every onnxruntime, never missing.
 CPU_PROVIDER = "CPUExecutionProvider"
-
-
-class Runner:
-    """Runs one prepared variant at one batch size; ``run(n)`` returns n per-iteration times in ms."""
-
-    def run(self, n: int) -> list[float]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release what the runner holds (nothing by default)."""
-
-
-class _TorchRunner(Runner):
-    """``perf_counter`` around each call on CPU; CUDA events around each call, synchronized per turn."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, device: str) -> None:
-        self.model, self.x, self.cuda = model, x, device == "cuda"
-
-    def run(self, n: int) -> list[float]:
-        times = []
-        with torch.inference_mode():
-            if self.cuda:
-                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-                for start, end in events:
-                    start.record()
-                    self.model(self.x)
-                    end.record()
-                torch.cuda.synchronize()
-                times = [start.elapsed_time(end) for start, end in events]
-            else:
-                for _ in range(n):
-                    t0 = time.perf_counter()
-                    self.model(self.x)
-                    times.append((time.perf_counter() - t0) * 1e3)
-        return times
-
-
-class _OrtRunner(Runner):
-    """An onnxruntime session; on CUDA with IO binding (input and outputs stay on the GPU)."""
-
-    def __init__(self, session: Any, x: np.ndarray, device: str) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.binding = None
-        self.feed = {self.input_name: x}
-        if device == "cuda":
-            import onnxruntime as ort
-
-            self.binding = session.io_binding()
-            value = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-            self.binding.bind_ortvalue_input(self.input_name, value)
-            for name in self.output_names:
-                self.binding.bind_output(name, "cuda", 0)
-            self._keep = value
-
-    def run(self, n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            if self.binding is not None:
-                self.session.run_with_iobinding(self.binding)
-                self.binding.synchronize_outputs()
-            else:
-                self.session.run(self.output_names, self.feed)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
 
 
 @dataclass(frozen=True)
@@ -169,12 +101,16 @@ class TorchRuntime(Runtime):
             model = copy.deepcopy(model)  # never move or switch the caller's module
         model = model.to(device).eval()
         if self.compile:
+            import torch
+
             model = torch.compile(model, dynamic=False)
         return Prepared(model, None)
 
     def runner(self, prepared: Prepared, device: str, x: torch.Tensor) -> Runner:
         """Time the model's calls on ``x`` moved to ``device``."""
-        return _TorchRunner(prepared.handle, x.to(device), device)
+        from .runners import TorchRunner
+
+        return TorchRunner(prepared.handle, x.to(device), device)
 
 
 @dataclass(frozen=True)
@@ -196,6 +132,8 @@ class OrtRuntime(Runtime):
 
     def prepare(self, variant: Any, device: str, threads: int) -> Prepared:
         """An onnxruntime session of the variant's file; refuses a session that fell back to another provider."""
+        from .ort import load_onnx_session
+
         providers = list(self.providers(device))
         session = load_onnx_session(variant.onnx_path, providers=providers, threads=threads)
         if session.get_providers()[0] != providers[0]:
@@ -214,7 +152,9 @@ class OrtRuntime(Runtime):
                 f"the ONNX model has a static batch size of {shape[0]} and cannot run batch {x.shape[0]}; "
                 f"use --batch-sizes {shape[0]} or re-export with --dynamic-batch"
             )
-        return _OrtRunner(session, x.numpy().astype(np.float32), device)
+        from .runners import OrtRunner
+
+        return OrtRunner(session, x.numpy().astype("float32"), device)
 
 
 _CUDA = "CUDAExecutionProvider"

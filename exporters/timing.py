@@ -7,15 +7,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from compressor.errors import DempError
 
-from .runtimes import Prepared, Runner, Runtime
+from .runners import Runner
+from .runtimes import Prepared, Runtime
 
 __all__ = ["Interleaved", "Settled", "prepare", "measure_interleaved", "thread_count"]
 

@@ -23,15 +23,16 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from compressor.compression import CompressResult, verify_deferred
-from compressor.errors import DempError
+from compressor.compression import CompressResult, calibration_inputs, verify_deferred
 from compressor.counting import count_macs
+from compressor.errors import DempError
 
 from .latency import DEFAULT_THREADS, MIN_NOISE_FLOOR, QUICK_MAX_S, QUICK_MIN_S, BenchConfig, Variant, benchmark
 from .onnx import export_onnx
@@ -76,10 +77,10 @@ class WidthCandidate:
                 "noise_floor": self.floor if self.ratios else None, "unreliable": list(self.notes), "chosen": chosen}
 
 
-def _candidates(exact: CompressResult, rewidth: Callable[[int], CompressResult]) -> list[WidthCandidate]:
+def _candidates(exact: CompressResult, rewidth: Callable[..., CompressResult]) -> list[WidthCandidate]:
     """The exact widths, each distinct rounding, and dense; equal plans are built once, and a rounding that
     removes nothing is the dense candidate."""
-    shape = tuple(exact.calib_inputs.shape[1:])
+    shape = tuple(calibration_inputs(exact).shape[1:])
     out: dict[str, WidthCandidate] = {}
     for label, round_to in [("exact", 1), *((f"x{m}", m) for m in MULTIPLES), ("dense", NO_REMOVAL)]:
         result = exact if round_to == 1 else rewidth(round_to, verify=False)  # the kept one is verified
@@ -110,9 +111,10 @@ def timing_runtime(device: str) -> str:
     return ort.name if needed is None or needed in available_providers() else REGISTRY["torch"].name
 
 
-def choose_widths(exact: CompressResult, rewidth: Callable[[int], CompressResult], *, batch_sizes: Sequence[int],
+def choose_widths(exact: CompressResult, rewidth: Callable[..., CompressResult], *, batch_sizes: Sequence[int],
                   threads: int | None = DEFAULT_THREADS, runtime: str = "onnxruntime", device: str = "cpu",
-                  exporter: str = "auto", opset: int = 18, min_time_s: float = QUICK_MIN_S, max_time_s: float = QUICK_MAX_S,
+                  exporter: str = "auto", opset: int = 18, min_time_s: float = QUICK_MIN_S,
+                  max_time_s: float = QUICK_MAX_S,
                   progress: Callable[[str], None] | None = None) -> tuple[CompressResult, dict[str, Any]]:
     """The chosen candidate (see the module docstring) and the ``width_policy`` section of the report."""
     candidates = _candidates(exact, rewidth)
@@ -152,7 +154,7 @@ def choose_widths(exact: CompressResult, rewidth: Callable[[int], CompressResult
 def _time_candidates(candidates: Sequence[WidthCandidate], config: BenchConfig, exporter: str, opset: int,
                      say: Callable[[str], None]) -> Any:
     """Export each candidate (for onnxruntime) and time them all against dense, interleaved."""
-    shape = tuple(candidates[0].result.calib_inputs.shape[1:])
+    shape = tuple(calibration_inputs(candidates[0].result).shape[1:])
     runtime = get_runtime(config.runtimes[0])
     with tempfile.TemporaryDirectory(prefix="demp-widths-") as tmp:
         variants = []

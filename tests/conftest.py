@@ -82,7 +82,8 @@ def extract_cifar(shared_data: Path, dest: Path, subset: bool) -> Path:
     if tar is None or subprocess.run([tar, "xzf", str(archive), "-C", str(dest), *(["--wildcards", *patterns] if subset
                                       else [])], capture_output=True).returncode != 0:
         with tarfile.open(archive) as opened:
-            members = [m for m in opened if not subset or not m.isfile() or any(fnmatch.fnmatch(m.name, p) for p in patterns)]
+            members = [m for m in opened
+                       if not subset or not m.isfile() or any(fnmatch.fnmatch(m.name, p) for p in patterns)]
             opened.extractall(dest, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return dest / "cifar10-jpg"
 

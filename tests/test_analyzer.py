@@ -13,8 +13,8 @@ from compressor.activity import collect_activity
 from compressor.criteria import Criterion, Dead, Dormant, Saturated, parse_criterion
 from compressor.errors import UsageError
 from compressor.graph import DependencyAnalyzer
-from compressor.planting import plant_dead_channels
 from compressor.plan import GroupRemoval, PruningPlan
+from compressor.planting import plant_dead_channels
 
 
 def _prune(model: nn.Module, x: torch.Tensor, criterion: Criterion | None = None, **kw):

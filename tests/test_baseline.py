@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from compressor.errors import UsageError
-from compressor.training.methods.baseline import BaselineConfig, BaselinePruning
 from compressor.training.config import load_recipe
-from compressor.training.trainer import train
+from compressor.training.methods.baseline import BaselineConfig, BaselinePruning
 from compressor.training.records import without_timing
+from compressor.training.trainer import train
 
 SCALES = [5.0, 1.0, 4.0, 2.0, 6.0, 3.0]  # row i of the hidden layer is SCALES[i] * ones
 
@@ -124,9 +124,9 @@ def test_iterative_baseline_interrupted_mid_run_resumes_like_the_uninterrupted_r
     import signal
 
     from compressor.data import load_data
+    from compressor.training.metrics import read_metrics
     from compressor.training.run_checkpoints import latest_checkpoint
     from compressor.training.trainer import TrainingInterrupted
-    from compressor.training.metrics import read_metrics
 
     digits = load_data("digits")
     kw = dict(progress=False, plots=False, tensorboard=False, data=digits, save_model=False)

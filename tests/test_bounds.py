@@ -56,5 +56,6 @@ def test_one_message_for_every_section() -> None:
 def test_the_methods_share_one_declaration_of_their_pruning_options() -> None:
     pruners = [config for name, (config, _) in METHODS.items() if name != "stripping"]
     for option in ("min_channels", "ignore"):
-        declared = {repr(next(f for f in dataclasses.fields(c) if f.name == option).metadata["bounds"]) for c in pruners}
+        declared = {repr(next(f for f in dataclasses.fields(c) if f.name == option).metadata["bounds"])
+                    for c in pruners}
         assert len(declared) == 1, option

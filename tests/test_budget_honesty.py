@@ -47,7 +47,7 @@ def test_the_cost_aware_penalty_pushes_a_neuron_by_what_it_costs() -> None:
     sizes = {g.root: g.size for g in analyzer.neuron_groups if g.root in costs}
     producers = [f"{root}.weight" for root in sizes]  # one tensor per prunable group: its producing conv
     per_group = tensor_weights(analyzer, costs, producers)
-    mean = sum(w * sizes[root] for w, root in zip(per_group, sizes)) / sum(sizes.values())
+    mean = sum(w * sizes[root] for w, root in zip(per_group, sizes, strict=True)) / sum(sizes.values())
     assert mean == pytest.approx(1.0)  # only redistributed over the neurons: peak keeps its meaning
     # the penalty's gradient on each BatchNorm scale is its weight: a stage-1 gamma is pushed 4x harder
     params = [model.bn_a.weight, model.bn_c.weight]
@@ -65,7 +65,7 @@ def test_demp_weights_its_penalty_by_cost_and_refreshes_after_a_removal() -> Non
     death = [(torch.randn(16, 4, 8, 8), None)]
     cfg = DemPConfig(regularizer="lasso", target="norm_scale", peak=1e-2, noise=0.0, interval=5, cost="macs")
     demp = DemP(model, cfg, example_inputs=death[0][0][:2], death_loader=death, total_steps=100)
-    w = dict(zip(demp.regularizer.names, demp.regularizer.weights))
+    w = dict(zip(demp.regularizer.names, demp.regularizer.weights, strict=True))
     assert w["bn_a.weight"] / w["bn_c.weight"] == pytest.approx(4.0)
     demp.after_step(4, None)  # removes the 4 dead: the regularized tensors are new objects, weighted again
     assert model.bn_c.weight.numel() <= 4 and len(demp.regularizer.weights) == len(demp.regularizer.params)

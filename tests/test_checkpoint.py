@@ -13,6 +13,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from compressor.errors import CheckpointError
+from compressor.loading import load_model
+from compressor.models import ModelSpec, build_model
 from compressor.weight_files import (
     find_classifier,
     load_weights,
@@ -22,9 +25,6 @@ from compressor.weight_files import (
     save_weights,
     strip_prefixes,
 )
-from compressor.errors import CheckpointError
-from compressor.loading import load_model
-from compressor.models import ModelSpec, build_model
 
 
 def _cnn() -> nn.Module:
@@ -194,7 +194,8 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     torch.save(_cnn().state_dict(), tmp_path / "full.pt")
     data = (tmp_path / "full.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt is truncated or corrupt: it starts like a PyTorch checkpoint") as info:
+    with pytest.raises(CheckpointError,
+                       match="cut.pt is truncated or corrupt: it starts like a PyTorch checkpoint") as info:
         read_checkpoint(tmp_path / "cut.pt")
     assert "weights_only" not in str(info.value) and "miniz" not in str(info.value)  # none of PyTorch's cut-off text
 
@@ -253,7 +254,9 @@ def test_wrong_architecture_names_keys(tmp_path: Path) -> None:
 def test_shape_mismatch_is_reported() -> None:
     model = build_model(ModelSpec("cnn", 10, (1, 8, 8), {"channels": [8, 16]}))
     other = build_model(ModelSpec("cnn", 10, (1, 8, 8), {"channels": [8, 32]}))
-    with pytest.raises(CheckpointError, match=r"shape mismatch.*features\.4\.weight checkpoint \[32, 8, 3, 3\] vs model \[16, 8, 3, 3\]"):
+    with pytest.raises(CheckpointError,
+                       match=r"shape mismatch.*features\.4\.weight checkpoint \[32, 8, 3, 3\] "
+                             r"vs model \[16, 8, 3, 3\]"):
         load_weights(model, other.state_dict())
 
 

@@ -38,7 +38,8 @@ def test_compress_writes_a_complete_directory(planted_ckpt, tmp_path, capsys) ->
     code, stdout, err = run(["compress", ckpt, "--arch", "cnn", "--data", "digits", "--calib-samples", 256,
                              "--heldout-samples", 64, "--out", out, "--bench-batch-sizes", "1"], capsys)
     assert code == 0, err
-    assert {"plan.json", "weights.safetensors", "model.onnx", "report.json", "report.md"} <= {p.name for p in out.iterdir()}
+    expected = {"plan.json", "weights.safetensors", "model.onnx", "report.json", "report.md"}
+    assert expected <= {p.name for p in out.iterdir()}
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "demp.report/1"
     candidates = {c["label"]: c for c in report["width_policy"]["candidates"]}
@@ -104,7 +105,8 @@ def _bad(tmp_path):
     ("no-data-root", ["--arch", "cnn", "--data", "cifar10:{tmp}/cifar"], 2, "cifar-10-batches-py"),
     ("unknown-data", ["--arch", "cnn", "--data", "imagenet"], 2, "digits"),
     ("unknown-arch", ["--arch", "resnet_18"], 2, "resnet18"),
-    ("input-size-against-the-data", ["--arch", "cnn", "--input-size", "16"], 2, "--input-size 16 but the images of --data digits"),
+    ("input-size-against-the-data", ["--arch", "cnn", "--input-size", "16"], 2,
+     "--input-size 16 but the images of --data digits"),
     ("bare-npz-path", ["--arch", "cnn", "--data", "calib.npz"], 2, "did you mean npz:calib.npz"),
     ("bad-criterion", ["--arch", "cnn", "--criterion", "deadish"], 2, "unknown criterion"),
     ("no-arch", [], 2, "--arch is required"),

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import compressor
 from compressor.cli import main
+
 
 def run(argv, capsys):
     code = main([str(a) for a in argv])
@@ -74,13 +74,14 @@ def test_train_logs_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path,
 
 
 def test_inspect_and_compress_count_the_same_neurons(planted_checkpoint, tmp_path, capsys) -> None:
-    code, out, err = run(["inspect", planted_checkpoint, "--arch", "cnn", "--calib-samples", 256, "--no-progress"], capsys)
+    code, out, err = run(["inspect", planted_checkpoint, "--arch", "cnn", "--calib-samples", 256, "--no-progress"],
+                         capsys)
     assert code == 0, err
     inspected = re.search(r"(\d+) of (\d+) neurons removable", out)
     assert inspected and inspected.group(2) == "96"  # 32 + 64 hidden channels; the 10 outputs are not neurons
     assert "not counted as neurons (as in demp compress): classifier (10)" in out
-    code, out, err = run(["compress", planted_checkpoint, "--arch", "cnn", "--calib-samples", 256, "--no-export", "--round-to", 1,
-                          "--out", tmp_path / "slim", "--no-progress"], capsys)
+    code, out, err = run(["compress", planted_checkpoint, "--arch", "cnn", "--calib-samples", 256, "--no-export",
+                          "--round-to", 1, "--out", tmp_path / "slim", "--no-progress"], capsys)
     assert code == 0, err
     assert f"removed {inspected.group(1)} of 96 neurons" in out
 
@@ -88,7 +89,8 @@ def test_inspect_and_compress_count_the_same_neurons(planted_checkpoint, tmp_pat
 def test_a_compressed_folder_refuses_a_model_file_and_data_of_another_shape(planted_checkpoint, tmp_path,
                                                                            capsys) -> None:
     slim = tmp_path / "slim"
-    assert run(["compress", planted_checkpoint, "--arch", "cnn", "--no-export", "--out", slim, "--no-progress"], capsys)[0] == 0
+    assert run(["compress", planted_checkpoint, "--arch", "cnn", "--no-export", "--out", slim, "--no-progress"],
+               capsys)[0] == 0
     (tmp_path / "net.py").write_text("from torch import nn\ndef build():\n    return nn.Linear(64, 10)\n")
     code, _, err = run(["inspect", slim, "--model-file", f"{tmp_path / 'net.py'}:build"], capsys)
     assert code == 2 and f"{slim} is a compressed demp folder" in err and "--model-file would not be used" in err

@@ -24,7 +24,8 @@ def test_every_module_names_its_job() -> None:
 
 
 def test_no_module_is_over_about_500_lines() -> None:
-    long_modules = {str(p.relative_to(ROOT)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    long_modules = {str(p.relative_to(ROOT)): n for p in SOURCES
+                    if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert long_modules == {}
 
 

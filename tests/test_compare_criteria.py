@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compare_criteria_quick_smoke_run(tmp_path: Path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, str(ROOT / "tools" / "compare_criteria.py"), "--quick", "--seeds", "1", "--out", str(out),
-           "--methods", "demp,baseline:magnitude-l1,stripping", "--demp-peaks", "0.3", "--sparsity", "0.5,0.7", "--lr", "0.02"]
+           "--methods", "demp,baseline:magnitude-l1,stripping", "--demp-peaks", "0.3", "--sparsity", "0.5,0.7", "--lr",
+           "0.02"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
@@ -44,8 +45,8 @@ def test_compare_criteria_quick_smoke_run(tmp_path: Path):
 
 def test_compare_criteria_seeds_split_over_processes_merge_with_resume(tmp_path: Path):
     """--first-seed runs later seeds in another folder; their records merge into one table with --resume."""
-    tool = [sys.executable, str(ROOT / "tools" / "compare_criteria.py"), "--quick", "--methods", "baseline:magnitude-l1",
-            "--sparsity", "0.5", "--lr", "0.02"]
+    tool = [sys.executable, str(ROOT / "tools" / "compare_criteria.py"), "--quick",
+            "--methods", "baseline:magnitude-l1", "--sparsity", "0.5", "--lr", "0.02"]
     first, second = tmp_path / "seed0", tmp_path / "seed1"
     for out, extra in ((first, ["--seeds", "1"]), (second, ["--first-seed", "1", "--seeds", "1"])):
         proc = subprocess.run([*tool, *extra, "--out", str(out)], capture_output=True, text=True, timeout=120)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import compressor
+from compressor.counting import count_params
 from compressor.criteria import Criterion
 from compressor.data import calibration_split, load_data, make_loader
 from compressor.errors import CheckpointError, OutputExistsError, VerificationError
 from compressor.graph import DependencyAnalyzer
-from compressor.counting import count_params
 from compressor.planting import plant_dead_channels
 from exporters.report import compress_report
 

@@ -32,12 +32,14 @@ def test_a_real_checkpoint_lands_its_mac_target_with_an_exact_onnx_and_an_honest
     assert 0.48 <= ratio <= 0.5  # the target, within 0.02 (never above it)
     assert model["macs_before"] == 41_017_984  # the dense option-A ResNet-20 (fvcore)
     parity = report["parity"]
-    assert parity["onnx_rel_diff"] <= 1e-4 and parity["onnx_top1_agreement"] == 1.0  # the ONNX file is the compact model
+    # the ONNX file is the compact model
+    assert parity["onnx_rel_diff"] <= 1e-4 and parity["onnx_top1_agreement"] == 1.0
     (demp,) = [m for m in report["pruning"]["methods"] if m["method"] == "demp"]
     budget = demp["budget"]
     d = budget["breakdown"]
     assert d["lossless"] == pytest.approx(0.05, abs=0.01)  # 13 dead channels of the published checkpoint
-    assert d["lossless"] + d["died"] + d["cut"] == pytest.approx(d["final"]) and d["final"] == pytest.approx(1 - ratio, abs=1e-6)
+    assert d["lossless"] + d["died"] + d["cut"] == pytest.approx(d["final"])
+    assert d["final"] == pytest.approx(1 - ratio, abs=1e-6)
     assert report["pruning"]["lossless"] is (d["cut_neurons"] == 0) and demp["lossless"] is (d["cut_neurons"] == 0)
     summary = json.loads((out / "train_summary.json").read_text())
     assert [m["lossless"] for m in summary["methods"] if m["method"] == "demp"] == [demp["lossless"]]
@@ -50,7 +52,8 @@ def test_a_real_checkpoint_lands_its_mac_target_with_an_exact_onnx_and_an_honest
 
 def test_a_target_is_refused_when_it_is_not_a_fraction_and_nothing_is_written(tmp_path: Path) -> None:
     out = tmp_path / "never"
-    for bad in (["--target-macs", "1.5"], ["--target-macs", "0.5", "--target-params", "0.5"], ["--finetune-epochs", "1"]):
+    for bad in (["--target-macs", "1.5"], ["--target-macs", "0.5", "--target-params", "0.5"],
+                ["--finetune-epochs", "1"]):
         assert main(["compress", "--arch", "cnn", "--out", str(out), *bad]) == 2
     assert not out.exists()
 

@@ -69,7 +69,9 @@ def test_stratified_split_small_classes() -> None:
 
 
 def test_unknown_spec_lists_valid_forms() -> None:
-    with pytest.raises(UsageError, match=r"unknown dataset spec 'imagenet:/x'; did you mean imagefolder:/x\?; valid forms: digits, mnist:ROOT"):
+    with pytest.raises(UsageError,
+                       match=r"unknown dataset spec 'imagenet:/x'; did you mean imagefolder:/x\?; valid forms: digits, "
+                             r"mnist:ROOT"):
         load_data("imagenet:/x")
     with pytest.raises(UsageError, match="needs a path: cifar10:ROOT"):
         load_data("cifar10")
@@ -226,7 +228,8 @@ def test_npz_cifar_style_augmentation(tmp_path: Path) -> None:
           "x_test": np.zeros((2, 1, 5, 5), np.float32), "y_test": np.zeros(2, np.int64)}, "x_test samples"),
         ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.zeros(2, np.int64),
           "x_test": np.zeros((2, 1, 4, 4), np.float32)}, "without y_test"),
-        ({"x": np.zeros((2, 3, 4, 4), np.float32), "mean": np.zeros(2), "std": np.ones(2)}, "2 values but the data has 3"),
+        ({"x": np.zeros((2, 3, 4, 4), np.float32), "mean": np.zeros(2), "std": np.ones(2)},
+         "2 values but the data has 3"),
     ],
 )
 def test_npz_bad_arrays(tmp_path: Path, arrays: dict, message: str) -> None:
@@ -364,8 +367,7 @@ def test_small_images_stay_at_their_size_with_measured_statistics(tmp_path: Path
     with the training split's own mean/std; read from the files (over the memory limit) gives the same items."""
     from PIL import Image
 
-    from compressor.data import TensorImageDataset
-    from compressor.data import imagefolder
+    from compressor.data import TensorImageDataset, imagefolder
 
     write_pngs(tmp_path, {"a": 5, "b": 5, "c": 5})
     bundle = load_data(f"imagefolder:{tmp_path}", augment=True)

@@ -18,9 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from compressor.errors import CheckpointError, UsageError
 from compressor.graph import DependencyAnalyzer
 from compressor.plan import PruningPlan
-from compressor.training.methods.demp import DemP, DemPConfig
 from compressor.training.mechanics.regularizers import reference_penalty
 from compressor.training.mechanics.schedules import one_cycle
+from compressor.training.methods.demp import DemP, DemPConfig
 
 
 class MLP(nn.Module):
@@ -129,7 +129,7 @@ def test_dynamic_removal_is_lossless_and_the_optimizer_keeps_working() -> None:
     snapshot = [p.detach().clone() for p in net.parameters()]
     for step in range(3, 9):
         step_once(net, opt, demp, step, batches[step])
-    assert all(not torch.equal(a, b.detach()) for a, b in zip(snapshot, net.parameters()))
+    assert all(not torch.equal(a, b.detach()) for a, b in zip(snapshot, net.parameters(), strict=True))
     assert demp.regularizer.params[0] is net.fc1.weight  # the penalty follows the new parameters
 
 
@@ -388,7 +388,7 @@ def test_resume_continues_exactly(flow: str, device: str) -> None:
 
     assert demp.plan.removal_hash() == ref_demp.plan.removal_hash()
     assert {2, 5, 6} <= set(demp.plan.group("conv1").removed)
-    for (n, a), (_, b) in zip(ref.named_parameters(), net.named_parameters()):
+    for (n, a), (_, b) in zip(ref.named_parameters(), net.named_parameters(), strict=True):
         assert torch.equal(a, b), n
     assert demp.live_neurons() == ref_demp.live_neurons()
     assert [e["step"] for e in demp.events] == [e["step"] for e in ref_demp.events]

@@ -10,8 +10,14 @@ from torch import nn
 
 from compressor.errors import UsageError
 from compressor.training.config import load_recipe
-from compressor.training.methods.dnr import (DNRConfig, DNRPruning, dnr_score, entropy, kl_divergence,
-                                     weight_distribution)
+from compressor.training.methods.dnr import (
+    DNRConfig,
+    DNRPruning,
+    dnr_score,
+    entropy,
+    kl_divergence,
+    weight_distribution,
+)
 from compressor.training.methods.dormant import DormantConfig, DormantPruning
 from compressor.training.trainer import train
 
@@ -32,8 +38,8 @@ def test_entropy_kl_and_score_on_a_hand_computed_case():
     assert entropy(p_t, eps).item() == pytest.approx(H_T, abs=1e-9)
     assert kl_divergence(p_t, p_prev, eps).item() == pytest.approx(KL, abs=1e-9)
     f64 = dict(dtype=torch.float64)
-    s = dnr_score(torch.tensor([H_PREV], **f64), torch.tensor([H_T], **f64), torch.tensor([KL], **f64), 2 * KL, 2.0, 0.5,
-                  eps)
+    s = dnr_score(torch.tensor([H_PREV], **f64), torch.tensor([H_T], **f64), torch.tensor([KL], **f64),
+                  2 * KL, 2.0, 0.5, eps)
     assert s.item() == pytest.approx(2.0 * (H_PREV - H_T) / H_PREV + 0.5 * 0.5, abs=1e-9)
     assert weight_distribution(torch.zeros(1, 4)).tolist() == [[0.25] * 4]  # a zero row: uniform
 

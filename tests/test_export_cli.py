@@ -102,7 +102,8 @@ def test_bench_onnx_file_and_corrupt_file(slim_dir, tmp_path, capsys) -> None:
 
 
 def test_bench_arch(capsys) -> None:
-    assert main(["bench", "--arch", "mlp", "--input-size", "8", "--runtimes", "torch", "--batch-sizes", "2", *QUICK]) == 0
+    argv = ["bench", "--arch", "mlp", "--input-size", "8", "--runtimes", "torch", "--batch-sizes", "2", *QUICK]
+    assert main(argv) == 0
     assert "mlp" in capsys.readouterr().out
 
 

@@ -125,7 +125,8 @@ def test_unsupported_operator_is_named(tmp_path) -> None:
 
 
 def test_describe_export_failure_extracts_the_op() -> None:
-    op, reason = describe_export_failure(RuntimeError("Exporting the operator 'aten::foo_bar' to ONNX opset version 18 is not supported"))
+    op, reason = describe_export_failure(RuntimeError("Exporting the operator 'aten::foo_bar' to ONNX opset version 18 "
+                                                      "is not supported"))
     assert op == "aten::foo_bar" and "RuntimeError" in reason
 
 

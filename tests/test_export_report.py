@@ -71,7 +71,8 @@ def test_onnx_export_and_parity_in_report(finalized) -> None:
     assert meta["demp.plan_hash"] == plan["plan_hash"]
     assert meta["demp.source_sha256"] == "f" * 64
     pr = report["pruning"]
-    assert float(meta["demp.neuron_sparsity"]) == pytest.approx(1 - pr["neurons_after"] / pr["neurons_before"], abs=1e-6)
+    assert float(meta["demp.neuron_sparsity"]) == pytest.approx(1 - pr["neurons_after"] / pr["neurons_before"],
+                                                                abs=1e-6)
     assert 0 < float(meta["demp.weight_sparsity"]) < 1
 
 

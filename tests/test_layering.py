@@ -109,7 +109,8 @@ def test_methods_never_import_the_trainer() -> None:
 
 
 def test_only_the_analyzer_and_the_baseline_use_torch_pruning() -> None:
-    assert _violations("torch-pruning stays behind compressor.graph", lambda m: any(_in(m, u) for u in TORCH_PRUNING_USERS),
+    assert _violations("torch-pruning stays behind compressor.graph",
+                       lambda m: any(_in(m, u) for u in TORCH_PRUNING_USERS),
                        lambda t: _in(t, "torch_pruning")) == []
 
 
@@ -187,7 +188,8 @@ def test_the_checks_find_a_cycle_and_a_hidden_import(tmp_path: Path, monkeypatch
     try:
         assert "compressor.b" in edges()["compressor.a"] and "compressor.a" in edges()["compressor.b"]
         _expect_failure(test_no_two_modules_import_each_other, "compressor.a")
-        _expect_failure(test_compressor_never_imports_exporters_outside_its_cli, "compressor.c imports exporters.report")
+        _expect_failure(test_compressor_never_imports_exporters_outside_its_cli,
+                        "compressor.c imports exporters.report")
     finally:
         modules.cache_clear()
         imports.cache_clear()

@@ -3,13 +3,13 @@ FlopCounterMode, which is also the fallback); compressor.model_outputs: output e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from dataclasses import dataclass
 
 from compressor.counting import EXTRA_HANDLES, FLOP_COUNTER_MODE, FVCORE, compare_macs, count_macs, count_params
 from compressor.model_outputs import compare_outputs, output_tensor, output_tensors, primary_output_index, run_model

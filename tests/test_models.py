@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from compressor.errors import DempError, UsageError
+from compressor.loading import load_model
 from compressor.models import (
     BUILTINS,
     ModelSpec,
@@ -21,7 +22,6 @@ from compressor.models import (
     list_archs,
     make_spec,
 )
-from compressor.loading import load_model
 
 
 def _forward(model: nn.Module, shape: tuple[int, ...], batch: int = 2) -> torch.Tensor:
@@ -85,7 +85,8 @@ def test_he_cifar_resnets(arch: str, blocks: int, params: int) -> None:
     assert [s[-1].conv2.out_channels for s in stages] == [16, 32, 64]
     assert [s[0].stride for s in stages] == [1, 2, 2]
     # projections (1x1 conv + BN) exactly where the shape changes
-    assert [b.downsample is not None for s in stages for b in s] == [False] * blocks + ([True] + [False] * (blocks - 1)) * 2
+    expected = [False] * blocks + ([True] + [False] * (blocks - 1)) * 2
+    assert [b.downsample is not None for s in stages for b in s] == expected
     assert model.layer2[0].downsample[0].kernel_size == (1, 1)
     assert 6 * blocks + 2 == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()) - 2  # depth
     # 2,752 parameters (the two projections) above option A's 269,722 / 853,018
@@ -157,7 +158,7 @@ def test_same_seed_same_weights() -> None:
     b = load_model("cnn")
     torch.manual_seed(6)
     c = load_model("cnn")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.features[0].weight, c.features[0].weight)
     assert not a.training  # load_model returns eval mode
 
@@ -178,7 +179,8 @@ def test_default_input_shapes() -> None:
     assert make_spec("cnn").input_shape == (1, 8, 8)
     assert make_spec("cnn", input_size=28).input_shape == (1, 28, 28)
     assert make_spec("resnet18-cifar").input_shape == (3, 32, 32)
-    assert make_spec("resnet56-cifar").input_shape == (3, 32, 32) and canonical_arch("ResNet20_CIFAR") == "resnet20-cifar"
+    assert make_spec("resnet56-cifar").input_shape == (3, 32, 32)
+    assert canonical_arch("ResNet20_CIFAR") == "resnet20-cifar"
     assert make_spec("resnet18").input_shape == (3, 224, 224)
     assert make_spec("resnet18", input_size=64).input_shape == (3, 64, 64)
     assert make_spec("inception_v3").input_shape == (3, 299, 299)

@@ -8,8 +8,8 @@ The removals here are made by hand (new ``nn.Parameter`` objects and flat index 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
@@ -175,7 +175,7 @@ def test_training_matches_a_fresh_model_given_the_sliced_state(name: str) -> Non
 
     train(net, opt, data[3:])
     train(fresh, fresh_opt, data[3:])
-    for (n, a), (_, b) in zip(net.named_parameters(), fresh.named_parameters()):
+    for (n, a), (_, b) in zip(net.named_parameters(), fresh.named_parameters(), strict=True):
         assert torch.equal(a, b), n
 
 

@@ -19,12 +19,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import extract_cifar
 
-from compressor.data import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, MNIST_MEAN, MNIST_STD, TensorImageDataset, load_data
+from compressor.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    MNIST_MEAN,
+    MNIST_STD,
+    TensorImageDataset,
+    load_data,
+)
 from compressor.data.idx import IDX_FILES
 from compressor.data.imagefolder import channel_stats
 from compressor.errors import DataError
-from conftest import extract_cifar
 
 #: The official MNIST label histograms (digits 0..9), measured on the shared files.
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -117,11 +125,12 @@ def _truncated(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("target,source,damage,message", [
-    ("train-images-idx3-ubyte.gz", None, _truncated, r"train-images-idx3-ubyte\.gz is not a valid idx file: it cannot be "
-                                                     r"read or decompressed"),
-    ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", None, r"train-images-idx3-ubyte\.gz .*expected magic 2051"),
-    ("t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz", None, r"t10k-images-idx3-ubyte\.gz has 10000 images but "
-                                                                       r".*t10k-labels-idx1-ubyte\.gz has 60000 labels"),
+    ("train-images-idx3-ubyte.gz", None, _truncated,
+     r"train-images-idx3-ubyte\.gz is not a valid idx file: it cannot be read or decompressed"),
+    ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", None,
+     r"train-images-idx3-ubyte\.gz .*expected magic 2051"),
+    ("t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz", None,
+     r"t10k-images-idx3-ubyte\.gz has 10000 images but .*t10k-labels-idx1-ubyte\.gz has 60000 labels"),
     ("t10k-images-idx3-ubyte.gz", None, lambda d: gzip.compress(gzip.decompress(d)[:-100], compresslevel=1),
      r"t10k-images-idx3-ubyte\.gz .*header says 10000 x 28 x 28 values .*truncated or corrupt"),
 ], ids=["truncated-gzip", "labels-as-images", "label-count", "short-data"])
@@ -139,7 +148,8 @@ def test_a_corrupt_mnist_file_is_a_data_error(mnist_roots: dict[str, Path], tmp_
 
 
 def test_missing_mnist_files_name_both_layouts(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"MNIST/raw/ \(or ROOT itself\) with train-images-idx3-ubyte.*\.gz.*never downloads"):
+    with pytest.raises(DataError,
+                       match=r"MNIST/raw/ \(or ROOT itself\) with train-images-idx3-ubyte.*\.gz.*never downloads"):
         load_data(f"mnist:{tmp_path}")
 
 

@@ -59,7 +59,8 @@ def test_paper_hyperparameters_in_cifar_and_imagenet_recipes():
     assert (vgg.train.lr, vgg.data.batch_size, vgg.train.epochs, vgg.train.lr_schedule, vgg.data.input_size) == (
         0.005, 256, 80, "one_cycle", 64)
     r50 = load_recipe(ROOT / "samples/recipes/demp-resnet50-imagenet.yaml")
-    assert (r50.train.epochs, r50.data.batch_size, r50.train.milestones, r50.train.gamma, r50.train.label_smoothing) == (
+    assert (r50.train.epochs, r50.data.batch_size, r50.train.milestones, r50.train.gamma,
+            r50.train.label_smoothing) == (
         100, 256, [30, 70, 90], 0.1, 0.1)
     assert r50.data.spec.startswith("imagefolder:")
     for r in (r18, vgg, r50):
@@ -323,7 +324,8 @@ def test_every_shipped_recipe_builds_its_model_and_methods_offline(path: Path, t
     assert not (tmp_path / "run").exists(), "building must not create the output directory"
 
 
-CIFAR_RECIPES = [p for p in RECIPES if yaml.safe_load(p.read_text()).get("data", {}).get("spec", "").startswith("cifar10:")]
+CIFAR_RECIPES = [p for p in RECIPES
+                 if yaml.safe_load(p.read_text()).get("data", {}).get("spec", "").startswith("cifar10:")]
 
 
 @pytest.mark.slow

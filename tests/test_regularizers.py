@@ -43,7 +43,7 @@ def test_penalty_value_and_gradient_match_the_definition(kind: str) -> None:
     ref = 0.3 * reference_penalty(kind, ps)
     g_ref = torch.autograd.grad(ref, ps)
     assert fast.item() == pytest.approx(ref.item(), rel=1e-12)
-    for a, b in zip(g_fast, g_ref):
+    for a, b in zip(g_fast, g_ref, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 

@@ -70,7 +70,8 @@ def _reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, blocks: int
 # ---------------------------------------------------------------------------------------- loading
 
 @pytest.mark.parametrize("depth", [20, 56])
-def test_the_published_checkpoints_load_strictly_with_the_papers_parameter_counts(shared_data: Path, depth: int) -> None:
+def test_the_published_checkpoints_load_strictly_with_the_papers_parameter_counts(shared_data: Path,
+                                                                                  depth: int) -> None:
     path = _weights(shared_data, depth)
     model = compressor.load_model(f"resnet{depth}-cifar-a", checkpoint=path)
     assert sum(p.numel() for p in model.parameters()) == CHECKPOINTS[depth][1]
@@ -116,7 +117,8 @@ def test_normalize_values_and_the_architecture_default(caplog) -> None:
     for bad in ("imagenett", "0.5,0.5/0.2", "0.5/0", "0.5", "a,b,c/d,e,f", ""):
         with pytest.raises(UsageError) as info:
             parse_normalize(bad)
-        assert repr(bad) in str(info.value) and "imagenet, cifar10, cifar100, mnist, M1,M2,M3/S1,S2,S3" in str(info.value)
+        assert repr(bad) in str(info.value)
+        assert "imagenet, cifar10, cifar100, mnist, M1,M2,M3/S1,S2,S3" in str(info.value)
     with caplog.at_level(logging.INFO):
         assert data_normalization("resnet56_cifar_a") == "imagenet"
     assert "imagenet statistics for --arch resnet56_cifar_a" in caplog.text
@@ -143,7 +145,8 @@ def test_the_recipe_default_follows_the_architecture(cifar_subset_root: Path) ->
     measured = TrainingSplits(recipe_from_dict({"model": {"arch": "resnet20-cifar"}, "data": data})).bundle
     chosen = TrainingSplits(recipe_from_dict({"model": {"arch": "resnet20-cifar-a"},
                                               "data": {**data, "normalize": "cifar10"}})).bundle
-    assert published.mean == IMAGENET_MEAN and measured.mean != IMAGENET_MEAN and chosen.mean == (0.4914, 0.4822, 0.4465)
+    assert published.mean == IMAGENET_MEAN and measured.mean != IMAGENET_MEAN
+    assert chosen.mean == (0.4914, 0.4822, 0.4465)
 
 
 # ---------------------------------------------------------------------------------------- what is prunable

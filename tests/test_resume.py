@@ -20,9 +20,9 @@ import torch
 from compressor.errors import CheckpointError, UsageError
 from compressor.training import run_checkpoints
 from compressor.training.config import load_recipe
-from compressor.training.trainer import TrainingDiverged, TrainingInterrupted, train
 from compressor.training.metrics import read_metrics
 from compressor.training.records import without_timing
+from compressor.training.trainer import TrainingDiverged, TrainingInterrupted, train
 
 STOP_STEP = 60  # inside epoch 2 (44 steps per epoch with 1437 training digits and batch 32)
 

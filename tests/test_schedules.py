@@ -40,8 +40,8 @@ def test_one_cycle_rises_then_falls() -> None:
     values = [one_cycle(t, 1.0, 1000) for t in range(0, 1001, 10)]
     peak_at = values.index(max(values))
     assert peak_at * 10 == 300
-    assert all(a <= b for a, b in zip(values[:peak_at], values[1 : peak_at + 1]))
-    assert all(a >= b for a, b in zip(values[peak_at:], values[peak_at + 1 :]))
+    assert all(a <= b for a, b in zip(values[:peak_at], values[1 : peak_at + 1], strict=True))
+    assert all(a >= b for a, b in zip(values[peak_at:], values[peak_at + 1 :], strict=False))
 
 
 def test_one_cycle_tiny_span_does_not_divide_by_zero() -> None:

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from compressor.training.config import load_recipe
-from compressor.training.trainer import train
 from compressor.training.methods.stripping import StrippingConfig, SynapticStripping, strip_row
-
+from compressor.training.trainer import train
 
 # ---------------------------------------------------------------------------- the rule
 
@@ -245,7 +244,7 @@ def test_stripping_masks_survive_resume_in_the_loop(tmp_path, digits):
     masks = state["methods"]["stripping"]["masks"]
     assert masks and all(m.dtype == torch.bool for m in masks.values())
     resumed = train(load_recipe(raw), part, resume=True, **kw)
-    for (n, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (n, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     assert [h["dead_neurons"] for h in ref.history] == [h["dead_neurons"] for h in resumed.history]
 

@@ -12,7 +12,8 @@ import pytest
 
 timm = pytest.importorskip("timm", reason="timm is a test dependency: pip install -e '.[test]'")
 
-_spec = importlib.util.spec_from_file_location("sweep_timm", Path(__file__).resolve().parents[1] / "tools" / "sweep_timm.py")
+_spec = importlib.util.spec_from_file_location("sweep_timm",
+                                               Path(__file__).resolve().parents[1] / "tools" / "sweep_timm.py")
 sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
 
@@ -46,7 +47,8 @@ def test_an_unsupported_timm_model_is_refused_naming_the_construct_and_the_layer
 @pytest.mark.parametrize("name", sweep.sample())
 def test_every_model_of_the_timm_sample(name: str) -> None:
     row = sweep.run_one(name, 64)
-    assert row["status"] in ("ok", "none removable", "no dead channels", "refused", "skipped"), row.get("traceback") or row
+    assert row["status"] in ("ok", "none removable", "no dead channels", "refused", "skipped"), (
+        row.get("traceback") or row)
     if row["status"] == "refused":
         assert "contains" in row["error"] or "no removal could be kept" in row["error"], row["error"]
 

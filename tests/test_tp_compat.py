@@ -14,9 +14,8 @@ from torch_pruning.pruner import function as tp_function
 from compressor.activity import collect_activity
 from compressor.criteria import Dead
 from compressor.errors import DempError
-from compressor.graph import DependencyAnalyzer
+from compressor.graph import DependencyAnalyzer, tp_compat
 from compressor.graph import apply as graph_apply
-from compressor.graph import tp_compat
 
 
 def _mapping_calls() -> dict[type, object]:

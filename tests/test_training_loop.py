@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.counting import count_macs
 from compressor.errors import DataError, UsageError
 from compressor.training.config import TrainConfig, load_recipe
+from compressor.training.metrics import read_metrics
 from compressor.training.optim import LRSchedule, build_optimizer
 from compressor.training.trainer import train
-from compressor.counting import count_macs
-from compressor.training.metrics import read_metrics
 
 
 def small_recipe(**sections):
@@ -57,11 +57,11 @@ def test_step_and_multistep_schedules_decay_at_epoch_boundaries():
 def test_cosine_schedule_and_warmup():
     f = _factors(TrainConfig(epochs=4, lr_schedule="cosine", min_lr_factor=0.1), 25, 100)
     assert f[0] == 1.0 and f[50] == pytest.approx(0.55) and f[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(f, f[1:]))
+    assert all(a >= b for a, b in zip(f, f[1:], strict=False))
     w = _factors(TrainConfig(epochs=4, lr_schedule="cosine", warmup_epochs=1), 25, 100)
-    assert all(a < b for a, b in zip(w[:25], w[1:26])), "linear warm-up rises"
+    assert all(a < b for a, b in zip(w[:25], w[1:26], strict=True)), "linear warm-up rises"
     assert w[0] == pytest.approx(1 / 26) and w[25] == 1.0
-    assert all(a >= b for a, b in zip(w[25:], w[26:])), "then cosine decays over the remaining steps"
+    assert all(a >= b for a, b in zip(w[25:], w[26:], strict=False)), "then cosine decays over the remaining steps"
 
 
 def test_one_cycle_matches_torch_onecycle():
@@ -86,7 +86,8 @@ def test_build_optimizer_variants():
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8 and sgd.defaults["weight_decay"] == 1e-4
     adamw = build_optimizer(TrainConfig(optimizer="adamw", betas=[0.8, 0.99], adam_eps=1e-6), params)
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.99) and adamw.defaults["eps"] == 1e-6
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults["betas"] == (0.8, 0.99) and adamw.defaults["eps"] == 1e-6
     assert type(build_optimizer(TrainConfig(optimizer="adam"), params)) is torch.optim.Adam
 
 
@@ -152,7 +153,7 @@ def test_demp_training_removes_dead_neurons_losslessly(tmp_path: Path, digits):
     assert len(removals) == 132 // 15 + 1, "a measurement every 15 steps plus the final one"
     assert sum(r["removed"] for r in removals) == result.plan.removed_channels
     live = [r["live_total"] for r in intervals]
-    assert all(a >= b for a, b in zip(live, live[1:])), "removed neurons never come back"
+    assert all(a >= b for a, b in zip(live, live[1:], strict=False)), "removed neurons never come back"
     params = [r["params"] for r in intervals]
     assert params[-1] < params[0], "the model shrinks during training, not only at the end"
 
@@ -232,7 +233,8 @@ def test_validation_split_is_held_out_from_training_and_hosts_the_death_samples(
 
 
 def test_validation_split_larger_than_the_training_split_is_a_clear_error(tmp_path: Path, digits):
-    with pytest.raises(UsageError, match=r"data.val_samples = 5000 leaves no training samples.*--set data.val_samples="):
+    with pytest.raises(UsageError,
+                       match=r"data.val_samples = 5000 leaves no training samples.*--set data.val_samples="):
         train(small_recipe(data={"val_samples": 5000}), tmp_path / "big", progress=False, data=digits)
     assert not (tmp_path / "big").exists()
     with pytest.raises(UsageError, match="data.val_samples"):

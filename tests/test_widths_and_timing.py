@@ -19,9 +19,9 @@ from compressor.graph import DependencyAnalyzer
 from compressor.planting import plant_dead_channels
 from exporters import latency, widths
 from exporters.latency import BenchConfig, BenchResult, Comparison, LatencyResult, Variant, format_table
+from exporters.render import render_markdown, speed_verdicts
 from exporters.runtimes import Prepared
 from exporters.timing import Interleaved
-from exporters.render import render_markdown, speed_verdicts
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,14 @@ def test_unreliable_timings_never_discard_the_removal(exact, monkeypatch) -> Non
     """Every candidate measured slower, but on a busy machine: the static rule (multiples of 8) ships the
     removal, and the report says why."""
     monkeypatch.setattr(widths, "benchmark", fake_benchmark({"exact": {1: 1.3, 8: 1.4}, "x8": {1: 1.2, 8: 1.2}},
-                                                            notes=("the machine was busy (the timing thread got 60% of a CPU)",)))
+                                                            notes=("the machine was busy (the timing thread got 60% of "
+                                                                   "a CPU)",)))
     chosen, policy = widths.choose_widths(exact, partial(rewidth, exact), batch_sizes=(1, 8))
     assert policy["chosen"] == "x8" and chosen.removed > 0 and policy["decided_by"] == "static rule"
     assert policy["reliable"] is False and "the timings were unreliable (the machine was busy" in policy["note"]
     assert "multiples of 8" in policy["note"]
-    assert "**widths: `x8`, the timings were unreliable" in render_markdown({**_minimal_report(), "width_policy": policy})
+    markdown = render_markdown({**_minimal_report(), "width_policy": policy})
+    assert "**widths: `x8`, the timings were unreliable" in markdown
 
 
 def test_a_removal_too_small_to_measure_is_not_timed(exact, monkeypatch) -> None:

@@ -35,7 +35,8 @@ Commands (each study a few minutes on 2 shared cores; results in ``OUT/<study>/a
 
     python tools/ablations.py --study noise --seeds 0,1,2 --out /tmp/ablations
     python tools/ablations.py --study regularizer,optimizer --seeds 0,1 --out /tmp/ablations
-    python tools/ablations.py --study decoupled,death_samples --seeds 0,1,2 --mnist ../shared/data/mnist --out /tmp/ablations
+    python tools/ablations.py --study decoupled,death_samples --seeds 0,1,2 --mnist ../shared/data/mnist \\
+        --out /tmp/ablations
     python tools/ablations.py --study dnr_interval --seeds 0,1 --out /tmp/ablations
     python tools/ablations.py --study noise --quick --out /tmp/abl-smoke   # smoke run (seconds)
     python tools/ablations.py --study regularizer --rescore --out /tmp/ablations   # verdicts again
@@ -50,14 +51,18 @@ import datetime as dt
 import json
 import math
 import platform
-import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ablation_verdicts import combine, grid, mean_sd, pair, pairs_over, values  # noqa: E402
 
 SGD_LR = 0.1  #: SGD + momentum 0.9 needs a larger lr than Adam's 5e-2 (a pilot: 99.4% at peak 0, as Adam)
 
@@ -82,61 +87,6 @@ class Study:
     verdict: Callable[[list[dict[str, Any]]], dict[str, Any]]
     notes: list[str] = dataclasses.field(default_factory=list)
     audit: bool = False  # death_samples: measure removed neurons on the whole training split
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def differ(a: dict[str, Any], b: dict[str, Any], key: str) -> int:
-    """+1 / -1: ``a[key]`` above / below ``b[key]`` beyond the seed spread (hypot of the sds), else 0."""
-    diff = a[key + "_mean"] - b[key + "_mean"]
-    spread = math.hypot(a[key + "_sd"], b[key + "_sd"])
-    return 0 if abs(diff) <= max(spread, 1e-12) else (1 if diff > 0 else -1)
-
-
-def combine(pairs: list[dict[str, Any]], what: str) -> dict[str, Any]:
-    """A verdict over matched pairs, each with ``outcome`` +1 (for the claim), -1 (against) or 0."""
-    n_for = sum(p["outcome"] > 0 for p in pairs)
-    n_against = sum(p["outcome"] < 0 for p in pairs)
-    n_tie = len(pairs) - n_for - n_against
-    word = ("inconclusive (no matched pair was run)" if not pairs else "holds" if n_against == 0 < n_for >= n_tie
-            else "does not hold" if n_for == 0 < n_against >= n_tie else "inconclusive (within seed spread)"
-            if not (n_for and n_against) else "inconclusive (mixed: for in some pairs, against in others)")
-    detail = f"{n_for} of {len(pairs)} matched pairs for, {n_against} against, {n_tie} within the seed spread"
-    return {"claim": what, "verdict": word, "detail": detail, "pairs": pairs}
-
-
-def pair(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any], key: str = "sparsity") -> dict[str, Any] | None:
-    """The matched pair of the rows whose factors include ``a`` and ``b``; outcome = differ(a, b)."""
-    ra = next((r for r in rows if a.items() <= r["factors"].items()), None)
-    rb = next((r for r in rows if b.items() <= r["factors"].items()), None)
-    if ra is None or rb is None:
-        return None
-    return {"a": ra["label"], "b": rb["label"], "key": key, "outcome": differ(ra, rb, key),
-            "a_mean": ra[key + "_mean"], "b_mean": rb[key + "_mean"],
-            "accuracy_delta": ra["accuracy_mean"] - rb["accuracy_mean"],
-            "per_seed_delta": [x - y for x, y in zip(ra["per_seed"][key], rb["per_seed"][key])]}
-
-
-def values(rows: list[dict[str, Any]], factor: str) -> list[Any]:
-    """The distinct values of one factor, in the order the settings were listed."""
-    return list(dict.fromkeys(r["factors"][factor] for r in rows if factor in r["factors"]))
-
-
-def pairs_over(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any], over: list[str],
-               key: str = "sparsity") -> list[dict[str, Any]]:
-    """Pairs ``a`` vs ``b`` at every combination of the factors in ``over`` (those that exist)."""
-    found = [pair(rows, {**a, **c}, {**b, **c}, key) for c in _grid(**{f: values(rows, f) for f in over})]
-    return [p for p in found if p is not None]
-
-
-def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
-    combos: list[dict[str, Any]] = [{}]
-    for name, vals in axes.items():
-        combos = [{**c, name: v} for c in combos for v in vals]
-    return combos
 
 
 def study_noise(quick: bool, mnist: bool) -> Study:
@@ -170,7 +120,7 @@ def study_regularizer(quick: bool, mnist: bool) -> Study:
     regs = ["l2", "cdg_l2"] if quick else ["l2", "cdg_l2", "lasso"]
     settings = [Setting("lambda=0", {"reg": "none", "lam": 0.0}, ["demp.peak=0"])]
     for target, lam_list in lams.items():
-        for g in _grid(reg=regs, lam=lam_list):
+        for g in grid(reg=regs, lam=lam_list):
             settings.append(Setting(f"{g['reg']}({target}) lambda={g['lam']:g}", {**g, "target": target},
                                     [f"demp.regularizer={g['reg']}", f"demp.target={target}", f"demp.peak={g['lam']}"]))
 
@@ -192,10 +142,11 @@ def study_regularizer(quick: bool, mnist: bool) -> Study:
 def study_optimizer(quick: bool, mnist: bool) -> Study:
     """Adam vs SGD with momentum 0.9, L2 and CDG-L2 on the weights, matched lambda."""
     lams = [0.0, 1e-2] if quick else [0.0, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-    opts = {"adam": ["train.optimizer=adam"], "sgdm": ["train.optimizer=sgd", "train.momentum=0.9", f"train.lr={SGD_LR}"]}
+    opts = {"adam": ["train.optimizer=adam"],
+            "sgdm": ["train.optimizer=sgd", "train.momentum=0.9", f"train.lr={SGD_LR}"]}
     settings = []
     for opt, ov in opts.items():
-        for g in _grid(reg=["l2", "cdg_l2"], lam=lams):
+        for g in grid(reg=["l2", "cdg_l2"], lam=lams):
             if g["lam"] == 0.0 and g["reg"] != "l2":
                 continue  # lambda 0: one reference per optimizer
             label = f"{opt} lambda=0" if g["lam"] == 0.0 else f"{opt} {g['reg']} lambda={g['lam']:g}"
@@ -205,10 +156,11 @@ def study_optimizer(quick: bool, mnist: bool) -> Study:
     def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         main = combine(pairs_over(rows, {"opt": "adam"}, {"opt": "sgdm"}, ["reg", "lam"]),
                        "Adam kills more neurons than SGD with momentum at the same lambda")
-        main["extra"] = [combine(pairs_over([r for r in rows if r["factors"]["lam"] > 0], {"opt": "sgdm", "reg": "cdg_l2"},
+        penalized = [r for r in rows if r["factors"]["lam"] > 0]
+        main["extra"] = [combine(pairs_over(penalized, {"opt": "sgdm", "reg": "cdg_l2"},
                                             {"opt": "sgdm", "reg": "l2"}, ["lam"]),
                                  "with momentum, CDG-L2 kills more than L2 (000 Fig. 10 right)"),
-                         combine(pairs_over([r for r in rows if r["factors"]["lam"] > 0], {"opt": "adam", "reg": "l2"},
+                         combine(pairs_over(penalized, {"opt": "adam", "reg": "l2"},
                                             {"opt": "adam", "reg": "cdg_l2"}, ["lam"]),
                                  "with Adam, L2 kills more than CDG-L2 (000 Fig. 10 left)")]
         return main
@@ -235,15 +187,17 @@ def study_decoupled(quick: bool, mnist: bool) -> Study:
 
     def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return combine(pairs_over(rows, {"arm": "loss"}, {"arm": "decoupled"}, ["lam"]),
-                       "Adam: the penalty in the loss kills more neurons than decoupled weight decay at matched strength")
+                       "Adam: the penalty in the loss kills more neurons than decoupled weight decay at matched "
+                       "strength")
 
     return Study("decoupled", "000 §4 'Weight Decay': the penalty in the loss reaches higher sparsity than "
                  "decoupled weight decay for the same strength", "demp-mlp-digits.yaml", "mnist" if mnist else "digits",
                  ["demp.target=all", "demp.schedule=constant", "demp.noise=0"], settings, verdict,
                  ["Matched strength: AdamW weight_decay = 2·lambda, the coefficient of p in the gradient of "
                   "lambda·Σp² (for SGD the two are then the same update); both on every parameter "
-                  "(demp.target=all; AdamW decays all), lambda constant over the run, no DemP noise in either arm. Two "
-                  "stronger AdamW decays (0.2, 2; outside the verdict) show what decoupled decay needs to kill neurons."])
+                  "(demp.target=all; AdamW decays all), lambda constant over the run, no DemP noise in either arm. "
+                  "Two stronger AdamW decays (0.2, 2; outside the verdict) show what decoupled decay needs to kill "
+                  "neurons."])
 
 
 def study_death_samples(quick: bool, mnist: bool) -> Study:
@@ -419,7 +373,8 @@ def _verdict_lines(v: dict[str, Any]) -> list[str]:
         unit = "accuracy" if p["key"] == "accuracy" else "sparsity"
         sign = {1: "for", -1: "against", 0: "within spread"}[p["outcome"]]
         lines.append(f"- {p['a']} vs {p['b']}: {unit} {100 * p['a_mean']:.1f}% vs {100 * p['b_mean']:.1f}%, "
-                     f"accuracy Δ {100 * p['accuracy_delta']:+.2f} points: {sign}" + (f" ({p['note']})" if p.get("note") else "")
+                     f"accuracy Δ {100 * p['accuracy_delta']:+.2f} points: {sign}"
+                     + (f" ({p['note']})" if p.get("note") else "")
                      + f"; {unit} Δ per seed (paired) {', '.join(f'{100 * x:+.1f}' for x in p['per_seed_delta'])}")
     for e in v.get("extra", []):
         lines += ["", *_verdict_lines(e)]
@@ -432,20 +387,25 @@ def markdown(res: dict[str, Any]) -> str:
     audited = any("removed_alive_on_train" in r for r in res["rows"])
     lines = [f"### `{res['study']}` — {res['claim']}", "",
              f"- command: `{res['command']}`",
-             f"- machine: {m['cpu']}, torch {m['torch']} ({m['threads']} thread), python {m['python']}; date: {res['date']}",
+             f"- machine: {m['cpu']}, torch {m['torch']} ({m['threads']} thread), python {m['python']}; "
+             f"date: {res['date']}",
              f"- data: `{d['spec']}`, {d['train_samples']} training / {d['test_samples']} test samples",
-             f"- recipe: `{res['recipe']}`" + (f" with `{' '.join(res['base_overrides'])}`" if res["base_overrides"] else ""),
+             f"- recipe: `{res['recipe']}`"
+             + (f" with `{' '.join(res['base_overrides'])}`" if res["base_overrides"] else ""),
              *[f"- {n}" for n in res["notes"]], "",
-             "| setting | n | test accuracy (%) | neuron sparsity (%) |" + (" removed but alive on the training split (per seed) |" if audited else ""),
+             "| setting | n | test accuracy (%) | neuron sparsity (%) |"
+             + (" removed but alive on the training split (per seed) |" if audited else ""),
              "|---|---|---|---|" + ("---|" if audited else "")]
     for r in res["rows"]:
         cell = ""
         if audited:
-            cell = (" " + ", ".join(f"{a} of {n}" for a, n in zip(r["removed_alive_on_train"], r["removed_audited"]))
+            cell = (" " + ", ".join(f"{a} of {n}"
+                                    for a, n in zip(r["removed_alive_on_train"], r["removed_audited"], strict=True))
                     + " |") if "removed_alive_on_train" in r else " - (measured on it) |"
         lines.append(f"| {r['label']} | {r['n']} | {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_sd']:.2f} | "
                      f"{100 * r['sparsity_mean']:.1f} ± {100 * r['sparsity_sd']:.1f} |{cell}")
-    lines += ["", f"Seeds {res['seeds']}; sparsity is the removed share of the {res['rows'][0]['neurons_before']} hidden "
+    lines += ["", f"Seeds {res['seeds']}; sparsity is the removed share of the "
+                  f"{res['rows'][0]['neurons_before']} hidden "
               "neurons. A difference counts only when it exceeds the seed spread (hypot of the two sds).", "",
               *_verdict_lines(res["verdict"]), ""]
     return "\n".join(lines)

@@ -48,9 +48,10 @@ def bench(name: str, samples: int, batch: int, repeats: int) -> dict:
     plain()  # warm-up
     t_plain, t_stats, t_dead = [], [], []
     for _ in range(repeats):  # alternate so noise hits all three
-        t0 = time.perf_counter(); plain(); t_plain.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); stats(); t_stats.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); stats_dead(); t_dead.append(time.perf_counter() - t0)
+        for run, times in ((plain, t_plain), (stats, t_stats), (stats_dead, t_dead)):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     analyzer = DependencyAnalyzer(model, xs[0][:1])

@@ -27,7 +27,8 @@ def commands(before: str | None) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for argv in ARGVS:
         if before:
-            code = f"import sys; sys.path.insert(0, {before!r}); from compressor.cli import main; sys.exit(main({argv!r}))"
+            code = (f"import sys; sys.path.insert(0, {before!r}); from compressor.cli import main; "
+                    f"sys.exit(main({argv!r}))")
             out[f"before: demp {' '.join(argv)}"] = [sys.executable, "-c", code]
         out[f"after:  demp {' '.join(argv)}"] = ["demp", *argv]
     out["python -c 'import torch'"] = [sys.executable, "-c", "import torch"]

@@ -29,9 +29,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from exporters.env import cpu_model
-from typing import Any
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -71,7 +71,8 @@ def sweep(peaks: list[float], seeds: list[int], epochs: int | None, bundle: Any,
             r = run_once(ov, bundle, work / "run")
             r.update(peak=peak, seed=seed)
             rows.append(r)
-            print(f"  peak {peak:g} seed {seed}: sparsity {r['neuron_sparsity']:.3f}, accuracy {r['test_accuracy']:.4f}, "
+            print(f"  peak {peak:g} seed {seed}: sparsity {r['neuron_sparsity']:.3f}, accuracy "
+                  f"{r['test_accuracy']:.4f}, "
                   f"{r['train_seconds']:.1f}s", flush=True)
     return rows
 
@@ -90,7 +91,8 @@ def summarize_sweep(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def dynamic_vs_final(peak: float, seeds: list[int], epochs: int | None, bundle: Any, work: Path) -> list[dict[str, Any]]:
+def dynamic_vs_final(peak: float, seeds: list[int], epochs: int | None, bundle: Any,
+                     work: Path) -> list[dict[str, Any]]:
     rows = []
     for seed in seeds:
         base = [f"demp.peak={peak}", f"train.seed={seed}"] + ([f"train.epochs={epochs}"] if epochs else [])
@@ -119,7 +121,7 @@ def step_overhead(arch: str, kwargs: dict, regularizer: str, target: str, bundle
     spec = make_spec(arch, num_classes=bundle.num_classes, input_shape=tuple(bundle.input_shape), **kwargs)
     loader = torch.utils.data.DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(0))
-    batches = [b for _, b in zip(range(20), loader)]
+    batches = [b for _, b in zip(range(20), loader, strict=False)]
     death = torch.utils.data.DataLoader(torch.utils.data.Subset(bundle.train, range(256)), batch_size=128)
 
     def setup(with_demp: bool):
@@ -196,7 +198,8 @@ def markdown(res: dict[str, Any]) -> str:
                      f"({100 * a['sparsity']:.1f}% of neurons removed). Test accuracy {100 * a['accuracy']:.2f}% vs "
                      f"{100 * a['baseline_accuracy']:.2f}% at peak 0: **{a['delta_points']:+.2f} points** "
                      f"(goal: within 1 point: **{'met' if a['within_1_point'] else 'missed'}**). Per seed: "
-                     + ", ".join(f"{100 * x:.2f}% vs {100 * y:.2f}%" for x, y in zip(a["per_seed"], a["baseline_per_seed"])))
+                     + ", ".join(f"{100 * x:.2f}% vs {100 * y:.2f}%"
+                                 for x, y in zip(a["per_seed"], a["baseline_per_seed"], strict=True)))
     else:
         lines.append("No swept peak reached 50% mean sparsity.")
     lines += ["", "## 3. Whole-run wall-clock: dynamic removal vs removal only at the end", ""]
@@ -208,8 +211,10 @@ def markdown(res: dict[str, Any]) -> str:
             f = next(r for r in res["dynamic_vs_final"] if r["seed"] == seed and r["mode"] == "final_only")
             lines.append(f"| {seed} | {d['train_seconds']:.1f} | {f['train_seconds']:.1f} | "
                          f"{f['train_seconds'] / d['train_seconds']:.2f}x | {100 * d['neuron_sparsity']:.1f}% / "
-                         f"{100 * f['neuron_sparsity']:.1f}% | {100 * d['test_accuracy']:.2f}% / {100 * f['test_accuracy']:.2f}% |")
-        lines += ["", f"Mean speed-up of the whole run (final_only time / dynamic time): **{res['dynamic_speedup_mean']:.2f}x**.", ""]
+                         f"{100 * f['neuron_sparsity']:.1f}% | {100 * d['test_accuracy']:.2f}% / "
+                         f"{100 * f['test_accuracy']:.2f}% |")
+        lines += ["", "Mean speed-up of the whole run (final_only time / dynamic time): "
+                      f"**{res['dynamic_speedup_mean']:.2f}x**.", ""]
     lines += ["## 4. Per-step cost of DemP's bookkeeping between removals", "",
               "| model | params | batch | plain step (ms) | + penalty + live-only noise (ms) | overhead |",
               "|---|---|---|---|---|---|"]
@@ -283,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from compressor.data import load_data
     from compressor.cli.train import demo_recipe
+    from compressor.data import load_data
 
     seeds = [int(s) for s in args.seeds.split(",")]
     peaks = [float(s) for s in args.peaks.split(",")]
@@ -304,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = sweep(peaks, seeds, epochs, bundle, work)
     summary = summarize_sweep(rows)
     means = [r["sparsity_mean"] for r in summary]
-    monotonic = all(b >= a - 1e-9 for a, b in zip(means, means[1:]))
+    monotonic = all(b >= a - 1e-9 for a, b in zip(means, means[1:], strict=False))
     half, acc_half = _accuracy_at_half(summary)
 
     print("3. dynamic removal vs final_only", flush=True)

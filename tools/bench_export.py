@@ -36,7 +36,8 @@ def _markdown(args: argparse.Namespace, command: str, env: dict, rows: list[dict
     lines = [
         f"# ONNX export + parity: compact {args.arch} ({args.input_size}x{args.input_size})", "",
         f"Command: `{command}`", "",
-        f"Machine: {env['cpu_model']}, {env['logical_cores']} logical cores, {env['threads']} threads; date {env['date']}.",
+        f"Machine: {env['cpu_model']}, {env['logical_cores']} logical cores, {env['threads']} threads; date "
+        f"{env['date']}.",
         "",
         "| exporter | export s | parity s | total s | MB | parity rel diff | samples | goal < 30 s |",
         "|---|---|---|---|---|---|---|---|",
@@ -59,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from compressor.fileio import atomic_write_json, atomic_write_text
-
     from exporters.env import collect_environment
     from exporters.onnx import export_onnx
     from exporters.ort import check_parity
@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                    "top1_agreement": parity.top1_agreement, "samples": parity.samples,
                    "batch_sizes": parity.batch_sizes, "goal_met": (t2 - t0) < GOAL_S}
             rows.append(row)
-            print(f"{exporter}: export {row['export_s']:.1f} s + parity {row['parity_s']:.1f} s = {row['total_s']:.1f} s "
-                  f"({info.bytes / 1e6:.1f} MB, rel diff {parity.rel_diff:.2e}, batch sizes {parity.batch_sizes})",
+            print(f"{exporter}: export {row['export_s']:.1f} s + parity {row['parity_s']:.1f} s = "
+                  f"{row['total_s']:.1f} s ({info.bytes / 1e6:.1f} MB, rel diff {parity.rel_diff:.2e}, "
+                  f"batch sizes {parity.batch_sizes})",
                   flush=True)
     env = collect_environment()
     payload = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

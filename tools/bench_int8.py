@@ -122,8 +122,8 @@ def bench_real(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
 
     from compressor.cli import main
     from compressor.data import load_data
-    from compressor.models.registry import data_normalization
     from compressor.loading import load_model
+    from compressor.models.registry import data_normalization
     from exporters.ort import load_onnx_session
 
     argv, spec = _mnist(tmp) if name == "mnist-cnn" else _cifar(tmp, int(name.removeprefix("resnet")))
@@ -178,8 +178,9 @@ def markdown(latency: list[dict[str, Any]], real: list[dict[str, Any]], env: dic
             lines.append(f"| {res['arch']} | {q['float_bytes'] / 1e6:.1f} / {q['bytes'] / 1e6:.1f} | "
                          f"{q['seconds']:.1f} | {kept} |")
     if real:
-        lines += ["", "| model | max disagreement | test samples | removed | widths | dense | compact fp32 | compact int8 | "
-                  "int8 - fp32 (points) | held-out agreement | goal |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | max disagreement | test samples | removed | widths | dense | compact fp32 | "
+                  "compact int8 | int8 - fp32 (points) | held-out agreement | goal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in real:
             q = r["quantization"]
             a = q.get("agreement") or {}

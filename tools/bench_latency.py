@@ -92,7 +92,8 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     return {
         "arch": arch,
         "input_shape": list(shape),
-        "pruning": {"method": "planted dead channels + DependencyAnalyzer (dead criterion)", "ratio": args.ratio, "round_to": args.round_to, "seconds": prune_s},
+        "pruning": {"method": "planted dead channels + DependencyAnalyzer (dead criterion)", "ratio": args.ratio,
+                    "round_to": args.round_to, "seconds": prune_s},
         "macs_dense": macs.dense.total_macs,
         "macs_pruned": macs.pruned.total_macs,
         "mac_ratio": macs.mac_ratio,
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--ratio", type=float, default=0.5, help="share of every group's channels removed")
-    parser.add_argument("--round-to", type=int, default=8, help="keep widths multiples of N (1: remove every dead channel)")
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="keep widths multiples of N (1: remove every dead channel)")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--runtimes", default="onnxruntime", help="e.g. onnxruntime or torch,onnxruntime")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")

@@ -149,7 +149,8 @@ def run_one(method: str, depth: int, width: int, seed: int, args: argparse.Names
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean over seeds per (depth, width, method)."""
-    keys = sorted({(r["depth"], r["width"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], METHODS.index(k[2])))
+    keys = sorted({(r["depth"], r["width"], r["method"]) for r in rows},
+                  key=lambda k: (k[0], k[1], METHODS.index(k[2])))
     out = []
     for depth, width, method in keys:
         group = [r for r in rows if (r["depth"], r["width"], r["method"]) == (depth, width, method)]
@@ -193,7 +194,8 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], trends: list[d
         "biases excluded), those neither stripped nor connected to a dead neuron; accuracy on the test split; "
         "time = training wall-clock.",
         "",
-        "| depth x width | neurons | #D none | #D strip | %A none | %A strip | acc none | acc strip | s none | s strip |",
+        "| depth x width | neurons | #D none | #D strip | %A none | %A strip | acc none | acc strip | "
+        "s none | s strip |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(s["depth"], s["width"], s["method"]): s for s in summary}
@@ -208,7 +210,8 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], trends: list[d
             return format(v, fmt) + (f" ± {format(sd, fmt)}" if row["seeds"] > 1 else "")
 
         neurons = (n or st)["hidden_neurons"]
-        lines.append(f"| {depth} x {width} | {neurons} | {f(n, 'dead_neurons', '.1f')} | {f(st, 'dead_neurons', '.1f')} | "
+        lines.append(f"| {depth} x {width} | {neurons} | {f(n, 'dead_neurons', '.1f')} | "
+                     f"{f(st, 'dead_neurons', '.1f')} | "
                      f"{f(n, 'active_params', '.1f')}% | {f(st, 'active_params', '.1f')}% | "
                      f"{f(n, 'test_accuracy', '.2f')}% | {f(st, 'test_accuracy', '.2f')}% | "
                      f"{f(n, 'train_seconds', '.1f')} | {f(st, 'train_seconds', '.1f')} |")
@@ -225,17 +228,25 @@ def markdown(meta: dict[str, Any], summary: list[dict[str, Any]], trends: list[d
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="directory for bench_stripping.json / .md (created)")
-    p.add_argument("--depths", type=parse_ints, default=[2, 4, 8], help="hidden layers, comma-separated (default 2,4,8)")
-    p.add_argument("--widths", type=parse_ints, default=[256, 512, 1024], help="neurons per hidden layer (default 256,512,1024)")
+    p.add_argument("--depths", type=parse_ints, default=[2, 4, 8],
+                   help="hidden layers, comma-separated (default 2,4,8)")
+    p.add_argument("--widths", type=parse_ints, default=[256, 512, 1024],
+                   help="neurons per hidden layer (default 256,512,1024)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs for every run (default 8)")
     p.add_argument("--lr", type=float, default=3e-2, help="Adam learning rate for every run (default 3e-2)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--recipe", default=RECIPE, help=f"base recipe (default {RECIPE})")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: depth 2, width 32, 2 epochs, one seed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     try:
         args.seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
@@ -268,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows)
     trends = trend(summary)
     meta = {
-        "command": "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))),
+        "command": "python " + " ".join(shlex.quote(a) for a in
+                                        ([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_model()}, {torch.get_num_threads()} torch thread(s), {platform.system()}",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "recipe": args.recipe,
@@ -277,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     from compressor.fileio import atomic_write_json, atomic_write_text
 
-    atomic_write_json(args.out / "bench_stripping.json", {"meta": meta, "runs": rows, "summary": summary, "trend": trends})
+    atomic_write_json(args.out / "bench_stripping.json",
+                      {"meta": meta, "runs": rows, "summary": summary, "trend": trends})
     md = markdown(meta, summary, trends)
     atomic_write_text(args.out / "bench_stripping.md", md)
     print(md)

@@ -138,7 +138,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
                   f"{load['cpu_share']:.0%} (busy: {load['busy']}); verdict: **{b['check']['verdict']}**", "",
                   "| figure | moved vs idle | flagged |", "|---|---|---|"]
         for x in b["check"]["rows"] + b["check"]["comparisons"]:
-            lines.append(f"| {x.get('row') or x.get('comparison')} | {x['moved']:+.0%} | {'yes' if x['flagged'] else 'no'} |")
+            lines.append(f"| {x.get('row') or x.get('comparison')} | {x['moved']:+.0%} | "
+                         f"{'yes' if x['flagged'] else 'no'} |")
         lines.append("")
     return "\n".join(lines)
 

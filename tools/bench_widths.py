@@ -134,7 +134,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], command: str) -> s
     for r in rows:
         v = r["verify"]
         reliable = all(x["reliable"] for x in v.values())
-        lines.append(f"| {r['model']} | {r['threads']} | {r['chosen']} | {r['removed_exact']} / {r['removed_chosen']} | "
+        lines.append(f"| {r['model']} | {r['threads']} | {r['chosen']} | "
+                     f"{r['removed_exact']} / {r['removed_chosen']} | "
                      f"{v['chosen@1']['ratio']:.3f} | {v['chosen@8']['ratio']:.3f} | {v['exact@1']['ratio']:.3f} | "
                      f"{v['exact@8']['ratio']:.3f} | {'yes' if reliable else 'no'} |")
     lines += ["", "Widths per group (before → exact → chosen), and the policy's own measurement (p50 ratio to dense, "
@@ -143,8 +144,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], command: str) -> s
         groups = ", ".join(f"`{g['root']}` {g['before']}→{g['exact']}→{g['chosen']}" for g in r["policy"]["groups"])
         cands = ", ".join(f"{c['label']} {c['latency_ratio'].get('1', 1.0):.3f}/{c['latency_ratio'].get('8', 1.0):.3f}"
                           for c in r["policy"]["candidates"])
-        lines.append(f"- **{r['model']}, {r['threads']} thread(s)**: {cands} (choice took {r['choice_seconds']:.0f} s). "
-                     f"Groups: {groups}")
+        lines.append(f"- **{r['model']}, {r['threads']} thread(s)**: {cands} "
+                     f"(choice took {r['choice_seconds']:.0f} s). Groups: {groups}")
     return "\n".join(lines) + "\n"
 
 

@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sparsity", default="0.5,0.7", help="comma-separated target neuron sparsities")
     p.add_argument("--seeds", type=int, default=3, help="seeds per point")
     p.add_argument("--first-seed", type=int, default=0,
-                   help="run seeds FIRST .. FIRST+SEEDS-1 (split a grid's seeds over processes, then merge with --resume)")
+                   help="run seeds FIRST .. FIRST+SEEDS-1 (split a grid's seeds over processes, then merge with "
+                        "--resume)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: the base recipe's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate of every run (default: the base recipe's)")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
@@ -243,7 +244,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     result = {"command": "python tools/compare_criteria.py " + " ".join(sys.argv[1:]),
-              "data": args.data, "model": runner.model_name, "recipe": str(args.recipe), "epochs": ep, "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
+              "data": args.data, "model": runner.model_name, "recipe": str(args.recipe), "epochs": ep,
+              "lr": runner.base["train"]["lr"], "seeds": seeds, "targets": targets,
               "rows": rows, "runs": runner.runs, "reused": runner.reused, "env": env, "total_seconds": total}
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", markdown(result))
@@ -281,7 +283,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Command: `{result['command']}`  ",
              f"Data {result['data']}, model {result['model']}, {result['epochs']} epochs per run at lr "
              f"{result.get('lr', '?')}, seeds "
-             f"{result['seeds']}; {result['env']['date']}, {result['env']['platform']}, torch {result['env']['torch']}, "
+             f"{result['seeds']}; {result['env']['date']}, {result['env']['platform']}, torch "
+             f"{result['env']['torch']}, "
              f"{result['env']['threads']} threads; {_time_line(result)}.", "",
              "| method | target S | setting | accuracy (%) | neuron sparsity (%) | weight sparsity (%) | params | MACs "
              "| training MACs (x dense) | wall-clock (s) |",
@@ -298,7 +301,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{100 * r['neuron_sparsity']:.1f} ± {100 * r['neuron_sparsity_std']:.1f} | "
             f"{100 * r['weight_sparsity']:.1f} | {r['params']:.0f} / {r['params_before']} | "
             f"{r['macs']:.0f} / {r['macs_before']} | "
-            f"{'-' if r.get('train_macs_ratio') is None else format(r['train_macs_ratio'], '.2f')} | {r['wall_s']:.1f} |")
+            f"{'-' if r.get('train_macs_ratio') is None else format(r['train_macs_ratio'], '.2f')} | "
+            f"{r['wall_s']:.1f} |")
     lines += ["", "Matching: dnr and baselines set the target sparsity; demp (demp.peak) and dormant (dormant.tau) "
               "take the sweep value (first seed) whose reached sparsity is closest to the target; stripping "
               "reports what it reaches. Sparsities shown are reached, not targets; \"(not reached)\" marks a "

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _shared.sweep(names, functools.partial(_worker, max_params=args.max_params), size=args.size, timeout=args.timeout, results_path=out / "sweep.json",
+    rows = _shared.sweep(names, functools.partial(_worker, max_params=args.max_params), size=args.size,
+                         timeout=args.timeout, results_path=out / "sweep.json",
                          resume=not args.models,
                          describe=lambda r: f"{r['model']:<28} {r['status']:<9} removed={r.get('removed', '-')} "
                                             f"blocked={r.get('blocked', '-')} {r.get('wall_s')}s "

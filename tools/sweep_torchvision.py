@@ -160,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def to_markdown(rows: list[dict]) -> str:
     lines = ["| model | input | params before | params after | groups (prunable) | removed | graph s | "
-             "decide+apply s | rel. diff calib | rel. diff held-out | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "decide+apply s | rel. diff calib | rel. diff held-out | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["model"]):
         if r.get("status") in ("ok", "MISMATCH"):
             lines.append(f"| {r['model']} | {r['input']} | {r['params_before']:,} | {r['params_after']:,} | "
                          f"{r['groups']} ({r['prunable_groups']}) | {r['removed']} | {r['graph_s']} | "
-                         f"{r['decide_apply_s']} | {r['rel_diff_calib']:.1e} | {r['rel_diff_heldout']:.1e} | {r['status']} |")
+                         f"{r['decide_apply_s']} | {r['rel_diff_calib']:.1e} | {r['rel_diff_heldout']:.1e} | "
+                         f"{r['status']} |")
         else:
             lines.append(f"| {r['model']} | {r.get('input', '')} | | | | | | | | | {r['status']}: "
                          f"{r.get('error', '')[:160]} |")

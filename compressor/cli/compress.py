@@ -72,8 +72,8 @@ def add_decision_args(p: argparse.ArgumentParser, *, auto: bool) -> None:
                    f"blocked, with the reason in the report (default {ANALYZER_TIME_BUDGET:g})")
     if auto:
         p.add_argument("--round-to", type=_round_to, default="auto", metavar="auto|N",
-                       help="widths after removal: auto times the exact widths, multiples of 8, 16 and 32 and the dense "
-                       "model on the runtime and keeps the fastest (never slower than dense); N keeps widths "
+                       help="widths after removal: auto times the exact widths, multiples of 8, 16 and 32 and the "
+                       "dense model on the runtime and keeps the fastest (never slower than dense); N keeps widths "
                        "multiples of N (1: exact); extra channels kept are always dead ones")
     else:
         p.add_argument("--round-to", type=int, default=1, metavar="N",
@@ -110,7 +110,8 @@ INSPECT_EXAMPLES = """examples:
 
 
 def register(subparsers: Any) -> None:
-    c = subparsers.add_parser("compress", help="remove dead neurons from a trained checkpoint", epilog=COMPRESS_EXAMPLES,
+    c = subparsers.add_parser("compress", help="remove dead neurons from a trained checkpoint",
+                              epilog=COMPRESS_EXAMPLES,
                               description="Find channels that are dead at every layer reading them, remove "
                               "them with everything coupled to them, verify, export ONNX and a report.")
     add_model_args(c)
@@ -173,7 +174,8 @@ def _check_folder_args(args: argparse.Namespace, plan: Any) -> None:
     """A compressed folder carries its architecture (and a model file's code): options that would build
     another model are refused rather than ignored; a matching ``--arch`` is allowed."""
     arch = (plan.model or {}).get("arch")
-    given = [f"--{name.replace('_', '-')}" for name in ("model_file", "model_arg", "num_classes") if getattr(args, name)]
+    given = [f"--{name.replace('_', '-')}" for name in ("model_file", "model_arg", "num_classes")
+             if getattr(args, name)]
     if args.arch and arch and args.arch.strip().lower().replace("_", "-") != str(arch).lower().replace("_", "-"):
         given.insert(0, f"--arch {args.arch}")
     if given:

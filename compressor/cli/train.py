@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import DempError, UsageError
 
@@ -75,7 +76,7 @@ DEMO_EXAMPLES = """examples:
 """
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``demo`` to the ``demp`` command."""
     p = subparsers.add_parser(
         "train", epilog=TRAIN_EXAMPLES,
@@ -95,10 +96,12 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="shorthand for --set train.device=...")
     p.add_argument("--normalize", metavar="NORM", help="shorthand for --set data.normalize=NORM: input statistics, "
                    "auto | imagenet | cifar10 | cifar100 | mnist | M1,M2,M3/S1,S2,S3, for every data set (an "
-                   "imagefolder: too); auto: those of the recipe's architecture's published weights, else the data's own")
+                   "imagefolder: too); auto: those of the recipe's architecture's published weights, else the data's "
+                   "own")
     p.add_argument("--overwrite", action="store_true",
                    help="replace demp's own outputs in --out (a folder holding the recipe or other files is refused)")
-    p.add_argument("--no-export", action="store_true", help="skip the ONNX export and report (OUT/model keeps plan.json + weights)")
+    p.add_argument("--no-export", action="store_true",
+                   help="skip the ONNX export and report (OUT/model keeps plan.json + weights)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_train)
 
@@ -132,14 +135,14 @@ def _shorthands(args: argparse.Namespace) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..training import distributed as dist_util
     from ..training.config import load_recipe
     from ..training.finish import RECIPE_FILE
 
     if args.resume:
         out = Path(args.resume)
         if args.out and Path(args.out).resolve() != out.resolve():
-            raise UsageError(f"--out {args.out} and --resume {args.resume} differ; a resumed run writes into its own directory")
+            raise UsageError(f"--out {args.out} and --resume {args.resume} differ; a resumed run writes into its own "
+                             "directory")
         recipe_path = Path(args.recipe) if args.recipe else out / RECIPE_FILE
         if args.overwrite:
             raise UsageError("--overwrite and --resume contradict each other; drop one")
@@ -287,11 +290,13 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
     if s.get("train_macs_ratio") is not None:
         speed = (f"; optimizer steps {s['train_step_seconds']:.1f}s, about {s['train_speedup_est']:.2f}x the speed of "
                  f"dense steps ({s['dense_step_seconds_est']:.1f}s estimated)" if s.get("train_speedup_est") else "")
-        lines.append(f"  training cost: {s['train_macs'] / 1e9:.3g} GMACs forward+backward, {s['train_macs_ratio']:.2f}x "
+        lines.append(f"  training cost: {s['train_macs'] / 1e9:.3g} GMACs forward+backward, "
+                     f"{s['train_macs_ratio']:.2f}x "
                      f"of dense training{speed}")
     if report:
         lines += [f"  {v}" for v in speed_verdicts(report)]
-    lines.append(f"  files: {result.out_dir}/ (metrics.jsonl, plots/, checkpoints/), compact model in {result.compact_dir}/")
+    lines.append(f"  files: {result.out_dir}/ (metrics.jsonl, plots/, checkpoints/), compact model in "
+                 f"{result.compact_dir}/")
     return "\n".join(lines)
 
 

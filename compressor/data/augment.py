@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -16,10 +17,10 @@ def crop_flip_augment(size: int | tuple[int, int], *, flip: bool) -> tuple[Calla
     """The training augmentation of every in-memory image dataset, and its description.
 
     A random crop of ``size`` (``side`` or ``(height, width)``) from the image zero-padded by
-    ``max(1, round(min side / 8))`` pixels on each border (4 at 32, the CIFAR setting of papers 000/002; 8 at 64, the VGG-16 recipes' input
-    after paper 000's appendix J.2 resize), plus a random horizontal flip for natural images
-    (``flip``; never for digits, which a mirror turns into other shapes). It runs after any resize
-    to the model's input, so it follows the recipe at every input size.
+    ``max(1, round(min side / 8))`` pixels on each border (4 at 32, the CIFAR setting of papers 000/002;
+    8 at 64, the VGG-16 recipes' input after paper 000's appendix J.2 resize), plus a random horizontal
+    flip for natural images (``flip``; never for digits, which a mirror turns into other shapes). It runs
+    after any resize to the model's input, so it follows the recipe at every input size.
     """
     from torchvision import transforms
 

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,7 +13,14 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["DataBundle", "TensorImageDataset"]
+__all__ = ["DataBundle", "TensorImageDataset", "num_samples"]
+
+
+def num_samples(dataset: Dataset) -> int:
+    """``len(dataset)``; torch's ``Dataset`` type does not promise a length, every dataset demp loads has one."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"object of type {type(dataset).__name__!r} has no len()")
+    return len(dataset)
 
 
 @dataclass
@@ -77,7 +85,7 @@ class TensorImageDataset(Dataset):
             x = resize(x, [self.size, self.size], antialias=True)
         if self.transform is not None:
             x = self.transform(x)
-        if self._mean is not None:
+        if self._mean is not None and self._std is not None:
             x = (x - self._mean) / self._std
         return x, int(self.targets[index])
 

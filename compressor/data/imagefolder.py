@@ -24,8 +24,9 @@ import os
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,7 +193,7 @@ def _small_bundle(train: Any, test: Any, split: tuple[list[int], list[int]] | No
         per_item = out[0] if resized else None
         train_part: Dataset = TensorImageDataset(x, y, mean=mean, std=std, transform=transform, size=per_item)
         test_part: Dataset | None = (TensorImageDataset(x_test, y_test, mean=mean, std=std, size=per_item)
-                                     if x_test is not None else None)
+                                     if x_test is not None and y_test is not None else None)
         storage = f"decoded into memory at {h}x{w} ({count} images, {count * 3 * h * w / 1e6:.0f} MB of uint8)"
     else:
         mean, std = stats or _sampled_stats(train, train_idx, hw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ TEST_FRACTION = 0.2
 SMALL_CALIBRATION = 128
 
 
-def stratified_split(targets: Sequence[int] | Tensor, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+def stratified_split(targets: Sequence[int] | Tensor, test_fraction: float = TEST_FRACTION,
+                     seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
     """Deterministic stratified split: from each class, ``round(test_fraction * n)`` go to test.
 
     Classes with a single sample stay in train. Returns sorted (train_indices, test_indices).
@@ -36,14 +37,15 @@ def stratified_split(targets: Sequence[int] | Tensor, test_fraction: float = TES
     test: list[int] = []
     for cls in torch.unique(targets).tolist():
         idx = torch.nonzero(targets == cls).flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)].tolist()
-        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1) if len(idx) > 1 else 0
-        test += idx[:n_test]
-        train += idx[n_test:]
+        shuffled: list[int] = idx[torch.randperm(len(idx), generator=generator)].tolist()
+        n_test = min(max(int(round(test_fraction * len(shuffled))), 1), len(shuffled) - 1) if len(shuffled) > 1 else 0
+        test += shuffled[:n_test]
+        train += shuffled[n_test:]
     return sorted(train), sorted(test)
 
 
-def calibration_split(dataset: Dataset, samples: int = 1024, heldout: int = 256, seed: int = 0) -> tuple[Subset, Subset]:
+def calibration_split(dataset: Dataset, samples: int = 1024, heldout: int = 256,
+                      seed: int = 0) -> tuple[Subset, Subset]:
     """Two disjoint random subsets: ``samples`` for measuring activity, ``heldout`` for checking.
 
     The calibration request is honoured first (all of a smaller dataset); the held-out check gets what

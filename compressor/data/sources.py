@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -320,18 +321,7 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool,
 
     x = _npz_inputs(arrays["x"], "x", path)
     y = _npz_labels(arrays.get("y"), len(x), "y", path)
-    x_test = y_test = None
-    if "x_test" in arrays:
-        x_test = _npz_inputs(arrays["x_test"], "x_test", path)
-        if tuple(x_test.shape[1:]) != tuple(x.shape[1:]):
-            raise DataError(f"{path}: x_test samples have shape {tuple(x_test.shape[1:])} but x has {tuple(x.shape[1:])}")
-        if (x_test.dtype == torch.uint8) != (x.dtype == torch.uint8):
-            raise DataError(f"{path}: x and x_test must have the same dtype (both uint8 or both float)")
-        if "y_test" not in arrays and "y" in arrays:
-            raise DataError(f"{path}: x_test is given without y_test; add y_test (int labels)")
-        y_test = _npz_labels(arrays.get("y_test"), len(x_test), "y_test", path)
-    elif "y_test" in arrays:
-        raise DataError(f"{path}: y_test is given without x_test")
+    x_test, y_test = _npz_test_split(arrays, x, path)
 
     labeled = "y" in arrays
     num_classes = int(max(int(y.max()), int(y_test.max()) if y_test is not None else -1) + 1) if labeled else 0
@@ -350,13 +340,30 @@ def _load_npz(name: str, path: Path, *, input_size: int | None, augment: bool,
                                         flip=image and shape[0] == 3)  # a flip for colour images only
     try:
         train = TensorImageDataset(x, y, mean=mean, std=std, size=size, transform=transform)
-        test = TensorImageDataset(x_test, y_test, mean=mean, std=std, size=size) if x_test is not None else None
+        test = (TensorImageDataset(x_test, y_test, mean=mean, std=std, size=size)
+                if x_test is not None and y_test is not None else None)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from exc
     return DataBundle(
         name="npz", train=train, test=test, input_shape=shape, num_classes=num_classes, mean=mean, std=std,
         info={"labeled": labeled, **aug_info}, native_shape=tuple(int(d) for d in x.shape[1:]),
     )
+
+
+def _npz_test_split(arrays: dict[str, np.ndarray], x: Tensor, path: Path) -> tuple[Tensor | None, Tensor | None]:
+    """An npz file's ``x_test`` and ``y_test`` (None, None without them), checked against ``x``."""
+    if "x_test" not in arrays:
+        if "y_test" in arrays:
+            raise DataError(f"{path}: y_test is given without x_test")
+        return None, None
+    x_test = _npz_inputs(arrays["x_test"], "x_test", path)
+    if tuple(x_test.shape[1:]) != tuple(x.shape[1:]):
+        raise DataError(f"{path}: x_test samples have shape {tuple(x_test.shape[1:])} but x has {tuple(x.shape[1:])}")
+    if (x_test.dtype == torch.uint8) != (x.dtype == torch.uint8):
+        raise DataError(f"{path}: x and x_test must have the same dtype (both uint8 or both float)")
+    if "y_test" not in arrays and "y" in arrays:
+        raise DataError(f"{path}: x_test is given without y_test; add y_test (int labels)")
+    return x_test, _npz_labels(arrays.get("y_test"), len(x_test), "y_test", path)
 
 
 def _npz_inputs(array: np.ndarray, key: str, path: Path) -> Tensor:
@@ -376,7 +383,8 @@ def _npz_inputs(array: np.ndarray, key: str, path: Path) -> Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     elif np.issubdtype(array.dtype, np.floating):
         if array.ndim < 2:
-            raise DataError(f"{path}: float array {key!r} must be N x C x H x W (or N x features), got shape {array.shape}")
+            raise DataError(f"{path}: float array {key!r} must be N x C x H x W (or N x features), got shape "
+                            f"{array.shape}")
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         if not bool(torch.isfinite(tensor).all()):
             raise DataError(f"{path}: array {key!r} contains NaN or Inf values")

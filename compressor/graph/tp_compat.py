@@ -35,8 +35,9 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch_pruning as tp
 from torch_pruning.dependency import group as _group
@@ -149,7 +150,7 @@ def bounded_index_mappings(budget: IndexBudget) -> Iterator[IndexBudget]:
 
         try:
             for c, original in originals.items():
-                c.__call__ = _bounded(original, budget)
+                c.__call__ = _bounded(original, budget)  # type: ignore[method-assign]  # patching torch_pruning
             _index_mapping.update_index_mapping = lambda graph: None
             _group.Group.add_dep = counted_add_dep
             yield budget
@@ -157,7 +158,7 @@ def bounded_index_mappings(budget: IndexBudget) -> Iterator[IndexBudget]:
             _group.Group.add_dep = add_dep
             _index_mapping.update_index_mapping = update
             for c, original in originals.items():
-                c.__call__ = original
+                c.__call__ = original  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -267,7 +268,7 @@ def channel_padding(node: Any) -> str | None:
     """
     grad_fn = getattr(node, "grad_fn", None)
     pad = getattr(grad_fn, "_saved_pad", None)
-    if pad is None or "ConstantPad" not in type(grad_fn).__name__:
+    if grad_fn is None or pad is None or "ConstantPad" not in type(grad_fn).__name__:
         return None
     try:
         rank = len(grad_fn._input_metadata[0].shape)

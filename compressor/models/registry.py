@@ -9,14 +9,15 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..weight_files import find_classifier
 from ..errors import UsageError
+from ..weight_files import find_classifier
 from .cnn import build_cnn
 from .mlp import build_mlp
 from .resnet_cifar import build_resnet18_cifar
@@ -37,7 +38,15 @@ from .user_file import (
 )
 from .vgg_cifar import build_vgg16_cifar
 from .vit import build_vit_tiny
-from .zoo import build_timm, build_torchvision, check_timm_arch, timm_name, timm_spec, torchvision_archs, torchvision_spec
+from .zoo import (
+    build_timm,
+    build_torchvision,
+    check_timm_arch,
+    timm_name,
+    timm_spec,
+    torchvision_archs,
+    torchvision_spec,
+)
 
 __all__ = ["BuiltinArch", "BUILTINS", "list_archs", "canonical_arch", "make_spec", "build_model",
            "infer_num_classes", "example_input", "data_normalization"]
@@ -171,9 +180,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
     model = _instantiate(spec)
     if spec.num_classes < 0:  # user factory with its own default class count
         found = find_classifier(model)
-        n = int(found[1].weight.shape[0]) if found is not None else 0
+        n = int(found[1].get_parameter("weight").shape[0]) if found is not None else 0
         spec = replace(spec, num_classes=n)
-    model.demp_spec = spec
+    model.demp_spec = spec  # type: ignore[assignment]  # demp's attribute; Module.__setattr__ is typed for tensors
     return model
 
 

@@ -3,7 +3,7 @@ papers' CIFAR network)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

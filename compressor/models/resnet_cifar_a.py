@@ -28,7 +28,7 @@ only by its ``conv2``, are ordinary groups and prunable: 13 of their 336 channel
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ paper's "0.27M") and ResNet-56 855,770 (853,018 with option A, "0.85M").
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -76,13 +76,15 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_resnet20_cifar(num_classes: int, input_shape: Sequence[int], *, zero_init_residual: bool = False) -> nn.Module:
+def build_resnet20_cifar(num_classes: int, input_shape: Sequence[int], *,
+                         zero_init_residual: bool = False) -> nn.Module:
     """ResNet-20 for 32x32 inputs (3 blocks per stage; 272,474 parameters at 10 classes)."""
     require_image(input_shape, "resnet20-cifar")
     return CifarResNet(3, num_classes, input_shape[0], zero_init_residual=zero_init_residual)
 
 
-def build_resnet56_cifar(num_classes: int, input_shape: Sequence[int], *, zero_init_residual: bool = False) -> nn.Module:
+def build_resnet56_cifar(num_classes: int, input_shape: Sequence[int], *,
+                         zero_init_residual: bool = False) -> nn.Module:
     """ResNet-56 for 32x32 inputs (9 blocks per stage; 855,770 parameters at 10 classes)."""
     require_image(input_shape, "resnet56-cifar")
     return CifarResNet(9, num_classes, input_shape[0], zero_init_residual=zero_init_residual)

@@ -7,8 +7,9 @@ description, never from pickled code.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import UsageError
 
@@ -50,7 +51,7 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         known = {"arch", "num_classes", "input_shape", "kwargs", "model_file"}
         unknown = sorted(set(data) - known)
         missing = sorted({"arch", "num_classes", "input_shape"} - set(data))

@@ -13,8 +13,9 @@ import inspect
 import os
 import sys
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -54,7 +55,8 @@ def spec_from_file(model_file: str, *, arch: str | None, num_classes: int | None
         declared = getattr(module, "INPUT_SHAPE", None)
         size = int(input_size or 224)
         input_shape = tuple(int(d) for d in declared) if declared is not None else (3, size, size)
-    return ModelSpec(arch=arch or f"custom:{factory_name}", num_classes=int(num_classes) if num_classes is not None else -1,
+    return ModelSpec(arch=arch or f"custom:{factory_name}",
+                     num_classes=int(num_classes) if num_classes is not None else -1,
                      input_shape=tuple(input_shape), kwargs=kwargs, model_file=f"{path}:{factory_name}")
 
 

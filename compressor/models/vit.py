@@ -26,7 +26,7 @@ are never pruned. The only prunable neurons are the MLP hidden units, the output
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -40,6 +42,11 @@ from ..errors import UsageError
 from ..fileio import atomic_write_text
 from .bounds import bounded, check_bounds, reject
 from .methods import METHODS, method_names
+from .methods.baseline import BaselineConfig
+from .methods.demp import DemPConfig
+from .methods.dnr import DNRConfig
+from .methods.dormant import DormantConfig
+from .methods.stripping import StrippingConfig
 
 RECIPE_SCHEMA = "demp.recipe/1"
 
@@ -65,25 +72,41 @@ RESUME_TOLERANT_KEYS = (
 class ModelConfig:
     """Which network to train (see :func:`compressor.models.build_model`)."""
 
-    arch: str = bounded("cnn", text=True, what="an architecture name", help="a built-in (\"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", \"vit-tiny\", ...: docs/models-data.md) or a torchvision name")
+    arch: str = bounded("cnn", text=True, what="an architecture name",
+                        help="a built-in (\"mlp\", \"cnn\", \"resnet18-cifar\", \"vgg16-cifar\", \"vit-tiny\", ...: "
+                             "docs/models-data.md) or a torchvision name")
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "passed to the architecture's builder"})
-    num_classes: int | None = bounded(None, integer=True, low=2, nullable=True, help="default: the dataset's number of classes")
-    checkpoint: str | None = field(default=None, metadata={"help": "optional starting weights (fine-tune with DemP); safetensors or state dict"})
-    model_file: str | None = field(default=None, metadata={"help": "optional user factory file (see compressor.models)"})
+    num_classes: int | None = bounded(None, integer=True, low=2, nullable=True,
+                                      help="default: the dataset's number of classes")
+    checkpoint: str | None = field(default=None,
+                                   metadata={"help": "optional starting weights (fine-tune with DemP); safetensors or "
+                                                     "state dict"})
+    model_file: str | None = field(default=None,
+                                   metadata={"help": "optional user factory file (see compressor.models)"})
 
 
 @dataclass
 class DataConfig:
     """Which data to train on and how it is batched (see :func:`compressor.data.load_data`)."""
 
-    spec: str = bounded("digits", text=True, what="a dataset spec such as digits or cifar10:/data/cifar", help="\"digits\", \"mnist:ROOT\", \"cifar10:ROOT\", \"imagefolder:PATH\", \"npz:PATH\", ...")
-    input_size: int | None = bounded(None, integer=True, low=1, nullable=True, help="resize images to this side length (None: the dataset's own)")
-    normalize: str = field(default="auto", metadata={"help": "input statistics: auto | imagenet | cifar10 | cifar100 | mnist | \"M1,M2,M3/S1,S2,S3\"; auto: those the architecture's published weights expect (resnet*-cifar-a: imagenet), else the dataset's own"})
+    spec: str = bounded("digits", text=True, what="a dataset spec such as digits or cifar10:/data/cifar",
+                        help="\"digits\", \"mnist:ROOT\", \"cifar10:ROOT\", \"imagefolder:PATH\", \"npz:PATH\", ...")
+    input_size: int | None = bounded(None, integer=True, low=1, nullable=True,
+                                     help="resize images to this side length (None: the dataset's own)")
+    normalize: str = field(default="auto",
+                           metadata={"help": "input statistics: auto | imagenet | cifar10 | cifar100 | mnist | "
+                                             "\"M1,M2,M3/S1,S2,S3\"; auto: those the architecture's published weights "
+                                             "expect (resnet*-cifar-a: imagenet), else the dataset's own"})
     batch_size: int = bounded(128, integer=True, low=1, help="training batch size")
     eval_batch_size: int | None = bounded(None, integer=True, low=1, nullable=True, help="None: 2 x batch_size")
-    num_workers: int = bounded(0, integer=True, low=0, help="DataLoader worker processes (0: load in the training process)")
-    drop_last: bool = field(default=True, metadata={"help": "drop the last incomplete training batch (keeps BatchNorm batches >= 2)"})
-    val_samples: int = bounded(0, integer=True, low=0, note="0: no validation split", help="training samples held out as a validation split (never trained on): death, dormancy and importance are measured there and val accuracy is logged per epoch; 0: measure on held-aside training samples")
+    num_workers: int = bounded(0, integer=True, low=0,
+                               help="DataLoader worker processes (0: load in the training process)")
+    drop_last: bool = field(default=True,
+                            metadata={"help": "drop the last incomplete training batch (keeps BatchNorm batches >= 2)"})
+    val_samples: int = bounded(0, integer=True, low=0, note="0: no validation split",
+                               help="training samples held out as a validation split (never trained on): death, "
+                                    "dormancy and importance are measured there and val accuracy is logged per epoch; "
+                                    "0: measure on held-aside training samples")
 
 
 @dataclass
@@ -91,27 +114,40 @@ class TrainConfig:
     """The optimization recipe. Epoch-valued fields (``step_size``, ``milestones``, ``warmup_epochs``)
     are converted to optimizer steps with the number of batches per epoch."""
 
-    epochs: int | float = bounded(10, low=0, low_open=True, note="a fraction trains part of an epoch", help="training epochs (> 0; a fraction such as 0.2 trains that share of an epoch: the run takes round(epochs x batches per epoch) optimizer steps)")
+    epochs: int | float = bounded(10, low=0, low_open=True, note="a fraction trains part of an epoch",
+                                  help="training epochs (> 0; a fraction such as 0.2 trains that share of an epoch: "
+                                       "the run takes round(epochs x batches per epoch) optimizer steps)")
     optimizer: str = bounded("adam", choices=OPTIMIZERS, help="adam | adamw | sgd")
     lr: float = bounded(1e-3, low=0, low_open=True, help="learning rate (peak lr for one_cycle)")
     momentum: float = bounded(0.9, low=0, high=1, high_open=True, help="sgd only")
     nesterov: bool = field(default=False, metadata={"help": "sgd only"})
-    betas: list[float] = bounded(default_factory=lambda: [0.9, 0.999], each=True, length=2, low=0, high=1, high_open=True, help="adam/adamw")
-    adam_eps: float = bounded(1e-8, low=0, low_open=True, help="adam/adamw epsilon (it matters for neuron death: paper 000, appendix E)")
-    weight_decay: float = bounded(0.0, low=0, help="coupled (adam, sgd) or decoupled (adamw) decay, beside DemP's penalty")
-    lr_schedule: str = bounded("constant", choices=LR_SCHEDULES, help="constant | step | multistep | cosine | one_cycle")
+    betas: list[float] = bounded(default_factory=lambda: [0.9, 0.999], each=True, length=2, low=0, high=1,
+                                 high_open=True, help="adam/adamw")
+    adam_eps: float = bounded(1e-8, low=0, low_open=True,
+                              help="adam/adamw epsilon (it matters for neuron death: paper 000, appendix E)")
+    weight_decay: float = bounded(0.0, low=0,
+                                  help="coupled (adam, sgd) or decoupled (adamw) decay, beside DemP's penalty")
+    lr_schedule: str = bounded("constant", choices=LR_SCHEDULES,
+                               help="constant | step | multistep | cosine | one_cycle")
     step_size: int = bounded(30, integer=True, low=1, note="epochs", help="step: decay every step_size epochs")
-    gamma: float = bounded(0.1, low=0, low_open=True, high=1, help="step / multistep: multiply the lr by gamma at each decay")
-    milestones: list[int] = bounded(default_factory=list, each=True, integer=True, low=1, help="multistep: epochs at which to decay")
+    gamma: float = bounded(0.1, low=0, low_open=True, high=1,
+                           help="step / multistep: multiply the lr by gamma at each decay")
+    milestones: list[int] = bounded(default_factory=list, each=True, integer=True, low=1,
+                                    help="multistep: epochs at which to decay")
     min_lr_factor: float = bounded(0.0, low=0, high=1, help="cosine: final lr = lr * min_lr_factor")
-    pct_start: float = bounded(0.3, low=0, low_open=True, high=1, high_open=True, help="one_cycle: fraction of the steps spent rising")
+    pct_start: float = bounded(0.3, low=0, low_open=True, high=1, high_open=True,
+                               help="one_cycle: fraction of the steps spent rising")
     div_factor: float = bounded(25.0, low=1, help="one_cycle: initial lr = lr / div_factor")
     final_div_factor: float = bounded(1e4, low=1, help="one_cycle: final lr = initial lr / final_div_factor")
     warmup_epochs: float = bounded(0.0, low=0, help="linear warm-up from 0, composed with any schedule above")
     label_smoothing: float = bounded(0.0, low=0, high=1, high_open=True, help="cross-entropy label smoothing in [0, 1)")
-    augment: bool = field(default=False, metadata={"help": "random crop with side/8 padding (+ horizontal flip for colour images) at the input size; large-image folders: random-resized crop + flip"})
-    grad_clip: float | None = bounded(None, low=0, low_open=True, nullable=True, help="clip the global gradient norm to this value")
-    seed: int = bounded(0, integer=True, low=0, help="seeds python, numpy, torch, the shuffling order and the death-sample choice")
+    augment: bool = field(default=False,
+                          metadata={"help": "random crop with side/8 padding (+ horizontal flip for colour images) at "
+                                            "the input size; large-image folders: random-resized crop + flip"})
+    grad_clip: float | None = bounded(None, low=0, low_open=True, nullable=True,
+                                      help="clip the global gradient norm to this value")
+    seed: int = bounded(0, integer=True, low=0,
+                        help="seeds python, numpy, torch, the shuffling order and the death-sample choice")
     device: str = bounded("auto", choices=DEVICES, help="auto | cpu | cuda")
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)"})
     checkpoint_keep: int = bounded(2, integer=True, low=1, help="keep the last N epoch checkpoints")
@@ -123,34 +159,39 @@ class ExportConfig:
     """What happens after training: the compact model is always saved (plan.json +
     weights.safetensors); these options control the ONNX export and report of ``demp train``."""
 
-    onnx: bool = field(default=True, metadata={"help": "export model.onnx, report.json, report.md through exporters.pipeline"})
+    onnx: bool = field(default=True,
+                       metadata={"help": "export model.onnx, report.json, report.md through exporters.pipeline"})
     latency: bool = field(default=True, metadata={"help": "measure dense vs compact latency in the report"})
-    batch_sizes: list[int] = bounded(default_factory=lambda: [1], each=True, nonempty=True, integer=True, low=1, help="latency batch sizes")
-    opset: int | None = bounded(None, integer=True, low=7, nullable=True, what="an ONNX opset >= 7", help="ONNX opset (None: the exporter's default)")
-    threads: int = bounded(1, integer=True, low=1, help="intra-op threads while timing (1: demp's timing policy, see docs/exporters.md)")
+    batch_sizes: list[int] = bounded(default_factory=lambda: [1], each=True, nonempty=True, integer=True, low=1,
+                                     help="latency batch sizes")
+    opset: int | None = bounded(None, integer=True, low=7, nullable=True, what="an ONNX opset >= 7",
+                                help="ONNX opset (None: the exporter's default)")
+    threads: int = bounded(1, integer=True, low=1,
+                           help="intra-op threads while timing (1: demp's timing policy, see docs/exporters.md)")
 
 
-def _recipe_fields() -> list[tuple[str, Any, Any]]:
-    """The recipe's sections: run settings, one section per registered method, export, labels."""
-    methods = " | ".join(method_names())
-    return [
-        ("method", str, bounded("demp", choices=method_names(), help=f"{methods} (none: plain training)")),
-        ("model", ModelConfig, field(default_factory=ModelConfig)),
-        ("data", DataConfig, field(default_factory=DataConfig)),
-        ("train", TrainConfig, field(default_factory=TrainConfig)),
-        *[(name, config_cls, field(default_factory=config_cls)) for name, (config_cls, _) in METHODS.items()],
-        ("export", ExportConfig, field(default_factory=ExportConfig)),
-        ("name", str | None, field(default=None, metadata={"help": "a label for reports"})),
-        ("description", str | None, field(default=None, metadata={"help": "free text"})),
-    ]
+@dataclass
+class RecipeConfig:
+    """A whole training recipe (see the module docstring): run settings, one section per registered
+    method (:data:`~compressor.training.methods.METHODS`; checked below), export, labels."""
 
-
-class _RecipeMethods:
-    """Behaviour of :class:`RecipeConfig` (its fields come from :func:`_recipe_fields`)."""
+    method: str = bounded("demp", choices=method_names(),
+                          help=f"{' | '.join(method_names())} (none: plain training)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    demp: DemPConfig = field(default_factory=DemPConfig)
+    stripping: StrippingConfig = field(default_factory=StrippingConfig)
+    dnr: DNRConfig = field(default_factory=DNRConfig)
+    dormant: DormantConfig = field(default_factory=DormantConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    name: str | None = field(default=None, metadata={"help": "a label for reports"})
+    description: str | None = field(default=None, metadata={"help": "free text"})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping (YAML/JSON-safe) that :func:`recipe_from_dict` turns back into this recipe."""
-        return _to_plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return _to_plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
@@ -161,13 +202,18 @@ class _RecipeMethods:
 
     def method_sections(self) -> list[str]:
         """The registered methods this recipe runs, in hook order ([] for plain training)."""
-        return [] if self.method == "none" else self.method.split("+")  # type: ignore[attr-defined]
+        return [] if self.method == "none" else self.method.split("+")
 
 
-#: A whole training recipe; ``method`` selects the training-and-pruning method.
-RecipeConfig = dataclasses.make_dataclass("RecipeConfig", _recipe_fields(), bases=(_RecipeMethods,),
-                                          namespace={"__doc__": "A whole training recipe (see the module docstring)."})
-RecipeConfig.__module__ = __name__
+def _check_method_sections() -> None:
+    """Every registered method has its section in :class:`RecipeConfig`, typed with its config class."""
+    hints = typing.get_type_hints(RecipeConfig)
+    for name, (config_cls, _) in METHODS.items():
+        if hints.get(name) is not config_cls:
+            raise TypeError(f"RecipeConfig needs a field {name}: {config_cls.__name__} for registered method {name!r}")
+
+
+_check_method_sections()
 
 
 # ---------------------------------------------------------------------------- dict -> dataclass
@@ -221,7 +267,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise UsageError(f"{where}: expected a mapping, got {value!r}")
         return {str(k): v for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise UsageError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return _from_mapping(tp, value, where)
@@ -322,7 +368,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: list[str] | tuple[str, .
     return out
 
 
-def read_recipe_file(path: str | Path) -> dict[str, Any]:
+def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a recipe file with ``yaml.safe_load``; missing/invalid files are UsageErrors."""
     path = Path(path)
     try:
@@ -341,7 +387,7 @@ def read_recipe_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_recipe(
-    source: str | Path | Mapping[str, Any],
+    source: str | os.PathLike[str] | Mapping[str, Any],
     overrides: list[str] | tuple[str, ...] = (),
     *,
     data_spec: str | None = None,
@@ -442,7 +488,7 @@ def recipe_reference() -> str:
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             key = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(tp):
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
                 walk(tp, key + ".")
                 continue
             default = getattr(default_obj, f.name)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -146,7 +147,7 @@ class ResumableDistributedSampler(DistributedSampler):
         self.batch_size = batch_size
         self.start_batch = 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:  # type: ignore[override]
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         super().set_epoch(epoch)
         self.start_batch = start_batch
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.bundle import num_samples
 from ..errors import DataError, UsageError
 from ..model_outputs import output_tensor
 
@@ -74,5 +75,5 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, *, bf16
 
 def sample_inputs(dataset: Dataset, n: int) -> torch.Tensor:
     """The first ``n`` inputs of ``dataset`` stacked (deterministic: no shuffling)."""
-    k = min(n, len(dataset))
+    k = min(n, num_samples(dataset))
     return torch.stack([dataset[i][0] for i in range(k)]) if k else torch.zeros(0)

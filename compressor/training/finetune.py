@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 from torch import nn
@@ -148,12 +149,16 @@ def compress_to_target(model: nn.Module, data: str | DataBundle | DataLoader, ou
     if spec is None:
         raise UsageError("the model does not know its architecture: build it with compressor.load_model(arch, "
                          "checkpoint=...) so the compact model can be saved and reloaded")
-    bundle = None if isinstance(data, str) else _bundle(data)
+    bundle: DataBundle | None = None
+    if isinstance(data, str):
+        label = data
+    else:
+        bundle = _bundle(data)
+        label = bundle.spec or bundle.name
     base = dict(recipe) if recipe is not None else None
     sets = list(overrides)
     if isinstance(data, DataLoader) and data.batch_size:
         sets.append(f"data.batch_size={int(data.batch_size)}")
-    label = data if bundle is None else (bundle.spec or bundle.name)
     rec = finetune_recipe(target=given[0], arch=spec.arch, data=label, epochs=epochs, seed=seed,
                           num_classes=spec.num_classes, base=base, overrides=sets)
     trainer = Trainer(rec, out, data=bundle, model=copy.deepcopy(model), **trainer_kwargs)

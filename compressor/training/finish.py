@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..counting import neuron_sparsity
 from ..data import DataBundle
 from ..fileio import atomic_write_json
-from ..counting import neuron_sparsity
 from ..model_outputs import compare_outputs, run_model
 from ..models import ModelSpec
 from ..plan import PruningPlan
@@ -29,11 +30,11 @@ from . import distributed as dist_util
 from .config import RecipeConfig
 from .evaluation import evaluate, sample_inputs
 from .methods import RemovalEvent
-from .run_checkpoints import CHECKPOINT_DIR
 from .metrics import METRICS_FILE, TENSORBOARD_DIR, read_metrics
 from .plots import make_plots
 from .records import event_record, live_fields, method_fields
 from .run import Run
+from .run_checkpoints import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def final_record(run: Run, parity: dict[str, Any] | None, started: float) -> dic
     """The ``final`` record: the compact model's accuracy and its size before and after."""
     t = run.recipe.train
     run.model.eval()
-    test = evaluate(run.model, run.test_loader, run.device, bf16=t.bf16) if run.test_loader is not None else (None, None)
+    test = (evaluate(run.model, run.test_loader, run.device, bf16=t.bf16) if run.test_loader is not None
+            else (None, None))
     val = evaluate(run.model, run.val_loader, run.device, bf16=t.bf16) if run.val_loader is not None else (None, None)
     plan = run.plan()
     live = live_fields(run)

@@ -53,7 +53,7 @@ def _accuracy(interval: list[dict[str, Any]], epochs: list[dict[str, Any]], path
 def _schedules(interval: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.2))
     for ax, key, label in zip(axes, ("lambda", "sigma", "lr"),
-                              ("lambda (regularization)", "sigma (noise)", "learning rate")):
+                              ("lambda (regularization)", "sigma (noise)", "learning rate"), strict=True):
         pts = _points(interval, key)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts])

@@ -19,21 +19,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..weight_files import load_weights, read_checkpoint
-from ..data import DataBundle, seed_worker
-from ..errors import CheckpointError, DataError, DempError
 from ..counting import count_macs, count_params
-from .cost import TrainingCost
+from ..data import DataBundle, num_samples, seed_worker
+from ..errors import CheckpointError, DataError, DempError
 from ..models import ModelSpec, build_model, make_spec
 from ..plan import PruningPlan
 from ..pruned import replay_plan
+from ..weight_files import load_weights, read_checkpoint
 from . import distributed as dist_util
-from .run_checkpoints import Checkpoint
 from .config import RecipeConfig
+from .cost import TrainingCost
 from .evaluation import resolve_device, seed_everything
 from .methods import METHODS, AnalyzerPruner, MethodContext, TrainingMethod
 from .metrics import MetricsLogger, NullMetrics
 from .optim import LRSchedule, build_optimizer
+from .run_checkpoints import Checkpoint
 from .splits import EpochSampler, TrainingSplits, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -162,12 +162,12 @@ def _restore_architecture(model: nn.Module, checkpoint: Checkpoint, input_shape:
         raise CheckpointError(f"checkpoint {checkpoint.path} does not fit the model of this recipe: {exc}") from None
 
 
-def _loaders(recipe: RecipeConfig, splits: TrainingSplits, ctx: dist_util.DistContext,
-             device: torch.device) -> tuple[Any, DataLoader, DataLoader | None, DataLoader | None, torch.Generator, int]:
+def _loaders(recipe: RecipeConfig, splits: TrainingSplits, ctx: dist_util.DistContext, device: torch.device,
+             ) -> tuple[Any, DataLoader, DataLoader | None, DataLoader | None, torch.Generator, int]:
     """(sampler, train, test, validation loaders, the loader's generator, steps per epoch)."""
     d, t = recipe.data, recipe.train
     train = splits.bundle.train
-    n_train = len(train)
+    n_train = num_samples(train)
     if n_train == 0:
         raise DataError(f"dataset {d.spec!r} has an empty training split")
     drop_last = d.drop_last and n_train >= d.batch_size
@@ -227,7 +227,7 @@ def build_run(recipe: RecipeConfig, *, ctx: dist_util.DistContext, data: DataBun
     if splits.bundle.test is None:
         log.warning("the dataset has no test split: test accuracy will not be reported")
     if model is not None:  # built by the caller (compressor.load_model: it knows its spec)
-        spec = model.demp_spec
+        spec: ModelSpec = model.demp_spec  # type: ignore[assignment]  # demp's attribute on the module
     else:
         model, spec = _build_model(recipe, splits.bundle)
     input_shape = tuple(int(s) for s in splits.bundle.input_shape)

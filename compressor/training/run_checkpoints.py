@@ -255,9 +255,9 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path} is incomplete: {exc.filename} is missing") from None
     except Exception as exc:  # noqa: BLE001 - safetensors/torch raise several types for damaged files
-        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({type(exc).__name__}): it was cut off or "
-                              f"changed after it was written; move {path.name} out of {path.parent} and resume again "
-                              "to continue from the checkpoint before it") from None
+        raise CheckpointError(f"checkpoint {path} is damaged and cannot be read ({type(exc).__name__}): it was "
+                              f"cut off or changed after it was written; move {path.name} out of {path.parent} "
+                              "and resume again to continue from the checkpoint before it") from None
     return Checkpoint(path=path, meta=meta, plan=plan, weights=weights, state=state)
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
-from ..data import DataBundle, load_data
+from ..data import DataBundle, load_data, num_samples
 from ..errors import UsageError
 from ..models.registry import data_normalization
 from . import distributed as dist_util
@@ -89,12 +89,13 @@ class TrainingSplits:
 
     def _hold_out(self, bundle: DataBundle) -> DataBundle:
         """The bundle minus ``data.val_samples`` training samples (held out as the validation split)."""
-        k, n = int(self.recipe.data.val_samples), len(bundle.train)
+        k, n = int(self.recipe.data.val_samples), num_samples(bundle.train)
         if not k:
             return bundle
         if k >= n:
             raise UsageError(f"data.val_samples = {k} leaves no training samples ({self.recipe.data.spec!r} has "
-                             f"{n} in its training split); hold out fewer, e.g. --set data.val_samples={max(n // 10, 1)}")
+                             f"{n} in its training split); hold out fewer, e.g. --set "
+                             f"data.val_samples={max(n // 10, 1)}")
         g = torch.Generator()
         g.manual_seed(self.recipe.train.seed + VALIDATION_SEED_OFFSET)
         perm = torch.randperm(n, generator=g)
@@ -116,7 +117,7 @@ class TrainingSplits:
         return None if self.val_idx is None else Subset(self.plain_train(), self.val_idx)
 
     def _measurement_indices(self, samples: int) -> list[int]:
-        pool = self.val_idx if self.val_idx is not None else list(range(len(self.full_train)))
+        pool = self.val_idx if self.val_idx is not None else list(range(num_samples(self.full_train)))
         k = min(int(samples), len(pool))
         g = torch.Generator()
         g.manual_seed(self.recipe.train.seed + MEASUREMENT_SEED_OFFSET)

@@ -43,8 +43,8 @@ from ..errors import CheckpointError, DempError, UsageError
 from ..fileio import prepare_output_dir
 from ..model_outputs import output_tensor
 from ..progress import progress_bar
-from . import run_checkpoints as ckpt
 from . import distributed as dist_util
+from . import run_checkpoints as ckpt
 from .config import RESUME_TOLERANT_KEYS, RecipeConfig, load_recipe, recipe_diff
 from .evaluation import autocast, evaluate, split_batch
 from .finish import OUTPUTS, RECIPE_FILE, TrainResult, finish_run
@@ -95,7 +95,7 @@ class SignalGuard:
         log.warning("\n%s received: finishing this step and writing a checkpoint (press Ctrl-C again to abort)",
                     signal.Signals(signum).name)
 
-    def __enter__(self) -> "SignalGuard":
+    def __enter__(self) -> SignalGuard:
         if self.enabled:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handler)
@@ -197,7 +197,8 @@ class Trainer:
         try:
             run.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {checkpoint.path}: optimizer state does not match the model ({exc})") from None
+            raise CheckpointError(f"checkpoint {checkpoint.path}: optimizer state does not match the model "
+                                  f"({exc})") from None
         saved = dict(state.get("methods") or {})
         if state.get("demp") is not None:  # checkpoints written before every method was under "methods"
             saved.setdefault("demp", state["demp"])
@@ -261,6 +262,7 @@ class Trainer:
         x, y = split_batch(batch)
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         lr = run.schedule.apply(run.optimizer, step)
+        assert run.train_model is not None, "Run.wrap_model() sets the model to train before the first step"
         with autocast(run.device, t.bf16):
             out = output_tensor(run.train_model(x))  # the DDP wrapper under torchrun (re-created after removals)
             loss = run.loss_fn(out.float(), y)

@@ -13,8 +13,9 @@ any data. :class:`BudgetController` turns the measured progress into a multiplic
   early cannot be undone, a slow start can be caught up). At every death measurement it is multiplied by
   ``exp(rate · (planned - measured) / T)``: behind the plan by the whole target multiplies λ by
   ``e^rate`` (8x at the default rate ln 8), ahead of it divides. The gain stays within
-  ``[min_gain, max_gain]`` = [1e-3, 1]: in budget mode the recipe's ``peak`` is the largest λ the controller may use (a runaway λ wrecks the model
-  faster than it kills neurons: on a 4,000-image MNIST run a gain of 10 ended at chance accuracy).
+  ``[min_gain, max_gain]`` = [1e-3, 1]: in budget mode the recipe's ``peak`` is the largest λ the
+  controller may use (a runaway λ wrecks the model faster than it kills neurons: on a 4,000-image MNIST
+  run a gain of 10 ended at chance accuracy).
   Controlling the logarithm of λ suits a quantity whose useful values span decades (the authors sweep
   5e-8 ... 0.35).
 - **Approach from above, then stop.** Death is irreversible: a neuron killed too many cannot be
@@ -93,7 +94,9 @@ class BudgetController:
         The three add up to the final share (the last measurement while training is not finished)."""
         final = self.final_share if self.final_share is not None else (self.last_measured or 0.0)
         lossless = self.lossless_share or 0.0
-        cut = (self.closed_to - self.closed_from) if self.closed_to is not None and self.closed_from is not None else 0.0
+        cut = 0.0
+        if self.closed_to is not None and self.closed_from is not None:  # the deadline's cut happened
+            cut = self.closed_to - self.closed_from
         return {"final": final, "lossless": lossless, "died": final - lossless - cut, "cut": cut,
                 "cut_neurons": self.closed_neurons, "cut_error": self.closed_error}
 

@@ -24,12 +24,13 @@ shortcut ties) get weight 0 under a cost: pushing what can never be removed only
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-from ...graph import DependencyAnalyzer
 from ...counting import count_macs
+from ...graph import DependencyAnalyzer
 
 __all__ = ["COSTS", "neuron_costs", "group_weights", "tensor_weights", "describe_costs"]
 
@@ -38,7 +39,8 @@ COSTS = ("uniform", "macs", "params")
 
 
 def _slices(analyzer: DependencyAnalyzer, root: str) -> list[tuple[str, int, float]]:
-    """(parameter name, dim, slices per root channel) of every parameter the group's channels own or are read through."""
+    """(parameter name, dim, slices per root channel) of every parameter the group's channels own or are
+    read through."""
     out = []
     for name, dim, idxs, root_idxs in [*analyzer.channel_params(root), *analyzer.consumer_params(root)]:
         if root_idxs:
@@ -57,8 +59,9 @@ def neuron_costs(model: nn.Module, analyzer: DependencyAnalyzer, example_inputs:
     params = dict(model.named_parameters())
     by_module: dict[str, int] = {}
     if kind == "macs":
-        example = example_inputs[:1] if isinstance(example_inputs, Tensor) else example_inputs
-        by_module = count_macs(model, example).by_module
+        if not isinstance(example_inputs, Tensor):
+            raise TypeError("MAC costs need the example inputs as one tensor")
+        by_module = count_macs(model, example_inputs[:1]).by_module
     costs: dict[str, float] = {}
     for g in groups:
         total, seen = 0.0, set()

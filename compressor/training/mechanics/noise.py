@@ -16,8 +16,9 @@ uninterrupted run would have, and DDP ranks with the same seed stay identical.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -85,7 +86,8 @@ class LiveNoise:
         for key, bucket in buckets.items():
             sizes = [p.numel() for p in bucket.params]
             bucket.buffer = torch.empty(sum(sizes), device=bucket.device, dtype=bucket.dtype)
-            bucket.views = [chunk.view(p.shape) for chunk, p in zip(bucket.buffer.split(sizes), bucket.params)]
+            bucket.views = [chunk.view(p.shape)
+                            for chunk, p in zip(bucket.buffer.split(sizes), bucket.params, strict=True)]
             parts = masks[key]
             if all(m is None for m in parts):
                 bucket.mask = None
@@ -95,7 +97,7 @@ class LiveNoise:
                         (m.reshape(-1) != 0).to(device=bucket.device, dtype=bucket.dtype)
                         if m is not None
                         else torch.ones(p.numel(), device=bucket.device, dtype=bucket.dtype)
-                        for m, p in zip(parts, bucket.params)
+                        for m, p in zip(parts, bucket.params, strict=True)
                     ]
                 )
             self._generator(bucket.device)

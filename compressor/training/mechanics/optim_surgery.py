@@ -20,7 +20,8 @@ they would have had (see ``tests/test_optim_surgery.py``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +32,12 @@ __all__ = ["slice_optimizer_state", "slice_state_tensor"]
 
 
 class _ApplyResultLike(Protocol):
-    index_maps: Mapping[str, Tensor]
-    old_params: Mapping[str, nn.Parameter]
-    new_params: Mapping[str, nn.Parameter]
+    @property
+    def index_maps(self) -> Mapping[str, Tensor]: ...
+    @property
+    def old_params(self) -> Mapping[str, nn.Parameter]: ...
+    @property
+    def new_params(self) -> Mapping[str, nn.Parameter]: ...
 
 
 def slice_state_tensor(value: Tensor, index_map: Tensor, new_param: Tensor) -> Tensor:
@@ -48,7 +52,8 @@ def slice_state_tensor(value: Tensor, index_map: Tensor, new_param: Tensor) -> T
     return out
 
 
-def _slice_state(name: str, state: dict[str, Any], old: Tensor, new: Tensor, index_map: Tensor | None) -> dict[str, Any]:
+def _slice_state(name: str, state: dict[str, Any], old: Tensor, new: Tensor,
+                 index_map: Tensor | None) -> dict[str, Any]:
     sliced: dict[str, Any] = {}
     for key, value in state.items():
         if not isinstance(value, Tensor):

@@ -41,7 +41,7 @@ the per-step cost is a handful of kernel launches however many tensors there are
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +82,7 @@ def _value(kind: str, params: Sequence[Tensor], weights: Sequence[float] | None 
     if kind in ("cdg_l2", "cdg_lasso"):
         params = torch._foreach_clamp_min(list(params), 0.0)
     order = 1 if kind in ("lasso", "cdg_lasso") else 2
-    per_tensor = torch._foreach_norm(list(params), order)
+    per_tensor = list(torch._foreach_norm(list(params), order))
     if len({n.dtype for n in per_tensor}) > 1:  # mixed-precision parameter lists
         per_tensor = [n.float() for n in per_tensor]
     norms = torch.stack(per_tensor)
@@ -97,7 +97,7 @@ class _Penalty(torch.autograd.Function):
     """scale·R(params) with a hand-written foreach backward (the gradient of each R is elementwise)."""
 
     @staticmethod
-    def forward(ctx, kind: str, scale: float, weights: tuple[float, ...] | None,  # type: ignore[override]
+    def forward(ctx, kind: str, scale: float, weights: tuple[float, ...] | None,
                 *params: Tensor) -> Tensor:
         ctx.kind = kind
         ctx.scale = scale
@@ -106,7 +106,7 @@ class _Penalty(torch.autograd.Function):
         return _value(kind, params, weights) * scale
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         params = list(ctx.saved_tensors)
         kind = ctx.kind
         g = grad_out * ctx.scale
@@ -151,7 +151,7 @@ def reference_penalty(kind: str, params: Sequence[Tensor], weights: Sequence[flo
     if kind not in per_tensor:
         raise ValueError(f"unknown regularizer {kind!r}")
     ws = [1.0] * len(params) if weights is None else list(weights)
-    return sum(w * per_tensor[kind](p) for w, p in zip(ws, params))
+    return sum(w * per_tensor[kind](p) for w, p in zip(ws, params, strict=True))
 
 
 class Regularizer:

@@ -16,7 +16,7 @@ per step costs nothing measurable.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["one_cycle", "constant", "linear", "SCHEDULES", "get_schedule"]
 
@@ -110,7 +110,7 @@ def get_schedule(
     fn = SCHEDULES[name]
     fn(0, peak, span_steps)
 
-    def schedule(t: int) -> float:  # noqa: F811 - one definition per branch
+    def bound(t: int) -> float:
         return fn(t, peak, span_steps)
 
-    return schedule
+    return bound

@@ -45,7 +45,8 @@ def rank_by_scale(model: nn.Module, channel_params: ChannelParams, groups: dict[
         for name, dim, idxs, root_idxs in channel_params.get(root, []):
             if name.endswith(".weight") and dim == 0 and name in regularized and name in params:
                 gamma = params[name].detach().abs().cpu()
-                ranked += [(float(gamma[i]) / weight, root, r) for i, r in zip(idxs, root_idxs) if alive[r]]
+                ranked += [(float(gamma[i]) / weight, root, r)
+                           for i, r in zip(idxs, root_idxs, strict=True) if alive[r]]
                 break
     return sorted(ranked)
 
@@ -74,7 +75,7 @@ class BudgetSelection:
                 if leaf != "weight" or dim != 0 or not isinstance(module, _NORMS) or name not in params:
                     continue
                 mask = masks.setdefault(name, torch.zeros_like(params[name], requires_grad=False))
-                for i, r in zip(p_idx, root_idx):
+                for i, r in zip(p_idx, root_idx, strict=True):
                     if r in picked:
                         mask[i] = weights.get(root, 1.0)
         self.terms = []

@@ -3,7 +3,8 @@
 :data:`METHODS` maps a recipe's method name (also the name of its recipe section) to the method's
 config dataclass and class. The recipe schema, the trainer and the report all read this table, so a
 new method is one module here (a config dataclass with ``validate()``/``to_dict()`` and a
-:class:`~.base.TrainingMethod` subclass with ``build()``) plus one line below.
+:class:`~.base.TrainingMethod` subclass with ``build()``) plus one line below and its section field in
+:class:`~compressor.training.config.RecipeConfig` (checked at import).
 """
 
 from __future__ import annotations

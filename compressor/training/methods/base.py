@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -99,7 +100,7 @@ class MethodContext:
     seed: int
     measurement_loader: Callable[[int], Iterable[Any]]
     measurement_samples: Callable[[int], int]  # samples a measurement of that size sees on all ranks
-    plan_owner: "TrainingMethod | None" = None
+    plan_owner: TrainingMethod | None = None
 
 
 class TrainingMethod:
@@ -112,7 +113,7 @@ class TrainingMethod:
         self._apply_listeners: list[Callable[[ApplyResult], None]] = []
 
     @classmethod
-    def build(cls, config: Any, ctx: MethodContext) -> "TrainingMethod":
+    def build(cls, config: Any, ctx: MethodContext) -> TrainingMethod:
         """Build the method for a run from its recipe section ``config``."""
         raise NotImplementedError(f"{cls.__name__} does not implement build()")
 
@@ -198,6 +199,12 @@ class AnalyzerPruner(TrainingMethod):
         self.steps_done = 0
         self.events: list[dict[str, Any]] = []
         self.total_neurons = sum(self.present_neurons().values())
+
+    def one_sample(self) -> Tensor:
+        """The first example input (what MACs are counted on); MAC counting needs one input tensor."""
+        if not isinstance(self.example_inputs, Tensor):
+            raise TypeError("counting MACs needs the example inputs as one tensor")
+        return self.example_inputs[:1]
 
     # ------------------------------------------------------------------ analyzer
     @property
@@ -356,7 +363,8 @@ class AnalyzerPruner(TrainingMethod):
             self._analyzer = None
             self._notify_apply(result)
         self._drop_stale_masks()
-        error = compare_outputs(before, run_model(self.model, probe, batch_size=256)) if before is not None else None
+        error = (compare_outputs(before, run_model(self.model, probe, batch_size=256))
+                 if before is not None and probe is not None else None)
         event = RemovalEvent(step=step, removed=delta.removed_channels, live=sum(self.live_neurons().values()),
                              total=self.total_neurons, plan_delta=delta, seconds=time.perf_counter() - t0,
                              present=sum(self.present_neurons().values()), dead=dead,
@@ -404,6 +412,7 @@ class AnalyzerPruner(TrainingMethod):
         self.forced_removals = int(state.get("forced_removals", 0))
         self.steps_done = int(state.get("steps_done", 0))
         self.events = [dict(e) for e in state.get("events", [])]
-        self._live = {str(k): torch.as_tensor(v, dtype=torch.bool).cpu() for k, v in state.get("live_masks", {}).items()}
+        self._live = {str(k): torch.as_tensor(v, dtype=torch.bool).cpu()
+                      for k, v in state.get("live_masks", {}).items()}
         self._analyzer = None
         self._drop_stale_masks()

@@ -35,18 +35,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ...counting import count_macs
 from ...criteria import Dormant
 from ...errors import UsageError
-from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
-from ...counting import count_macs
 from ...plan import PruningPlan
 from .. import distributed as dist_util
+from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
 
 __all__ = ["BaselineConfig", "BaselinePruning", "IMPORTANCES", "make_importance"]
@@ -65,15 +66,25 @@ NORMALIZERS = ("mean", "max", "sum", "none")
 class BaselineConfig:
     """Options of ``method: baseline``."""
 
-    importance: str = bounded("magnitude-l1", choices=IMPORTANCES, help="magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning estimators) / redo (the ReDo dormant score on held-aside samples)")
-    target_sparsity: float = bounded(0.5, low=0, low_open=True, high=1, high_open=True, help="fraction of the neurons removed by the last pruning (0 < S < 1)")
-    target_macs: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="prune to this MAC ratio compact/dense instead of target_sparsity (0 < R < 1; the fewest lowest-ranked neurons that reach it)")
-    schedule: str = bounded("oneshot", choices=SCHEDULES, help="oneshot: prune once at at_epoch / iterative: steps prunings")
-    at_epoch: int = bounded(1, integer=True, low=0, help="prune at the end of this epoch (1-based; the first pruning when iterative); 0: before the first step, from the starting checkpoint (prune, then fine-tune)")
+    importance: str = bounded("magnitude-l1", choices=IMPORTANCES,
+                              help="magnitude-l1 / magnitude-l2 / bn-scale / taylor / random (torch-pruning "
+                                   "estimators) / redo (the ReDo dormant score on held-aside samples)")
+    target_sparsity: float = bounded(0.5, low=0, low_open=True, high=1, high_open=True,
+                                     help="fraction of the neurons removed by the last pruning (0 < S < 1)")
+    target_macs: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True,
+                                        help="prune to this MAC ratio compact/dense instead of target_sparsity (0 < R "
+                                             "< 1; the fewest lowest-ranked neurons that reach it)")
+    schedule: str = bounded("oneshot", choices=SCHEDULES,
+                            help="oneshot: prune once at at_epoch / iterative: steps prunings")
+    at_epoch: int = bounded(1, integer=True, low=0,
+                            help="prune at the end of this epoch (1-based; the first pruning when iterative); 0: "
+                                 "before the first step, from the starting checkpoint (prune, then fine-tune)")
     steps: int = bounded(3, integer=True, low=1, help="iterative: number of prunings, the same share each")
     interval_epochs: int = bounded(1, integer=True, low=1, help="iterative: epochs between prunings")
-    normalizer: str = bounded("mean", choices=NORMALIZERS, help="per-group score normalization before the global ranking: mean / max / sum / none")
-    taylor_batches: int = bounded(4, integer=True, low=1, help="taylor: batches of held-aside training samples whose gradients are accumulated")
+    normalizer: str = bounded("mean", choices=NORMALIZERS,
+                              help="per-group score normalization before the global ranking: mean / max / sum / none")
+    taylor_batches: int = bounded(4, integer=True, low=1,
+                                  help="taylor: batches of held-aside training samples whose gradients are accumulated")
     samples: int = bounded(512, integer=True, low=1, help="taylor: held-aside training samples (no augmentation)")
     min_channels: int = min_channels_field()
     ignore: list[str] = ignore_field()
@@ -140,10 +151,10 @@ class BaselinePruning(AnalyzerPruner):
                          min_channels=config.min_channels, samples=samples if config.importance in MEASURED else None)
         self.prunings_done = 0
         self.last_removed = 0
-        self._dense_macs = count_macs(self.model, self.example_inputs[:1]).total_macs if config.target_macs else None
+        self._dense_macs = count_macs(self.model, self.one_sample()).total_macs if config.target_macs else None
 
     @classmethod
-    def build(cls, config: BaselineConfig, ctx: MethodContext) -> "BaselinePruning":
+    def build(cls, config: BaselineConfig, ctx: MethodContext) -> BaselinePruning:
         return cls(ctx.model, config, example_inputs=ctx.example_inputs, loader=ctx.measurement_loader(config.samples),
                    epochs=ctx.epochs, seed=ctx.seed, samples=ctx.measurement_samples(config.samples))
 
@@ -188,7 +199,8 @@ class BaselinePruning(AnalyzerPruner):
     def score(self) -> dict[str, Tensor]:
         """Importance of every neuron of every prunable group (current numbering), per group root."""
         c = self.config
-        if c.importance == "redo":  # ReDo (Sokar et al. 2023): mean |activation| over the layer's, at the most active reader
+        # ReDo (Sokar et al. 2023): mean |activation| over the layer's, at the most active reader
+        if c.importance == "redo":
             stats = self.collect(REDO.fields)
             return self.agreed_scores({g.root: self.analyzer.channel_scores(g, stats, REDO.scores)
                                        for g in self._groups()})
@@ -214,10 +226,11 @@ class BaselinePruning(AnalyzerPruner):
         candidates = [(float(v), root, i) for root, s in scores.items() for i, v in enumerate(s.tolist())
                       if math.isfinite(v)]
         candidates.sort(key=lambda x: (x[0], x[1], x[2]))
-        if self._dense_macs is not None:  # the fewest lowest-ranked neurons that bring the MACs to the goal
-            goal = 1.0 - (1.0 - float(self.config.target_macs)) * share
+        # with a MAC target: the fewest lowest-ranked neurons that bring the MACs to the goal
+        if (dense_macs := self._dense_macs) is not None and (target := self.config.target_macs) is not None:
+            goal = 1.0 - (1.0 - float(target)) * share
             return self.shortest_prefix(candidates, groups, lambda plan: count_macs(
-                self.trial_model(plan), self.example_inputs[:1]).total_macs <= goal * self._dense_macs)
+                self.trial_model(plan), self.one_sample()).total_macs <= goal * dense_macs)
         goal = round(self.config.target_sparsity * self.total_neurons * share)
         removed = self.total_neurons - sum(self.present_neurons().values())
         return self.plan_from_ranking(candidates, max(0, goal - removed), groups)

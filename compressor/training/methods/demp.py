@@ -38,104 +38,37 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ...counting import count_macs, count_params, neuron_sparsity
 from ...criteria import Dormant, parse_criterion
 from ...errors import UsageError
-from ..bounds import bounded, check_bounds, ignore_field, min_channels_field, reject
 from ...graph import ApplyResult
 from ...plan import PruningPlan
-from ...counting import count_macs, count_params, neuron_sparsity
 from ..mechanics.budget import BudgetController
-from ..mechanics.costs import COSTS, describe_costs, group_weights, neuron_costs, tensor_weights
-from ..mechanics.selection import BudgetSelection, rank_by_scale
+from ..mechanics.costs import describe_costs, group_weights, neuron_costs, tensor_weights
 from ..mechanics.noise import LiveNoise, NoiseTarget
-from ..mechanics.regularizers import REGULARIZERS, TARGETS, Regularizer
-from ..mechanics.schedules import SCHEDULES, get_schedule
+from ..mechanics.regularizers import Regularizer
+from ..mechanics.schedules import get_schedule
+from ..mechanics.selection import BudgetSelection, rank_by_scale
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
+from .demp_config import DemPConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DemPConfig", "DemP"]
 
 STATE_VERSION = 1
-#: How DemP decides that a neuron died (``compressor.criteria``): exact or thresholded zeros, or never positive.
-DEATH_CRITERIA = ("dead", "saturated")
-#: Which neurons the penalty acts on (``budget``: mechanics/selection.py, beyond the papers).
-SELECTIONS = ("all", "budget")
 #: ``interval: 0`` measures this many times over a run (about every 5% of the steps).
 AUTO_MEASUREMENTS = 20
-#: Budget mode's kinds and the option that sets each (neurons: the removed share; macs / params: the ratio kept).
-BUDGETS = {"neurons": "target_sparsity", "macs": "target_macs", "params": "target_params"}
 #: Budget mode warns when one measurement interval carries the share past its target by more than this.
 OVERSHOOT_WARNING = 0.03
 #: Budget mode's deadline removes the live neurons with the lowest ReDo score (mean |activation| over the layer's).
 CLOSEST_TO_DEAD = Dormant()
-
-
-@dataclass
-class DemPConfig:
-    """DemP's options; defaults from the papers and the authors' code (see ``docs/demp.md``)."""
-
-    regularizer: str = bounded("lasso", choices=REGULARIZERS, help="l2 | lasso | cdg_l2 | cdg_lasso | none: the penalty added to the loss")
-    target: str = bounded("norm_scale", choices=TARGETS, help="weights (Conv/Linear weights) | norm_scale (normalization gamma, the later paper's final runs) | all")
-    peak: float = bounded(5e-3, low=0, help="peak lambda of the penalty (>= 0); higher kills more neurons (authors' Adam + Lasso(gamma) sweeps: 5e-8 ... 0.35)")
-    schedule: str = bounded("one_cycle", choices=SCHEDULES, help="one_cycle (optax cosine one-cycle, the paper's) | constant | linear: the shape of lambda_t and sigma_t")
-    span: float = bounded(0.85, low=0, low_open=True, high=1, note="a fraction of the training steps", help="fraction of the training steps the lambda/sigma schedules span (0 < span <= 1; authors 0.85-0.9)")
-    pct_start: float = bounded(0.3, low=0, low_open=True, high=1, high_open=True, help="one_cycle: fraction of the span spent rising (0 < pct_start < 1)")
-    div_factor: float = bounded(25.0, low=1, help="one_cycle: start value = peak / div_factor (>= 1)")
-    final_div_factor: float = bounded(1e4, low=1, help="one_cycle: end value = start / final_div_factor (>= 1)")
-    noise: float = bounded(5e-5, low=0, help="peak sigma of the Gaussian noise added to live neurons' parameters after each step (0: off)")
-    interval: int = bounded(1000, integer=True, low=0, note="optimizer steps between removals; 0: auto", help="measure death and remove dead neurons every k optimizer steps (paper: 1000); 0: auto, the training steps / 20 (short fine-tunes)")
-    death_samples: int = bounded(1024, integer=True, low=1, help="training samples (no augmentation) on which death is measured (paper: 1024)")
-    criterion: str = bounded("dead", choices=DEATH_CRITERIA, help="dead (max|activation| <= eps: ReLU's exact zeros, lossless at eps 0) | saturated (max activation <= eps: never leaves the saturated region, e.g. Leaky ReLU's only-negative units, GELU/SiLU with a small eps; lossy, each removal's output change is reported)")
-    eps: float = bounded(0.0, low=0, help="the criterion's threshold at every consumer (dead, eps 0: exact zeros, lossless)")
-    min_channels: int = min_channels_field()
-    round_to: int = bounded(1, integer=True, low=1, help="keep channel counts a multiple of this (keeps a few dead channels)")
-    ignore: list[str] = ignore_field()
-    target_sparsity: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="budget mode (experimental, beyond the papers; docs/demp.md section 8): the neuron sparsity (removed share) to reach; lambda is adapted online up to peak, and lambda and noise stop once it is reached (null: fixed lambda)")
-    target_macs: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="budget mode: the MAC ratio compact/dense to reach (e.g. 0.3), instead of target_sparsity")
-    target_params: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="budget mode: the parameter ratio compact/dense to reach, instead of target_sparsity")
-    cost: str = bounded("uniform", choices=COSTS, help="uniform (the papers: one lambda for every neuron) | macs | params: each regularized tensor's lambda scaled by what one neuron of its group costs, normalized to mean 1 over the prunable neurons, and 0 on groups that cannot be removed (beyond the papers, MorphNet-style; mechanics/costs.py)")
-    select: str = bounded("all", choices=SELECTIONS, help="all (the papers: every regularized tensor) | budget: penalize only the live neurons the budget still needs, the smallest |gamma| / cost weight, chosen again at every measurement, with lambda w (|gamma| + max(beta, 0)) so they die exactly (budget mode and target norm_scale; beyond the papers, mechanics/selection.py)")
-    remove_at_start: bool = field(default=False, metadata={"help": "measure death and remove the dead neurons before the first step (fine-tuning a checkpoint: the lossless part of a budget comes first)"})
-    reach_by: float = bounded(0.5, low=0, low_open=True, high=1, help="budget mode: share of the training steps by which the target is planned to be reached")
-    prune: bool = field(default=True, metadata={"help": "false: measure and record deaths but never remove"})
-    final_only: bool = field(default=False, metadata={"help": "remove only once at the end (the dynamic-removal benchmark's baseline)"})
-
-    def validate(self) -> None:
-        """Raise :class:`UsageError` naming the option outside its bounds (declared with each field) or
-        in conflict with another, and what it accepts."""
-        check_bounds(self, "demp")
-        given = [name for name in BUDGETS.values() if getattr(self, name) is not None]
-        if len(given) > 1:
-            reject(f"demp.{given[-1]}", getattr(self, given[-1]), f"null when demp.{given[0]} is set (choose one budget)")
-        if self.select != "all" and (self.budget_share is None or self.target != "norm_scale"):
-            reject("demp.select", self.select,
-                   "all unless a budget (target_sparsity / target_macs / target_params) is set and target is norm_scale")
-        if self.budget_share is not None and (self.regularizer == "none" or self.peak <= 0):
-            reject("demp.peak", self.peak, "> 0 with a regularizer in budget mode (the largest lambda the controller may use)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def budget_kind(self) -> str | None:
-        """What the budget counts: ``neurons``, ``macs`` or ``params``; None with a fixed lambda."""
-        return next((kind for kind, name in BUDGETS.items() if getattr(self, name) is not None), None)
-
-    @property
-    def budget_share(self) -> float | None:
-        """The share to remove in budget mode (neurons, or 1 - the MAC / parameter ratio); None with a fixed lambda."""
-        kind = self.budget_kind
-        if kind is None:
-            return None
-        value = float(getattr(self, BUDGETS[kind]))
-        return value if kind == "neurons" else 1.0 - value
 
 
 def _no_target_message(config: DemPConfig) -> str:
@@ -149,7 +82,8 @@ def _no_target_message(config: DemPConfig) -> str:
         what = f"demp.target = {config.target} selects no trainable tensor of this model"
         fix = "choose another demp.target (weights | norm_scale | all)"
     return (f"demp.regularizer = {config.regularizer} with demp.target = {config.target} would regularize nothing: "
-            f"{what}, so the penalty would be 0 and DemP would only add noise. {fix[0].upper() + fix[1:]}, or set demp.regularizer: none "
+            f"{what}, so the penalty would be 0 and DemP would only add noise. {fix[0].upper() + fix[1:]}, or set "
+            "demp.regularizer: none "
             "to train with noise and dead-neuron removal alone")
 
 
@@ -186,9 +120,10 @@ class DemP(AnalyzerPruner):
         # select: budget penalizes only the neurons the budget needs, so the choice steers and lambda stays at
         # peak (the papers' penalty is steered by the gain: every neuron feels it, an overshoot cannot be undone)
         steer = config.select == "all"
-        self.budget = (BudgetController(share, self.total_steps, config.reach_by,
-                                        **({} if steer else {"gain": 1.0, "rate": 0.0}))
-                       if share is not None else None)
+        self.budget = None
+        if share is not None:
+            self.budget = (BudgetController(share, self.total_steps, config.reach_by) if steer else
+                           BudgetController(share, self.total_steps, config.reach_by, gain=1.0, rate=0.0))
         self._dense_cost = self._cost(self.model) if config.budget_kind in ("macs", "params") else None
         self.measurements = 0
         self.last_measure_step = -1  # steps completed at the last measurement (-1: never)
@@ -201,7 +136,7 @@ class DemP(AnalyzerPruner):
         self._refresh_noise()
 
     @classmethod
-    def build(cls, config: DemPConfig, ctx: MethodContext) -> "DemP":
+    def build(cls, config: DemPConfig, ctx: MethodContext) -> DemP:
         return cls(ctx.model, config, example_inputs=ctx.example_inputs,
                    death_loader=ctx.measurement_loader(config.death_samples), total_steps=ctx.total_steps,
                    seed=ctx.seed, samples=ctx.measurement_samples(config.death_samples))
@@ -228,7 +163,7 @@ class DemP(AnalyzerPruner):
         """What a MAC or parameter budget counts of ``model`` (the counters of every report)."""
         if self.config.budget_kind == "params":
             return count_params(model)
-        return count_macs(model, self.example_inputs[:1]).total_macs
+        return count_macs(model, self.one_sample()).total_macs
 
     def budget_measured(self) -> float:
         """The share the budget steers: neurons removed, or MACs / parameters removed, over the dense model's.
@@ -288,7 +223,8 @@ class DemP(AnalyzerPruner):
         deadline = budget is not None and remove and not budget.frozen and done >= budget.deadline
         stats = self.collect(tuple(dict.fromkeys(self.criterion.fields + (CLOSEST_TO_DEAD.fields if deadline else ()))))
         dead = self.measured_live(stats, self.criterion)
-        delta = self.analyzer.decide(stats, self.criterion) if remove else PruningPlan(criterion=self.criterion.to_dict())
+        delta = (self.analyzer.decide(stats, self.criterion) if remove
+                 else PruningPlan(criterion=self.criterion.to_dict()))
         closed_from, dead_removed = None, delta.removed_channels
         if deadline and budget is not None:  # the first measurement past reach_by: close the gap if any
             share = self.share_after(delta)
@@ -305,7 +241,8 @@ class DemP(AnalyzerPruner):
                      "not measured" if event.error is None else f"max |diff| {event.error['max_abs_diff']:.3g}")
         elif budget is not None and not final:
             budget.update(done, self.budget_measured())
-            if budget.reached_step == done and budget.last_measured > budget.target + OVERSHOOT_WARNING:
+            if (budget.reached_step == done and budget.last_measured is not None
+                    and budget.last_measured > budget.target + OVERSHOOT_WARNING):
                 log.warning("DemP budget: %.1f%% gone at step %d, past the %.1f%% target in one measurement interval "
                             "(death is irreversible). Neurons died faster than lambda was steering them, usually "
                             "from the learning rate: use train.warmup_epochs, a lower train.lr or a shorter "
@@ -434,7 +371,8 @@ class DemP(AnalyzerPruner):
         b = self.budget
         if b is None:
             return {}
-        kind = {"neurons": "neuron_sparsity", "macs": "macs_removed", "params": "params_removed"}[str(self.config.budget_kind)]
+        kind = {"neurons": "neuron_sparsity", "macs": "macs_removed",
+                "params": "params_removed"}[str(self.config.budget_kind)]
         return {"budget_kind": kind, "budget_target": b.target, "budget_planned": b.last_planned,
                 "budget_measured": b.last_measured, "budget_gain": b.gain, "budget_reached_step": b.reached_step,
                 "budget_closed_step": b.closed_step, "budget_closed_from": b.closed_from,

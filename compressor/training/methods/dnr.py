@@ -22,8 +22,8 @@ leaves room:
   its highest-DNR neurons so that after the j-th of the K = stop_epoch // PI milestones it has lost
   ``round(S'·n·j/K)`` of its n original neurons (S' = S scaled so that blocked groups, never pruned,
   still leave the network at S; the same share each milestone and each layer, as Algorithm 1 decides
-  layer by layer); without it, every neuron with ``DNR > tau`` (Algorithm 1, line 19). Groups keep ``min_channels`` channels; blocked groups
-  (classifier, LayerNorm streams, ...) are never pruned.
+  layer by layer); without it, every neuron with ``DNR > tau`` (Algorithm 1, line 19). Groups keep
+  ``min_channels`` channels; blocked groups (classifier, LayerNorm streams, ...) are never pruned.
 - The reactivation potential (Definition 3.4) ``R = 1 - DNR / (max_t DNR + ε)``, ``max_t`` per neuron
   over the milestones so far, is defined in [0, 1]: a neuron whose DNR never was positive (no entropy
   reduction at any milestone) has R = 1, and R is clipped to [0, 1] otherwise (a negative DNR, an
@@ -36,16 +36,17 @@ leaves room:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ...errors import UsageError
-from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
 from ...plan import PruningPlan
 from .. import distributed as dist_util
+from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
 
 __all__ = ["DNRConfig", "DNRPruning", "weight_distribution", "entropy", "kl_divergence", "dnr_score"]
@@ -62,9 +63,14 @@ class DNRConfig:
     beta: float = bounded(1.0, help="weight of the normalized KL divergence")
     tau: float = bounded(0.5, help="without target_sparsity: prune neurons with DNR > tau")
     interval_epochs: int = bounded(10, integer=True, low=1, help="prune every PI epochs (paper: 10-15 best)")
-    stop_epoch: int | None = bounded(None, integer=True, low=1, nullable=True, help="prune at no epoch after this one (1-based): with target_sparsity the target is reached there and the remaining epochs recover (null: the last epoch)")
-    target_sparsity: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True, help="fraction of neurons to remove by the end, the same share each interval, highest DNR first (null: use tau)")
-    eps: float = bounded(1e-12, low=0, low_open=True, high=1, high_open=True, help="epsilon of the entropy, KL and score formulas")
+    stop_epoch: int | None = bounded(None, integer=True, low=1, nullable=True,
+                                     help="prune at no epoch after this one (1-based): with target_sparsity the target "
+                                          "is reached there and the remaining epochs recover (null: the last epoch)")
+    target_sparsity: float | None = bounded(None, low=0, low_open=True, high=1, high_open=True, nullable=True,
+                                            help="fraction of neurons to remove by the end, the same share each "
+                                                 "interval, highest DNR first (null: use tau)")
+    eps: float = bounded(1e-12, low=0, low_open=True, high=1, high_open=True,
+                         help="epsilon of the entropy, KL and score formulas")
     min_channels: int = min_channels_field()
     ignore: list[str] = ignore_field()
 
@@ -131,7 +137,7 @@ class DNRPruning(AnalyzerPruner):
         self.prev: dict[str, Tensor] = self._snapshot()  # W^(t-1): the weights before training (line 2)
 
     @classmethod
-    def build(cls, config: DNRConfig, ctx: MethodContext) -> "DNRPruning":
+    def build(cls, config: DNRConfig, ctx: MethodContext) -> DNRPruning:
         return cls(ctx.model, config, example_inputs=ctx.example_inputs, epochs=ctx.epochs)
 
     # ------------------------------------------------------------------ structure
@@ -207,15 +213,17 @@ class DNRPruning(AnalyzerPruner):
         ranked: dict[str, list[tuple[float, str, int]]] = {}
         for root, s in self.scores.items():
             if root in groups and s.numel() == groups[root].size:
-                ranked[root] = sorted(((float(v), root, i) for i, v in enumerate(s.tolist())), key=lambda x: (-x[0], x[2]))
+                ranked[root] = sorted(((float(v), root, i) for i, v in enumerate(s.tolist())),
+                                      key=lambda x: (-x[0], x[2]))
         if c.target_sparsity is None:
-            candidates = sorted((x for xs in ranked.values() for x in xs if x[0] > c.tau), key=lambda x: (-x[0], x[1], x[2]))
+            candidates = sorted((x for xs in ranked.values() for x in xs if x[0] > c.tau),
+                                key=lambda x: (-x[0], x[1], x[2]))
             return self.plan_from_ranking(candidates, len(candidates), groups)
-        budgets = self._layer_budgets(groups)
+        budgets = self._layer_budgets(groups, c.target_sparsity)
         candidates = [x for root, xs in ranked.items() for x in xs[:budgets.get(root, 0)]]
         return self.plan_from_ranking(candidates, len(candidates), groups)
 
-    def _layer_budgets(self, groups: dict[str, Any]) -> dict[str, int]:
+    def _layer_budgets(self, groups: dict[str, Any], target_sparsity: float) -> dict[str, int]:
         """Neurons each scored layer gives up now so that every layer has lost the same share by milestone j.
 
         The share is ``target_sparsity`` scaled by all neurons over the prunable ones (so that blocked
@@ -229,7 +237,7 @@ class DNRPruning(AnalyzerPruner):
         original = {g.root: g.size for g in self.plan.groups}  # the plan keeps the original sizes
         sizes = {root: original.get(root, g.size) for root, g in groups.items()}
         prunable = sum(sizes.values())
-        share = min(1.0, c.target_sparsity * self.total_neurons / prunable) if prunable else 0.0
+        share = min(1.0, target_sparsity * self.total_neurons / prunable) if prunable else 0.0
         k_intervals = max(1, self.horizon // c.interval_epochs)
         j = min(self.intervals_done, k_intervals)
         return {root: max(0, round(share * n * j / k_intervals) - (n - groups[root].size)) for root, n in sizes.items()}

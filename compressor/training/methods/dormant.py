@@ -9,14 +9,14 @@ through the DependencyAnalyzer (lossy unless the neuron is exactly dead).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ...criteria import Dormant
-from ...errors import UsageError
 from ..bounds import bounded, check_bounds, ignore_field, min_channels_field
 from .base import AnalyzerPruner, MethodContext, RemovalEvent
 
@@ -31,7 +31,8 @@ class DormantConfig:
 
     tau: float = bounded(0.025, low=0, help="a neuron is dormant when its ReDo score <= tau (ReDo: 0.025 or 0.1)")
     interval_epochs: int = bounded(1, integer=True, low=1, help="prune every PI epochs")
-    samples: int = bounded(1024, integer=True, low=1, help="held-aside training samples (no augmentation) on which scores are measured")
+    samples: int = bounded(1024, integer=True, low=1,
+                           help="held-aside training samples (no augmentation) on which scores are measured")
     min_channels: int = min_channels_field()
     ignore: list[str] = ignore_field()
 
@@ -58,7 +59,7 @@ class DormantPruning(AnalyzerPruner):
         self.last_dormant = 0
 
     @classmethod
-    def build(cls, config: DormantConfig, ctx: MethodContext) -> "DormantPruning":
+    def build(cls, config: DormantConfig, ctx: MethodContext) -> DormantPruning:
         return cls(ctx.model, config, example_inputs=ctx.example_inputs, loader=ctx.measurement_loader(config.samples),
                    samples=ctx.measurement_samples(config.samples))
 

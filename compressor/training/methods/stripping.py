@@ -50,8 +50,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,10 +60,10 @@ from torch import Tensor, nn
 from ...activity import ActivityStats
 from ...criteria import Dead
 from ...errors import CheckpointError, UsageError
-from ..bounds import bounded, check_bounds, ignore_field
 from ...graph import ApplyResult
 from ...plan import PruningPlan
 from .. import distributed as dist_util
+from ..bounds import bounded, check_bounds, ignore_field
 from .base import AnalyzerPruner, MethodContext
 
 __all__ = ["StrippingConfig", "SynapticStripping", "strip_row", "active_parameter_fraction"]
@@ -75,12 +76,22 @@ MODES = ("fraction", "quantile")
 class StrippingConfig:
     """Synaptic Stripping's options (paper defaults)."""
 
-    fraction: float = bounded(0.1, low=0, low_open=True, high=1, help="share of a dead neuron's remaining incoming weights stripped per measurement (paper 0.1; authors' code 0.05 with mode quantile)")
-    mode: str = bounded("fraction", choices=MODES, help="fraction (the most negative ceil(f*n) remaining weights < 0) | quantile (weights <= the f-quantile of the remaining non-zero ones)")
-    interval_steps: int = bounded(0, integer=True, low=0, help="strip every N optimizer steps (0: after each epoch, as in the paper)")
-    samples: int = bounded(1024, integer=True, low=1, help="held-aside training samples (no augmentation) on which death is measured")
-    conv: bool = field(default=False, metadata={"help": "also strip dead convolution channels (a filter's weights are its incoming weights); the paper covers Linear layers only"})
-    remove_dead: bool = field(default=True, metadata={"help": "remove the neurons still dead at the end (lossless); method stripping only"})
+    fraction: float = bounded(0.1, low=0, low_open=True, high=1,
+                              help="share of a dead neuron's remaining incoming weights stripped per measurement "
+                                   "(paper 0.1; authors' code 0.05 with mode quantile)")
+    mode: str = bounded("fraction", choices=MODES,
+                        help="fraction (the most negative ceil(f*n) remaining weights < 0) | quantile (weights <= the "
+                             "f-quantile of the remaining non-zero ones)")
+    interval_steps: int = bounded(0, integer=True, low=0,
+                                  help="strip every N optimizer steps (0: after each epoch, as in the paper)")
+    samples: int = bounded(1024, integer=True, low=1,
+                           help="held-aside training samples (no augmentation) on which death is measured")
+    conv: bool = field(default=False,
+                       metadata={"help": "also strip dead convolution channels (a filter's weights are its incoming "
+                                         "weights); the paper covers Linear layers only"})
+    remove_dead: bool = field(default=True,
+                              metadata={"help": "remove the neurons still dead at the end (lossless); method stripping "
+                                                "only"})
     ignore: list[str] = ignore_field("layers never stripped nor pruned")
 
     def validate(self) -> None:
@@ -162,9 +173,10 @@ class SynapticStripping(AnalyzerPruner):
         self.add_apply_listener(self.on_structural_removal)
 
     @classmethod
-    def build(cls, config: StrippingConfig, ctx: MethodContext) -> "SynapticStripping":
+    def build(cls, config: StrippingConfig, ctx: MethodContext) -> SynapticStripping:
         """With another method owning the plan (``demp+stripping``) this one strips and follows its removals."""
-        return cls(ctx.model, config, example_inputs=ctx.example_inputs, val_loader=ctx.measurement_loader(config.samples),
+        return cls(ctx.model, config, example_inputs=ctx.example_inputs,
+                   val_loader=ctx.measurement_loader(config.samples),
                    owns_plan=ctx.plan_owner is None, samples=ctx.measurement_samples(config.samples))
 
     # ------------------------------------------------------------------ structure
@@ -267,7 +279,7 @@ class SynapticStripping(AnalyzerPruner):
             dead_channels = set(mask_g.nonzero().flatten().tolist())
             for name, idxs, root_idxs in self._rows(g):
                 w, mask = params[name], self.masks[name]
-                for row, ch in zip(idxs, root_idxs):
+                for row, ch in zip(idxs, root_idxs, strict=True):
                     if ch in dead_channels:  # a conv filter is stripped as one flat row of weights
                         mask[row] = strip_row(w[row].reshape(-1), mask[row].reshape(-1), self.config.fraction,
                                               self.config.mode).view_as(mask[row])
