@@ -477,20 +477,22 @@ def _refusal(agreement: Int8Agreement | None, config: QuantizeConfig) -> str | N
 
 def int8_speedups(latency: Sequence[Mapping[str, Any]],
                   comparisons: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Per (runtime, device, batch) timed with all three: p50 of dense, compact and int8 and the int8
-    factors against each (from one interleaved measurement); ``reliable`` when the timing code trusted
-    both comparisons with dense."""
+    """Per (runtime, device, batch) timed with all three (one interleaved measurement): the p50s and int8's
+    factors; ``reliable`` when both comparisons with dense were; ``within_noise`` when int8 and compact
+    differ by no more than that measurement's noise floor."""
     p50 = {(e["runtime"], e["device"], e["batch"], e["variant"]): e["p50_ms"] for e in latency}
-    trust = {(c["runtime"], c["device"], c["batch"], c.get("variant")): c.get("reliable", True) for c in comparisons}
+    by_key = {(c["runtime"], c["device"], c["batch"], c.get("variant")): c for c in comparisons}
     rows = []
     for (runtime, device, batch, variant), int8 in p50.items():
         dense, compact = p50.get((runtime, device, batch, "dense")), p50.get((runtime, device, batch, "pruned"))
-        if variant != "int8" or not dense or not compact or not int8:
-            continue
-        rows.append({"runtime": runtime, "device": device, "batch": batch, "dense_p50_ms": dense,
-                     "compact_p50_ms": compact, "int8_p50_ms": int8, "compact_vs_dense": dense / compact,
-                     "int8_vs_dense": dense / int8, "int8_vs_compact": compact / int8,
-                     "reliable": all(trust.get((runtime, device, batch, v), True) for v in ("pruned", "int8"))})
+        pair = [by_key.get((runtime, device, batch, v)) or {} for v in ("pruned", "int8")]
+        if variant == "int8" and dense and compact and int8:
+            floor = max(c.get("noise_floor") or 0.0 for c in pair)  # the same measurement's A/A floor
+            rows.append({"runtime": runtime, "device": device, "batch": batch, "dense_p50_ms": dense,
+                         "compact_p50_ms": compact, "int8_p50_ms": int8, "compact_vs_dense": dense / compact,
+                         "int8_vs_dense": dense / int8, "int8_vs_compact": compact / int8, "noise_floor": floor,
+                         "within_noise": abs(int8 / compact - 1.0) <= floor,
+                         "reliable": all(c.get("reliable", True) for c in pair)})
     return rows
 
 
@@ -498,16 +500,14 @@ def int8_speedups(latency: Sequence[Mapping[str, Any]],
 def add_quantize_args(p: Any) -> None:
     """``--quantize``, ``--quantize-exclude``, ``--quantize-max-disagreement`` (compress and export)."""
     p.add_argument("--quantize", choices=QUANTIZE_MODES, default=None,
-                   help="also write model.int8.onnx: static int8 quantization (onnxruntime, QDQ, per-channel "
-                   "weights) calibrated on the calibration samples, shipped only when it agrees with the float "
-                   "model on held-out samples (see --quantize-max-disagreement)")
+                   help="also write model.int8.onnx: onnxruntime static int8 quantization (QDQ, per-channel weights), "
+                   "calibrated on the calibration samples, shipped if it agrees on held-out ones (see below)")
     p.add_argument("--quantize-exclude", action="append", default=[], metavar="NAME",
                    help="keep this in float (repeatable): an ONNX operator type (Gemm), node name, or module "
                    "name (layer4.2.conv3). The output layer and non-linear / product operators stay float anyway")
     p.add_argument("--quantize-max-disagreement", type=float, default=DEFAULT_MAX_DISAGREEMENT, metavar="FRACTION",
-                   help="ship the int8 model only if its top-1 class differs from the float model's on at most this "
-                   f"share of held-out samples (default {DEFAULT_MAX_DISAGREEMENT:g} = 1%%); otherwise a WARNING line "
-                   "says so, the float model is kept and the command still succeeds")
+                   help="ship int8 only if its top-1 class differs from the float model's on at most this share of "
+                   "held-out samples; else a WARNING says so, the float model is kept and the command succeeds")
 
 
 def config_from_args(args: Any) -> QuantizeConfig | None:

@@ -84,17 +84,21 @@ def speed_verdicts(report: Mapping[str, Any]) -> list[str]:
         where = f"on {c['runtime']} {c['device']} at batch {c['batch']}"
         numbers = (f"p50 {c['baseline_p50_ms']:.3f} -> {c['variant_p50_ms']:.3f} ms, {threads} thread(s)"
                    + (f", noise floor +-{floor:.0%}" if is_number(floor) else ""))
-        if not c.get("reliable", True):  # no claim either way
-            line = (f"UNRELIABLE: {name} took {ratio:.2f}x the time of dense {where} ({numbers}): "
-                    f"{'; '.join(c.get('notes') or [])}")
-        elif c.get("within_noise"):
-            line = f"no measurable difference between {name} and dense {where} ({ratio:.2f}x the time; {numbers})"
-        elif ratio <= 1.0:
-            line = f"{name} is {1 / ratio:.2f}x faster than dense {where} ({numbers})"
-        else:
-            line = f"WARNING: {name} is {ratio:.2f}x SLOWER than dense {where} ({numbers})"
-        lines.append(line)
+        lines.append(_verdict(name, "dense", ratio, where, numbers, reliable=c.get("reliable", True),
+                              within=bool(c.get("within_noise")), why="; ".join(c.get("notes") or [])))
     return lines
+
+
+def _verdict(name: str, base: str, ratio: float, where: str, numbers: str, *, reliable: bool, within: bool,
+             why: str) -> str:
+    """One timing verdict: ``ratio`` is ``name``'s p50 over ``base``'s. Unreliable: no claim either way."""
+    if not reliable:
+        return f"UNRELIABLE: {name} took {ratio:.2f}x the time of {base} {where} ({numbers}): {why}"
+    if within:
+        return f"no measurable difference between {name} and {base} {where} ({ratio:.2f}x the time; {numbers})"
+    if ratio <= 1.0:
+        return f"{name} is {1 / ratio:.2f}x faster than {base} {where} ({numbers})"
+    return f"WARNING: {name} is {ratio:.2f}x SLOWER than {base} {where} ({numbers})"
 
 
 def removal_error_lines(pruning: Mapping[str, Any]) -> list[str]:
@@ -301,11 +305,12 @@ def quantization_lines(report: Mapping[str, Any]) -> list[str]:
 
 def int8_speed_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """int8 compact against compact fp32, one line per timed (runtime, device, batch)
-    (:func:`exporters.quantize.int8_speedups`)."""
-    return [(f"int8 compact is {r['int8_vs_compact']:.2f}x faster than" if r["int8_vs_compact"] >= 1 else
-             f"WARNING: int8 compact is {1 / r['int8_vs_compact']:.2f}x SLOWER than")
-            + f" compact fp32 on {r['runtime']} {r['device']} at batch {r['batch']} (p50 {r['compact_p50_ms']:.3f} -> "
-            f"{r['int8_p50_ms']:.3f} ms)" + ("" if r.get("reliable", True) else " -- UNRELIABLE: see the latency table")
+    (:func:`exporters.quantize.int8_speedups`), by the rules of :func:`speed_verdicts`."""
+    return [_verdict("int8 compact", "compact fp32", 1 / r["int8_vs_compact"],
+                     f"on {r['runtime']} {r['device']} at batch {r['batch']}",
+                     f"p50 {r['compact_p50_ms']:.3f} -> {r['int8_p50_ms']:.3f} ms, "
+                     f"noise floor +-{r['noise_floor']:.0%}",
+                     reliable=r.get("reliable", True), within=r["within_noise"], why="see the latency table")
             for r in rows]
 
 

@@ -47,7 +47,6 @@ class Interleaved:
     turns: dict[str, list[float]]
     order: list[str]
     cpu_share: float | None
-    wall_s: float
 
 
 #: Decides from the per-turn medians so far (variant -> list) and the timing thread's CPU share so far
@@ -65,7 +64,7 @@ def measure_interleaved(variants: Sequence[Any], prepared: dict[str, Prepared], 
     seconds of measured time."""
     x = _input(batch, shape, config.seed)
     runners = {v.name: runtime.runner(prepared[v.name], config.device, x) for v in variants}
-    out = Interleaved({v.name: [] for v in variants}, {v.name: [] for v in variants}, [], None, 0.0)
+    out = Interleaved({v.name: [] for v in variants}, {v.name: [] for v in variants}, [], None)
     cpu = wall = 0.0
     try:
         # equal turns for all variants: each round compares like with like
@@ -92,7 +91,6 @@ def measure_interleaved(variants: Sequence[Any], prepared: dict[str, Prepared], 
     finally:
         for runner in runners.values():
             runner.close()
-    out.wall_s = wall
     out.cpu_share = None if config.device == "cuda" or wall <= 0 else min(cpu / wall, 1.0)
     return out
 

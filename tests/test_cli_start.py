@@ -38,14 +38,18 @@ def test_parsing_the_command_line_imports_no_heavy_library() -> None:
     assert loaded == "[]", f"parsing the command line imported {loaded}"
 
 
-def test_the_parsers_light_constants_match_the_modules_that_use_them() -> None:
-    from compressor.defaults import ANALYZER_TIME_BUDGET, BUILTIN_ARCHS
-    from compressor.graph.analyzer import ANALYZER_TIME_BUDGET as analyzer_budget
+def test_the_help_lists_every_built_in_architecture_and_every_runtime(capsys) -> None:
+    """The parsers read light copies (compressor.defaults) or light modules (exporters.runtimes): the help
+    must still list what the heavy registries hold."""
+    from compressor.cli.main import main
+    from compressor.defaults import BUILTIN_ARCHS
     from compressor.models.registry import BUILTINS
-    from exporters import defaults, latency
     from exporters.runtimes import REGISTRY
 
     assert tuple(BUILTINS) == BUILTIN_ARCHS  # `demp compress --help` lists every built-in, in order
-    assert analyzer_budget == ANALYZER_TIME_BUDGET
-    assert (latency.DEFAULT_THREADS, latency.RUNTIMES) == (defaults.DEFAULT_THREADS, defaults.RUNTIMES)
-    assert tuple(REGISTRY) == defaults.RUNTIMES  # `demp bench --help` lists every registered runtime, in order
+    try:
+        main(["bench", "--help"])
+    except SystemExit:
+        pass
+    help_text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, even inside words
+    assert f"comma-separatedfrom{','.join(REGISTRY)}" in help_text

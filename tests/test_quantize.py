@@ -37,7 +37,7 @@ from exporters.quantize import (
     quantize_and_check,
     quantize_int8,
 )
-from exporters.render import format_summary, render_markdown
+from exporters.render import format_summary, int8_speed_lines, render_markdown
 from exporters.report import ReportError, compress_report, report_problems, validate_report
 
 BAD_MODEL_FILE = '''"""A model that quantizes badly: one hidden unit is a constant 1e4 that nothing reads, so the 8-bit
@@ -210,6 +210,21 @@ def test_int8_speedups_pair_the_three_variants_of_one_measurement() -> None:
     rows = int8_speedups(latency, comparisons)
     assert [(r["batch"], r["int8_vs_dense"], r["int8_vs_compact"], r["compact_vs_dense"], r["reliable"])
             for r in rows] == [(1, 5.0, 2.0, 2.5, True), (8, 5.0, 2.0, 2.5, False)]
+
+
+def test_int8_against_compact_follows_the_timing_rules() -> None:
+    """Within the measurement's noise floor: no measurable difference; unreliable: no claim either way."""
+    latency = [{"runtime": "onnxruntime", "device": "cpu", "batch": b, "variant": v, "p50_ms": ms}
+               for b in (1, 8) for v, ms in (("dense", 10.0), ("pruned", 4.0), ("int8", 3.9))]
+    comparisons = [{"runtime": "onnxruntime", "device": "cpu", "batch": b, "variant": v, "noise_floor": 0.05,
+                    "reliable": b == 1} for b in (1, 8) for v in ("pruned", "int8")]
+    rows = int8_speedups(latency, comparisons)
+    assert [r["within_noise"] for r in rows] == [True, True] and rows[0]["noise_floor"] == 0.05
+    quiet, busy = int8_speed_lines(rows)
+    assert quiet.startswith("no measurable difference between int8 compact and compact fp32 on onnxruntime cpu at "
+                            "batch 1") and "noise floor +-5%" in quiet
+    assert busy.startswith("UNRELIABLE: int8 compact took 0.97x the time of compact fp32")
+    assert not any("faster" in line or "SLOWER" in line for line in (quiet, busy))
 
 
 # ----------------------------------------------------------------------------------------- the pipeline

@@ -131,7 +131,7 @@ def test_unreliable_measurements_are_named() -> None:
 
 
 def _interleaved(times: dict[str, list[float]], cpu_share: float | None = 1.0) -> Interleaved:
-    return Interleaved(times, {k: list(v) for k, v in times.items()}, list(times), cpu_share, 1.0)
+    return Interleaved(times, {k: list(v) for k, v in times.items()}, list(times), cpu_share)
 
 
 def _fake_prepare(variants, runtime, device, threads):

@@ -4,13 +4,11 @@ settings, and a verdict over the pairs that counts a difference only beyond the 
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any
 
+from tool_common import mean_sd
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+__all__ = ["mean_sd", "differ", "combine", "pair", "values", "pairs_over", "grid"]
 
 
 def differ(a: dict[str, Any], b: dict[str, Any], key: str) -> int:

@@ -26,8 +26,6 @@ Writes ``bench_widths.json`` and ``bench_widths.md``.
 from __future__ import annotations
 
 import argparse
-import gzip
-import shutil
 import sys
 import tempfile
 import time
@@ -38,38 +36,22 @@ from typing import Any
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shared_data import SHARED, mnist_cnn, unpack_mnist  # noqa: E402
+
 DEFAULT_MODELS = ("mnist-cnn", "mobilenet_v2", "resnet50")
-
-
-class MnistCNN(nn.Module):
-    """The architecture of ``../shared/data/weights/mnist-cnn-ccexam.pth`` (its README)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
 
 
 def _mnist_cnn(tmp: Path, samples: int) -> tuple[nn.Module, torch.Tensor]:
     from compressor.data import load_data
     from compressor.models import ModelSpec
 
-    raw = tmp / "mnist" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for gz in (SHARED / "mnist" / "MNIST" / "raw").glob("*.gz"):
-        with gzip.open(gz, "rb") as src, open(raw / gz.stem, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    model = MnistCNN()
+    spec = unpack_mnist(tmp)
+    model = mnist_cnn()
     model.load_state_dict(torch.load(SHARED / "weights" / "mnist-cnn-ccexam.pth", map_location="cpu",
                                      weights_only=True))
     model.demp_spec = ModelSpec("mnist-cnn", 10, (1, 28, 28))
-    test = load_data(f"mnist:{tmp / 'mnist'}").test
+    test = load_data(spec).test
     return model.eval(), torch.stack([test[i][0] for i in range(samples)])
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ from typing import Any
 
 import torch
 import yaml
+from tool_common import mean_sd, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_RECIPE = ROOT / "samples" / "recipes" / "demp-cnn-digits.yaml"
@@ -254,17 +254,13 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _aggregate(method: str, target: float | None, section: dict[str, Any], matching: str,
                recs: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"method": method, "target": target, "setting": section, "matching": matching,
                            "n": len(recs)}
     for k in ("test_accuracy", "neuron_sparsity", "weight_sparsity", "params", "macs", "wall_s", "train_macs_ratio"):
         values = [float(r[k]) for r in recs if r.get(k) is not None]
-        row[k], row[k + "_std"] = _ms(values) if values else (None, None)
+        row[k], row[k + "_std"] = mean_sd(values) if values else (None, None)
     row["params_before"], row["macs_before"] = recs[0]["params_before"], recs[0]["macs_before"]
     return row
 
@@ -341,18 +337,7 @@ def plot(result: dict[str, Any], path: Path, x: str = "neuron_sparsity") -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        compare(args)
-    except Exception as exc:  # noqa: BLE001 - user errors (DempError) get their message, not a traceback
-        from compressor.errors import DempError
-
-        if isinstance(exc, DempError):
-            print(f"error: {exc}", file=sys.stderr)
-            return getattr(exc, "exit_code", 1)
-        raise
-    print(f"wrote {Path(args.out) / 'results.md'}")
-    return 0
+    return run_comparison(compare, parse_args(argv))
 
 
 if __name__ == "__main__":

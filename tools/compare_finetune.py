@@ -34,16 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from shared_data import SHARED
+from tool_common import mean_sd, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 ALL_METHODS = ("dense", "demp", "demp-uniform-cost", "demp-papers", "baseline:magnitude-l1", "baseline:bn-scale",
                "baseline:taylor", "baseline:redo")
 #: The DemP rows: what each changes from ``demp compress --target-macs R``'s defaults.
@@ -126,10 +126,6 @@ def one_run(args: argparse.Namespace, out: Path, method: str, ratio: float | Non
     return rec, False
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, ratio): mean ± std over seeds of every figure."""
     rows = []
@@ -138,7 +134,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"method": key[0], "ratio": key[1], "n": len(recs), "seeds": [r["seed"] for r in recs]}
         for k in ("val_accuracy", "test_accuracy", "mac_ratio", "params", "wall_s", "ort_ratio_b1", "ort_ratio_b8"):
             values = [float(r[k]) for r in recs if r.get(k) is not None]
-            row[k], row[k + "_std"] = _ms(values) if values else (None, None)
+            row[k], row[k + "_std"] = mean_sd(values) if values else (None, None)
         rows.append(row)
     return rows
 
@@ -226,18 +222,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        compare(args)
-    except Exception as exc:  # noqa: BLE001 - user errors (DempError) get their message, not a traceback
-        from compressor.errors import DempError
-
-        if isinstance(exc, DempError):
-            print(f"error: {exc}", file=sys.stderr)
-            return getattr(exc, "exit_code", 1)
-        raise
-    print(f"wrote {Path(args.out) / 'results.md'}")
-    return 0
+    return run_comparison(compare, parse_args(argv))
 
 
 if __name__ == "__main__":

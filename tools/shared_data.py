@@ -8,6 +8,7 @@ import gzip
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -33,6 +34,13 @@ class MnistCNN(nn.Module):
 def build(num_classes: int = 10) -> nn.Module:
     return MnistCNN()
 '''
+
+
+def mnist_cnn() -> Any:
+    """A fresh module of :data:`MNIST_CNN_FILE`'s architecture (the same source the CLI runs), untrained."""
+    namespace: dict[str, Any] = {}
+    exec(compile(MNIST_CNN_FILE, "mnist_cnn.py", "exec"), namespace)  # our own constant, not user input
+    return namespace["build"]()
 
 
 def require_shared() -> Path:
