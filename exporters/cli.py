@@ -11,6 +11,7 @@ Neither command overwrites an existing output without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -68,7 +69,7 @@ def register(subparsers: Any) -> None:
 
     add_quantize_args(e)
     e.add_argument("--normalize", default="auto", metavar="NORM",
-                   help="input statistics of --data for --quantize, as in demp compress (default auto)")
+                   help="input statistics of --data (parity and --quantize), as in demp compress (default auto)")
     e.set_defaults(handler=run_export)
 
     b = subparsers.add_parser(
@@ -125,7 +126,8 @@ def run_export(args: argparse.Namespace) -> int:
     quantize = _quantize_config(args, out)  # before any work
     pruned = load_pruned(directory)
     shape = input_shape(pruned)
-    samples = _parity_inputs(args.data, shape, args.parity_samples)
+    bundle = _export_data(args, directory, shape)
+    samples = _parity_inputs(bundle, shape, args.parity_samples)
     plan: PruningPlan = pruned.demp_plan  # type: ignore[assignment]  # set by load_pruned
     spec: ModelSpec = pruned.demp_spec  # type: ignore[assignment]  # set by load_pruned
     dense_params = count_params(dense_model(pruned))
@@ -152,7 +154,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"parity (onnxruntime vs PyTorch, {parity.samples} {kind} samples, batch sizes "
           f"{','.join(map(str, parity.batch_sizes))}): max abs diff {parity.max_abs_diff:.3g}, relative "
           f"{parity.rel_diff:.3g}, top-1 agreement {agreement}")
-    return _export_int8(args, directory, out, shape, quantize) if quantize is not None else 0
+    return _export_int8(args, directory, out, bundle, quantize) if quantize is not None else 0
 
 
 def _quantize_config(args: argparse.Namespace, out: Path) -> Any:
@@ -170,13 +172,30 @@ def _quantize_config(args: argparse.Namespace, out: Path) -> Any:
     return config
 
 
-def _export_int8(args: argparse.Namespace, directory: Path, out: Path, shape: tuple[int, ...], config: Any) -> int:
+def _export_data(args: argparse.Namespace, directory: Path, shape: tuple[int, ...]) -> Any:
+    """``--data`` loaded as ``demp compress`` loads it: with the input statistics ``--normalize`` names (auto: those
+    of the architecture recorded in the folder's report); None without ``--data``."""
+    if not args.data:
+        return None
+    from compressor.data import load_data
+    from compressor.models.registry import data_normalization
+    from compressor.pruned import REPORT_JSON
+
+    report_file = directory / REPORT_JSON
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    arch = str((report.get("source") or {}).get("arch") or "")
+    bundle = load_data(args.data, input_size=shape[-1] if len(shape) == 3 else None,
+                       normalize=data_normalization(arch or None, args.normalize))
+    if tuple(bundle.input_shape) != shape:
+        raise UsageError(f"--data {args.data} gives samples of shape {tuple(bundle.input_shape)}, but the model takes "
+                         f"{shape}; pass the data the model was compressed with")
+    return bundle
+
+
+def _export_int8(args: argparse.Namespace, directory: Path, out: Path, bundle: Any, config: Any) -> int:
     """``model.int8.onnx`` beside ``out``: calibrated and checked on the split ``demp compress`` makes of
     ``--data`` (same sizes as the folder's report, seed 0); the folder's report gains the section."""
-    import json
-
-    from compressor.data import calibration_split, load_data
-    from compressor.models.registry import data_normalization
+    from compressor.data import calibration_split
     from compressor.pruned import ONNX_FILE, REPORT_JSON
 
     from .quantize import int8_path_for, quantize_and_check
@@ -186,12 +205,6 @@ def _export_int8(args: argparse.Namespace, directory: Path, out: Path, shape: tu
     report_file = directory / REPORT_JSON
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     pruning = report.get("pruning") or {}
-    arch = str((report.get("source") or {}).get("arch") or "")
-    bundle = load_data(args.data, input_size=shape[-1] if len(shape) == 3 else None,
-                       normalize=data_normalization(arch or None, args.normalize))
-    if tuple(bundle.input_shape) != shape:
-        raise UsageError(f"--data {args.data} gives samples of shape {tuple(bundle.input_shape)}, but the model takes "
-                         f"{shape}; pass the data the model was compressed with")
     calib, held = calibration_split(bundle.train, samples=pruning.get("calib_samples") or 1024,
                                     heldout=pruning.get("heldout_samples") or 256, seed=0)
     calib_x = _stack([calib[i][0] for i in range(len(calib))])
@@ -225,17 +238,14 @@ def _is_class(label: Any) -> bool:
         return False
 
 
-def _parity_inputs(data: str | None, shape: tuple[int, ...], n: int) -> Any:
+def _parity_inputs(bundle: Any, shape: tuple[int, ...], n: int) -> Any:
+    """``n`` samples of ``bundle``'s test split (its training split when it has none); random without data."""
     import torch
 
-    if not data:
+    if bundle is None:
         return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
-    from compressor.data import load_data, num_samples
+    from compressor.data import num_samples
 
-    bundle = load_data(data, input_size=shape[-1] if len(shape) == 3 else None)
-    if tuple(bundle.input_shape) != shape:
-        raise UsageError(f"--data {data} gives samples of shape {tuple(bundle.input_shape)}, but the model takes "
-                         f"{shape}; pass the data set the model was compressed with")
     dataset = bundle.test if bundle.test is not None else bundle.train
     count = min(n, num_samples(dataset))
     return torch.stack([dataset[i][0] for i in range(count)])

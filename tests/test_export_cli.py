@@ -57,6 +57,27 @@ def test_export_static_batch_to_another_file(slim_dir, tmp_path, capsys) -> None
     assert "static batch" in capsys.readouterr().out
 
 
+def test_export_parity_data_gets_the_normalization_compress_uses(slim_dir, tmp_path, capsys) -> None:
+    """``--data`` for the parity check is loaded with ``--normalize``, as ``demp compress`` loads it."""
+    import argparse
+
+    from exporters.cli import _export_data, _parity_inputs
+
+    directory, _ = slim_dir
+
+    def samples(norm):
+        args = argparse.Namespace(data="digits", normalize=norm)
+        return _parity_inputs(_export_data(args, directory, (1, 8, 8)), (1, 8, 8), 16)
+    plain, shifted = samples("0/1"), samples("0.5/0.25")
+    torch.testing.assert_close(shifted, (plain - 0.5) / 0.25)
+    code = main(["export", str(directory), "--exporter", "torchscript", "--out", str(tmp_path / "m.onnx"),
+                 "--data", "digits", "--normalize", "0.5/0.25"])
+    assert code == 0 and "64 real samples" in capsys.readouterr().out
+    assert main(["export", str(directory), "--out", str(tmp_path / "n.onnx"), "--data", "digits",
+                 "--normalize", "bogus"]) == 2
+    assert "unknown normalization 'bogus'" in capsys.readouterr().err and not (tmp_path / "n.onnx").exists()
+
+
 def test_export_rejects_a_directory_that_is_not_compressed(tmp_path, capsys) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     assert main(["export", str(tmp_path)]) == 2  # an input to fix (compressor/errors.py): exit code 2

@@ -265,8 +265,12 @@ def test_report_shows_the_int8_verdicts_first_and_a_quantization_section(finaliz
     out, report = finalized_int8
     md = (out / "report.md").read_text()
     head = md.split("## Model")[0]
-    assert "int8 compact is" in head and "than dense on onnxruntime cpu at batch 4" in head
-    assert "compact fp32 on onnxruntime cpu at batch 1" in head and "int8: model.int8.onnx" in head
+    lines = head.splitlines()
+    # The verdict's wording depends on the timing (faster, no measurable difference, UNRELIABLE when the machine
+    # was busy); every form names the two variants and where they were compared.
+    assert any("int8 compact" in line and "dense on onnxruntime cpu at batch 4" in line for line in lines)
+    assert any("int8 compact" in line and "compact fp32 on onnxruntime cpu at batch 1" in line for line in lines)
+    assert "int8: model.int8.onnx" in head
     section = md.split("## Quantization")[1].split("\n## ")[0]
     assert "Kept in float" in section and "Gemm" in section and "top1_agreement" in section
     assert "int8 vs compact" in section and "bytes float / int8" in section and "GPU: not run" in section
