@@ -5,7 +5,7 @@ re-export them: :data:`ANALYZER_TIME_BUDGET` (:mod:`compressor.graph.analyzer`),
 
 from __future__ import annotations
 
-__all__ = ["ANALYZER_TIME_BUDGET", "BUILTIN_ARCHS"]
+__all__ = ["ANALYZER_TIME_BUDGET", "BUILTIN_ARCHS", "HELDOUT_SAMPLES"]
 
 #: Seconds the analyzer may spend mapping channel groups (no model may hang it); past them the groups not yet
 #: mapped are blocked. 60 s covers every torchvision/timm model measured (BENCHMARKS.md).
@@ -15,3 +15,7 @@ ANALYZER_TIME_BUDGET = 60.0
 BUILTIN_ARCHS = ("mlp", "cnn", "resnet18-cifar", "resnet20-cifar", "resnet56-cifar", "resnet20-cifar-a",
                  "resnet32-cifar-a", "resnet44-cifar-a", "resnet56-cifar-a", "resnet110-cifar-a", "vgg16-cifar",
                  "vit-tiny")
+
+#: Held-out samples of every check on samples never used for calibration (``demp compress --heldout-samples``,
+#: the int8 check of ``demp train``).
+HELDOUT_SAMPLES = 256

@@ -114,3 +114,18 @@ def test_an_interrupted_fine_tune_resumes_and_protects_its_inputs(planted_checkp
     assert summary["macs_after"] / summary["macs_before"] <= 0.2 + 1e-9 and (out / "model" / "plan.json").is_file()
     (out / "notes.txt").write_text("mine")  # a file demp did not write: --overwrite refuses the folder
     assert main([*args, "--overwrite"]) == 2 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_fine_tune_to_a_target_ships_int8_of_the_fine_tuned_model(tmp_path: Path, capsys) -> None:
+    """``--quantize int8`` with ``--target-*``: the fine-tuned compact model is quantized and checked."""
+    out = tmp_path / "ft"
+    args = ["compress", "--arch", "cnn", "--data", "digits", "--target-macs", "0.6", "--finetune-epochs", "0.5",
+            "--no-bench", "--no-progress", "--quantize", "int8", "--quantize-max-disagreement", "1"]
+    assert main([*args, "--no-export", "--out", str(out)]) == 2  # int8 needs model.onnx: refused before any work
+    assert "drop --no-export" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuning with DemP" in printed  # the path under test, not lossless removal alone
+    q = json.loads((out / "model" / "report.json").read_text())["quantization"]
+    assert q["shipped"] and (out / "model" / "model.int8.onnx").is_file() and "int8: model.int8.onnx" in printed
+    assert q["settings"]["max_disagreement"] == 1 and q["heldout_samples"] > 0

@@ -295,6 +295,12 @@ def test_a_penalty_that_regularizes_nothing_is_refused(tmp_path) -> None:
         DemP(mlp, DemPConfig(), example_inputs=torch.zeros(2, 4), death_loader=[], total_steps=10)
     for ok in (DemPConfig(regularizer="none"), DemPConfig(peak=0.0), DemPConfig(target="weights")):
         DemP(mlp, ok, example_inputs=torch.zeros(2, 4), death_loader=[], total_steps=10)
+    # a budget (demp compress --target-*) selects among normalization scales: the fix names both settings
+    with pytest.raises(UsageError, match="could not be reached. Set demp.target: weights and demp.select: all"):
+        DemP(mlp, DemPConfig(target_macs=0.5, select="budget"), example_inputs=torch.zeros(2, 4), death_loader=[],
+             total_steps=10)
+    DemP(mlp, DemPConfig(target_macs=0.5, select="all", target="weights"), example_inputs=torch.zeros(2, 4),
+         death_loader=[], total_steps=10)
     recipe = load_recipe({"method": "demp", "model": {"arch": "mlp", "kwargs": {"widths": [16]}},
                           "data": {"spec": "digits"}, "train": {"epochs": 1}})
     with pytest.raises(UsageError, match="would regularize nothing"):

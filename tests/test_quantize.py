@@ -29,6 +29,7 @@ from exporters.ort import read_onnx_metadata
 from exporters.pipeline import BenchOptions, ExportOptions, finalize
 from exporters.quantize import (
     OUTPUT_LAYER_REASON,
+    QUANTIZE_MODES,
     QuantizeConfig,
     check_int8,
     check_provider,
@@ -386,3 +387,44 @@ def test_the_real_mnist_cnn_keeps_its_accuracy_in_int8(shared_data: Path, tmp_pa
     agreement = check_int8(out / "model.onnx", out / "model.int8.onnx", x, y)
     assert agreement.accuracy_float > 0.98
     assert abs(agreement.accuracy_int8 - agreement.accuracy_float) <= 0.005 and agreement.top1_agreement >= 0.99
+
+
+# ----------------------------------------------------------------------------------------- demp train
+def test_train_quantize_ships_int8_checked_on_held_out_training_samples(tmp_path, capsys) -> None:
+    """``demp train --quantize int8`` (the shorthands of ``export.quantize*``): the trained compact model gets
+    its int8 file, calibrated and checked on disjoint training samples with labels, and the report says so."""
+    from compressor.training.config import load_recipe
+
+    recipe = load_recipe({"method": "baseline", "model": {"arch": "cnn", "kwargs": {"channels": [16, 32]}},
+                          "data": {"spec": "digits", "batch_size": 64}, "train": {"epochs": 2, "lr": 3e-2},
+                          "baseline": {"importance": "bn-scale", "target_sparsity": 0.25},
+                          "export": {"latency": False}})
+    path = recipe.save(tmp_path / "recipe.yaml")
+    run = tmp_path / "run"
+    code, stdout, err = _run(["train", "--recipe", path, "--out", run, "--no-progress", "--quantize", "int8",
+                              "--quantize-max-disagreement", "0.5", "--quantize-exclude", "Gemm"], capsys)
+    assert code == 0, err
+    report = json.loads((run / "model" / "report.json").read_text())
+    q = report["quantization"]
+    assert q["shipped"] and (run / "model" / "model.int8.onnx").is_file(), q.get("reason")
+    assert q["settings"]["max_disagreement"] == 0.5 and q["settings"]["exclude"] == ["Gemm"]
+    assert q["calib_samples"] == 256 and q["heldout_samples"] == 256 and q["agreement"]["labels"] == 256
+    assert "int8: model.int8.onnx" in stdout
+    saved = load_recipe(run / "recipe.yaml")
+    assert saved.export.quantize == "int8" and saved.export.quantize_exclude == ["Gemm"]
+    # int8 needs the exported model.onnx: refused before any training
+    code, _, err = _run(["train", "--recipe", path, "--out", tmp_path / "run2", "--quantize", "int8",
+                         "--no-export"], capsys)
+    assert code == 2 and "drop --no-export" in err and not (tmp_path / "run2").exists()
+
+
+def test_the_recipe_quantize_settings_are_the_quantizers() -> None:
+    """``compressor`` may not import ``exporters``: the recipe repeats the modes and the default, kept equal here."""
+    import dataclasses
+
+    from compressor.training.config import ExportConfig
+
+    e = ExportConfig()
+    assert e.quantize is None and e.quantize_max_disagreement == QuantizeConfig().max_disagreement
+    field = next(f for f in dataclasses.fields(ExportConfig) if f.name == "quantize")
+    assert field.metadata["bounds"].choices == QUANTIZE_MODES

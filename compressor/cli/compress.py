@@ -14,7 +14,7 @@ from typing import Any
 
 from exporters.defaults import DEFAULT_THREADS
 
-from ..defaults import ANALYZER_TIME_BUDGET, BUILTIN_ARCHS
+from ..defaults import ANALYZER_TIME_BUDGET, BUILTIN_ARCHS, HELDOUT_SAMPLES
 from ..errors import UsageError
 
 log = logging.getLogger("demp")
@@ -52,7 +52,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    "small-image folder)")
     p.add_argument("--calib-samples", type=int, default=1024,
                    help="samples the decision is measured on (all of a smaller dataset)")
-    p.add_argument("--heldout-samples", type=int, default=256,
+    p.add_argument("--heldout-samples", type=int, default=HELDOUT_SAMPLES,
                    help="samples never used for decisions, to verify on, from what calibration leaves (0: no check)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="samples per forward pass while measuring (clipped to the calibration set)")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -100,6 +101,10 @@ def _recipe(args: argparse.Namespace, target: tuple[str, float]) -> Any:
             f"train.device={'cuda' if args.device.startswith('cuda') else 'cpu'}"]
     if args.bench is False:
         sets.append("export.latency=false")
+    if args.quantize:  # the fine-tuned model is quantized as `demp train --quantize` does it
+        sets += [f"export.quantize={args.quantize}",
+                 f"export.quantize_max_disagreement={args.quantize_max_disagreement}",
+                 f"export.quantize_exclude={json.dumps(list(args.quantize_exclude or ()))}"]
     return finetune_recipe(target=target, arch=args.arch, checkpoint=args.checkpoint, model_file=args.model_file,
                            model_kwargs=_model_kwargs(args.model_arg), num_classes=args.num_classes,
                            data=args.data or DEFAULT_DATA, normalize=args.normalize, epochs=args.finetune_epochs,
@@ -110,7 +115,7 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
     """Lossless removal; if the target is not met, DemP fine-tuning to it (see the module docstring)."""
     from ..training.config import load_recipe
     from ..training.finish import RECIPE_FILE
-    from .compress import check_output_dir, compress_losslessly, output_folder, ship
+    from .compress import _check_quantize_args, check_output_dir, compress_losslessly, output_folder, ship
     from .train import check_resume_folder, launch
 
     if args.resume:
@@ -136,6 +141,7 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
                          "checkpoint it was compressed from (pass that one: its dead neurons are removed first anyway)")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
+    _check_quantize_args(args)
     kind, value = target
     out = output_folder(args, suffix=f"{kind}{value:g}")
     check_output_dir(out, args)
@@ -153,9 +159,6 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
     print(f"lossless removal takes {100 * share:.1f}% of the {_noun(kind)} ({result.removed} dead neurons); "
           f"{100 * wanted:.1f}% asked: fine-tuning with DemP for {recipe.train.epochs:g} epoch(s) on "
           f"{recipe.data.spec} (the compact model will be in {out}/model/)")
-    if getattr(args, "quantize", None):
-        print(f"note: --quantize {args.quantize} is not applied to a fine-tuned model; afterwards run `demp export "
-              f"{out}/model --quantize {args.quantize} --data {recipe.data.spec} --overwrite`")
     inputs = (args.finetune_recipe,) if args.finetune_recipe else ()
     return launch(recipe, out, resume=False, overwrite=args.overwrite, progress=not args.no_progress,
                   export=not args.no_export, inputs=inputs, summarize=_summary)

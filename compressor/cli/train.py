@@ -14,6 +14,7 @@ and prints a summary — about a minute on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -98,6 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "auto | imagenet | cifar10 | cifar100 | mnist | M1,M2,M3/S1,S2,S3, for every data set (an "
                    "imagefolder: too); auto: those of the recipe's architecture's published weights, else the data's "
                    "own")
+    p.add_argument("--quantize", choices=("int8",), help="shorthand for --set export.quantize=int8: also write "
+                   "model.int8.onnx, shipped if it agrees with model.onnx on held-out training samples")
+    p.add_argument("--quantize-exclude", action="append", metavar="NAME", help="shorthand for export.quantize_exclude "
+                   "(repeatable): an operator type (Gemm), ONNX node or module name kept in float")
+    p.add_argument("--quantize-max-disagreement", type=float, metavar="FRACTION",
+                   help="shorthand for export.quantize_max_disagreement (default 0.01)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace demp's own outputs in --out (a folder holding the recipe or other files is refused)")
     p.add_argument("--no-export", action="store_true",
@@ -128,9 +135,13 @@ def _shorthands(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides or [])
     for key, value in (("train.epochs", getattr(args, "epochs", None)), ("train.seed", getattr(args, "seed", None)),
                        ("train.device", getattr(args, "device", None)),
-                       ("data.normalize", getattr(args, "normalize", None))):
+                       ("data.normalize", getattr(args, "normalize", None)),
+                       ("export.quantize", getattr(args, "quantize", None)),
+                       ("export.quantize_max_disagreement", getattr(args, "quantize_max_disagreement", None))):
         if value is not None:
             extra.append(f"{key}={value}")
+    if getattr(args, "quantize_exclude", None):
+        extra.append(f"export.quantize_exclude={json.dumps(list(args.quantize_exclude))}")  # JSON is YAML
     return extra
 
 
@@ -175,6 +186,9 @@ def launch(recipe: Any, out: Path, *, resume: bool, overwrite: bool, progress: b
     device, rank 0 writing every file (see docs/training.md). ``demp train`` and ``demp compress --target-*``."""
     from ..training import distributed as dist_util
 
+    if recipe.export.quantize and not (recipe.export.onnx and export):
+        raise UsageError(f"export.quantize={recipe.export.quantize} quantizes the exported model.onnx; drop "
+                         "--no-export (export.onnx=false) or the quantization")
     job = partial(_train_and_export, recipe, out, resume=resume, overwrite=overwrite, progress=progress,
                   export=export, inputs=inputs, summarize=summarize or training_summary)
     if not dist_util.launched_by_torchrun():
@@ -245,8 +259,15 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     from ..training.evaluation import sample_inputs
 
     e, data = result.recipe.export, result.data
-    samples = sample_inputs(data.test if data.test is not None else data.train, 256)
-    calib_x, heldout_x = samples[:128], (samples[128:] if samples.shape[0] > 128 else None)
+    quantize = _quantize_config(e)
+    heldout_y = None
+    if quantize is None:
+        samples = sample_inputs(data.test if data.test is not None else data.train, 256)
+        calib_x, heldout_x = samples[:128], (samples[128:] if samples.shape[0] > 128 else None)
+    else:
+        train = result.splits.plain_train() if result.splits is not None else data.train
+        calib_x, heldout_x, heldout_y = _quantization_samples(train, quantize.calib_samples,
+                                                              seed=result.recipe.train.seed)
     pruned = result.model.eval()
     if result.plan.is_empty():
         dense = pruned  # nothing was removed: the trained model is its own dense reference
@@ -256,7 +277,35 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     export = ExportOptions(opset=e.opset) if e.opset is not None else ExportOptions()
     bench = BenchOptions(batch_sizes=tuple(e.batch_sizes), threads=e.threads, run=e.latency)
     return finalize(result.compact_dir, dense=dense, pruned=pruned, calib_x=calib_x, heldout_x=heldout_x,
-                    report=training_report(result), export=export, bench=bench, overwrite=overwrite)
+                    report=training_report(result), export=export, bench=bench, quantize=quantize,
+                    heldout_y=heldout_y, overwrite=overwrite)
+
+
+def _quantize_config(e: Any) -> Any:
+    """The :class:`~exporters.quantize.QuantizeConfig` of a recipe's ``export`` section (None: no int8)."""
+    if not e.quantize:
+        return None
+    from exporters.quantize import QuantizeConfig
+
+    config = QuantizeConfig(mode=e.quantize, exclude=tuple(e.quantize_exclude),
+                            max_disagreement=e.quantize_max_disagreement)
+    config.validate()
+    return config
+
+
+def _quantization_samples(train: Any, calib_samples: int, *, seed: int) -> tuple[Any, Any, Any]:
+    """Calibration inputs, held-out inputs and their class labels (None when not class indices) for int8:
+    two disjoint random draws from the training split without augmentation, as ``demp compress`` draws them."""
+    import torch
+
+    from ..data import calibration_split
+    from ..defaults import HELDOUT_SAMPLES
+    from .compress import _class_labels
+
+    calib, held = calibration_split(train, samples=calib_samples, heldout=HELDOUT_SAMPLES, seed=seed)
+    items = [held[i] for i in range(len(held))]
+    calib_x = torch.stack([calib[i][0] for i in range(len(calib))])
+    return calib_x, (torch.stack([item[0] for item in items]) if items else None), _class_labels(items)
 
 
 def _pct(x: float | None) -> str:
@@ -277,7 +326,7 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
         lines.append(f"  weight sparsity (stripped weights, kept as zeros): {_pct(s.get('weight_sparsity'))}"
                      + (f"; dead neurons {s['dead_neurons']}, active params {_pct(s.get('active_params'))}"
                         if s.get("dead_neurons") is not None else ""))
-    from exporters.render import budget_lines, removal_error_lines, speed_verdicts
+    from exporters.render import budget_lines, quantization_lines, removal_error_lines, speed_verdicts
 
     methods = {"methods": s.get("methods")}
     lines += [f"  {line}" for line in removal_error_lines(methods) + budget_lines(methods)]
@@ -294,7 +343,7 @@ def training_summary(result: Any, report: dict[str, Any] | None = None) -> str:
                      f"{s['train_macs_ratio']:.2f}x "
                      f"of dense training{speed}")
     if report:
-        lines += [f"  {v}" for v in speed_verdicts(report)]
+        lines += [f"  {v}" for v in speed_verdicts(report) + quantization_lines(report)]
     lines.append(f"  files: {result.out_dir}/ (metrics.jsonl, plots/, checkpoints/), compact model in "
                  f"{result.compact_dir}/")
     return "\n".join(lines)

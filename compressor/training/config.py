@@ -168,6 +168,15 @@ class ExportConfig:
                                 help="ONNX opset (None: the exporter's default)")
     threads: int = bounded(1, integer=True, low=1,
                            help="intra-op threads while timing (1: demp's timing policy, see docs/exporters.md)")
+    # The same settings as `demp compress --quantize` (exporters.quantize.QuantizeConfig checks them again).
+    quantize: str | None = bounded(None, choices=("int8",), nullable=True,
+                                   help="int8: also write model.int8.onnx (onnxruntime static quantization), shipped "
+                                   "if it agrees with model.onnx on held-out training samples")
+    quantize_exclude: list[str] = bounded(default_factory=list, each=True, text=True,
+                                          help="operator types, ONNX node names or module names kept in float")
+    quantize_max_disagreement: float = bounded(0.01, low=0, high=1,
+                                               help="ship int8 only if its top-1 class differs on at most this share "
+                                               "of the held-out samples")
 
 
 @dataclass

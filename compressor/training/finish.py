@@ -35,6 +35,7 @@ from .plots import make_plots
 from .records import event_record, live_fields, method_fields
 from .run import Run
 from .run_checkpoints import CHECKPOINT_DIR
+from .splits import TrainingSplits
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class TrainResult:
     spec: ModelSpec | None = None
     data: DataBundle | None = None
     methods: list[dict[str, Any]] = field(default_factory=list)  # every method's describe()
+    splits: TrainingSplits | None = None  # the run's splits: unaugmented training samples for the int8 check
 
 
 def _final_removal(run: Run, after_removal: Callable[[Run, list[RemovalEvent]], None]) -> dict[str, Any] | None:
@@ -136,7 +138,7 @@ def finish_run(run: Run, out_dir: Path, *, started: float, save_model: bool, plo
     run.model.to("cpu")
     result = TrainResult(model=run.model, plan=plan, recipe=run.recipe, out_dir=out_dir, summary=final,
                          history=list(run.history), compact_dir=out_dir / MODEL_DIR if save_model else None,
-                         spec=run.spec, data=run.bundle, methods=final["methods"])
+                         spec=run.spec, data=run.bundle, methods=final["methods"], splits=run.splits)
     if not run.ctx.is_main:  # rank 0 writes the compact model, plots and summary
         torch.distributed.barrier()
         return result

@@ -81,9 +81,13 @@ def _no_target_message(config: DemPConfig) -> str:
     else:
         what = f"demp.target = {config.target} selects no trainable tensor of this model"
         fix = "choose another demp.target (weights | norm_scale | all)"
-    return (f"demp.regularizer = {config.regularizer} with demp.target = {config.target} would regularize nothing: "
-            f"{what}, so the penalty would be 0 and DemP would only add noise. {fix[0].upper() + fix[1:]}, or set "
-            "demp.regularizer: none "
+    problem = (f"demp.regularizer = {config.regularizer} with demp.target = {config.target} would regularize "
+               f"nothing: {what}, so the penalty would be 0")
+    if config.select != "all":  # a budget chooses among normalization scales; it needs its penalty
+        return (f"{problem}, and a budget (demp compress --target-*) could not be reached. Set demp.target: weights "
+                "and demp.select: all (on demp compress: --set demp.target=weights --set demp.select=all): the "
+                "penalty then acts on every Conv/Linear weight")
+    return (f"{problem} and DemP would only add noise. {fix[0].upper() + fix[1:]}, or set demp.regularizer: none "
             "to train with noise and dead-neuron removal alone")
 
 
