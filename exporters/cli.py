@@ -195,7 +195,8 @@ def _export_data(args: argparse.Namespace, directory: Path, shape: tuple[int, ..
 def _export_int8(args: argparse.Namespace, directory: Path, out: Path, bundle: Any, config: Any) -> int:
     """``model.int8.onnx`` beside ``out``: calibrated and checked on the split ``demp compress`` makes of
     ``--data`` (same sizes as the folder's report, seed 0); the folder's report gains the section."""
-    from compressor.data import calibration_split
+    from compressor.data import calibration_split, stack_samples
+    from compressor.defaults import CALIB_SAMPLES, HELDOUT_SAMPLES
     from compressor.pruned import ONNX_FILE, REPORT_JSON
 
     from .quantize import int8_path_for, quantize_and_check
@@ -205,13 +206,11 @@ def _export_int8(args: argparse.Namespace, directory: Path, out: Path, bundle: A
     report_file = directory / REPORT_JSON
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     pruning = report.get("pruning") or {}
-    calib, held = calibration_split(bundle.train, samples=pruning.get("calib_samples") or 1024,
-                                    heldout=pruning.get("heldout_samples") or 256, seed=0)
-    calib_x = _stack([calib[i][0] for i in range(len(calib))])
-    items = [held[i] for i in range(len(held))]
-    labels = _stack([int(item[1]) for item in items]) if items and _is_class(items[0][1]) else None
-    section = quantize_and_check(out, int8_path_for(out), calib_x, _stack([item[0] for item in items]) if items
-                                 else None, labels, config, overwrite=args.overwrite)
+    calib, held = calibration_split(bundle.train, samples=pruning.get("calib_samples") or CALIB_SAMPLES,
+                                    heldout=pruning.get("heldout_samples") or HELDOUT_SAMPLES, seed=0)
+    heldout_x, labels = stack_samples(held)
+    section = quantize_and_check(out, int8_path_for(out), stack_samples(calib)[0], heldout_x, labels, config,
+                                 overwrite=args.overwrite)
     for line in quantization_lines({"quantization": section}):
         print(line)
     if section["shipped"]:
@@ -222,20 +221,6 @@ def _export_int8(args: argparse.Namespace, directory: Path, out: Path, bundle: A
         except ReportError as exc:
             log.warning("%s not updated with the quantization: %s", report_file, exc)
     return 0
-
-
-def _stack(values: list[Any]) -> Any:
-    import torch
-
-    return torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
-
-
-def _is_class(label: Any) -> bool:
-    """A class index (an int, or a one-element integer tensor)."""
-    try:
-        return int(label) == label
-    except (TypeError, ValueError, RuntimeError):
-        return False
 
 
 def _parity_inputs(bundle: Any, shape: tuple[int, ...], n: int) -> Any:

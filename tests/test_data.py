@@ -423,3 +423,18 @@ def test_an_odd_small_image_is_resized_and_a_broken_one_named(tmp_path: Path, wr
 
 def test_cifar_mean_constant_is_standard() -> None:
     assert CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
+
+
+def test_stack_samples_gives_inputs_and_class_labels_only_when_they_are_classes() -> None:
+    """The held-out split in one piece: labels for an accuracy only when they are class indices."""
+    from torch.utils.data import TensorDataset
+
+    from compressor.data import stack_samples
+
+    x = torch.arange(6.0).reshape(3, 2)
+    inputs, labels = stack_samples(TensorDataset(x, torch.tensor([2, 0, 1])))
+    assert torch.equal(inputs, x) and labels.tolist() == [2, 0, 1]
+    assert stack_samples(TensorDataset(x, torch.tensor([0.5, 1.0, 2.0])))[1] is None  # regression targets
+    assert stack_samples(TensorDataset(x, torch.zeros(3, 4)))[1] is None  # one target vector per sample
+    assert stack_samples([(x[0],), (x[1],)])[1] is None  # unlabelled
+    assert stack_samples([]) == (None, None)

@@ -14,7 +14,7 @@ from typing import Any
 
 from exporters.defaults import DEFAULT_THREADS
 
-from ..defaults import ANALYZER_TIME_BUDGET, BUILTIN_ARCHS, HELDOUT_SAMPLES
+from ..defaults import ANALYZER_TIME_BUDGET, BUILTIN_ARCHS, CALIB_SAMPLES, HELDOUT_SAMPLES
 from ..errors import UsageError
 
 log = logging.getLogger("demp")
@@ -50,7 +50,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    "(per-channel means/stds). auto: those a built-in architecture's published weights expect "
                    "(ImageNet's for resnet*-cifar-a), else the data's own (standard figures; measured on a "
                    "small-image folder)")
-    p.add_argument("--calib-samples", type=int, default=1024,
+    p.add_argument("--calib-samples", type=int, default=CALIB_SAMPLES,
                    help="samples the decision is measured on (all of a smaller dataset)")
     p.add_argument("--heldout-samples", type=int, default=HELDOUT_SAMPLES,
                    help="samples never used for decisions, to verify on, from what calibration leaves (0: no check)")
@@ -251,7 +251,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
     """Model, data bundle, calibration loader, held-out inputs (None when none are left) and source info."""
     import torch
 
-    from ..data import calibration_split, make_loader
+    from ..data import calibration_split, make_loader, stack_samples
     from ..fileio import sha256_file
 
     _check_args(args)
@@ -268,20 +268,8 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str,
         source["checkpoint"] = str(args.checkpoint)
         source["sha256"] = sha256_file(args.checkpoint)
     calib_loader = make_loader(calib, batch_size=min(args.batch_size, len(calib)))  # a smaller set is legal
-    items = [heldout[i] for i in range(len(heldout))]
-    heldout_x = torch.stack([item[0] for item in items]) if items else None
-    args.heldout_labels = _class_labels(items)  # for the accuracy of an int8 model (--quantize)
+    heldout_x, args.heldout_labels = stack_samples(heldout)  # the labels: an int8 model's accuracy (--quantize)
     return model, data, calib_loader, heldout_x, source
-
-
-def _class_labels(items: list[Any]) -> Any:
-    """The class indices of (input, label) samples as a tensor; None when they are not class indices."""
-    import torch
-
-    try:
-        return torch.tensor([int(item[1]) for item in items]) if items else None
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 # ---------------------------------------------------------------------- compress

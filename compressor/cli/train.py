@@ -99,12 +99,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "auto | imagenet | cifar10 | cifar100 | mnist | M1,M2,M3/S1,S2,S3, for every data set (an "
                    "imagefolder: too); auto: those of the recipe's architecture's published weights, else the data's "
                    "own")
-    p.add_argument("--quantize", choices=("int8",), help="shorthand for --set export.quantize=int8: also write "
+    from exporters.quantize import DEFAULT_MAX_DISAGREEMENT, QUANTIZE_MODES  # light: no torch or onnxruntime
+
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="shorthand for --set export.quantize=int8: also write "
                    "model.int8.onnx, shipped if it agrees with model.onnx on held-out training samples")
     p.add_argument("--quantize-exclude", action="append", metavar="NAME", help="shorthand for export.quantize_exclude "
                    "(repeatable): an operator type (Gemm), ONNX node or module name kept in float")
     p.add_argument("--quantize-max-disagreement", type=float, metavar="FRACTION",
-                   help="shorthand for export.quantize_max_disagreement (default 0.01)")
+                   help=f"shorthand for export.quantize_max_disagreement (default {DEFAULT_MAX_DISAGREEMENT:g})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace demp's own outputs in --out (a folder holding the recipe or other files is refused)")
     p.add_argument("--no-export", action="store_true",
@@ -296,16 +298,11 @@ def _quantize_config(e: Any) -> Any:
 def _quantization_samples(train: Any, calib_samples: int, *, seed: int) -> tuple[Any, Any, Any]:
     """Calibration inputs, held-out inputs and their class labels (None when not class indices) for int8:
     two disjoint random draws from the training split without augmentation, as ``demp compress`` draws them."""
-    import torch
-
-    from ..data import calibration_split
+    from ..data import calibration_split, stack_samples
     from ..defaults import HELDOUT_SAMPLES
-    from .compress import _class_labels
 
     calib, held = calibration_split(train, samples=calib_samples, heldout=HELDOUT_SAMPLES, seed=seed)
-    items = [held[i] for i in range(len(held))]
-    calib_x = torch.stack([calib[i][0] for i in range(len(calib))])
-    return calib_x, (torch.stack([item[0] for item in items]) if items else None), _class_labels(items)
+    return (stack_samples(calib)[0], *stack_samples(held))
 
 
 def _pct(x: float | None) -> str:

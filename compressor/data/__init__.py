@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from .bundle import DataBundle, TensorImageDataset, num_samples
 from .imagefolder import IMAGENET_MEAN, IMAGENET_STD
-from .loaders import calibration_split, make_loader, seed_worker, stratified_split
+from .loaders import calibration_split, make_loader, seed_worker, stack_samples, stratified_split
 from .sources import (
                       CIFAR10_MEAN,
                       CIFAR10_STD,
@@ -47,7 +47,8 @@ from .sources import (
 )
 
 __all__ = [
-    "DataBundle", "TensorImageDataset", "load_data", "stratified_split", "calibration_split", "make_loader",
-    "seed_worker", "num_samples", "SPEC_FORMS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD",
-    "CIFAR100_MEAN", "CIFAR100_STD", "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
+    "DataBundle", "TensorImageDataset", "load_data", "stratified_split", "calibration_split", "stack_samples",
+    "make_loader", "seed_worker", "num_samples", "SPEC_FORMS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
+    "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
 ]

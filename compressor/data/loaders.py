@@ -15,7 +15,8 @@ from ..errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["stratified_split", "calibration_split", "make_loader", "seed_worker", "SPLIT_SEED", "TEST_FRACTION"]
+__all__ = ["stratified_split", "calibration_split", "stack_samples", "make_loader", "seed_worker", "SPLIT_SEED",
+           "TEST_FRACTION"]
 
 #: The seed and test share of :func:`stratified_split` (sources without their own test split).
 SPLIT_SEED = 0
@@ -83,6 +84,23 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def stack_samples(dataset: Dataset) -> tuple[Tensor | None, Tensor | None]:
+    """All of a small dataset's (input, label) samples as one input tensor and one tensor of class indices:
+    ``(None, None)`` for an empty dataset; labels None when they are not class indices (regression targets,
+    unlabelled data). For the calibration and held-out splits that checks run on in one piece."""
+    items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
+    if not items:
+        return None, None
+    x = torch.stack([torch.as_tensor(item[0]) for item in items])
+    try:
+        labels = [item[1] for item in items]
+        if any(int(v) != v for v in labels):
+            return x, None  # float targets that int() would truncate
+        return x, torch.tensor([int(v) for v in labels])
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        return x, None
 
 
 def make_loader(
