@@ -285,7 +285,7 @@ def run_compress(args: argparse.Namespace) -> int:
     """Plain ``demp compress``: lossless (or the criterion's) removal, no training."""
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
-    _check_quantize_args(args)
+    check_quantize_args(args)
     out = output_folder(args)
     check_output_dir(out, args)
     t_start = time.perf_counter()
@@ -293,7 +293,7 @@ def run_compress(args: argparse.Namespace) -> int:
     return ship(result, args, out, t_start)
 
 
-def _check_quantize_args(args: argparse.Namespace) -> None:
+def check_quantize_args(args: argparse.Namespace) -> None:
     """``--quantize`` settings that cannot work fail before any work."""
     from exporters.quantize import config_from_args
 

@@ -115,7 +115,7 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
     """Lossless removal; if the target is not met, DemP fine-tuning to it (see the module docstring)."""
     from ..training.config import load_recipe
     from ..training.finish import RECIPE_FILE
-    from .compress import _check_quantize_args, check_output_dir, compress_losslessly, output_folder, ship
+    from .compress import check_output_dir, check_quantize_args, compress_losslessly, output_folder, ship
     from .train import check_resume_folder, launch
 
     if args.resume:
@@ -141,7 +141,7 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
                          "checkpoint it was compressed from (pass that one: its dead neurons are removed first anyway)")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: expected an integer >= 1")
-    _check_quantize_args(args)
+    check_quantize_args(args)
     kind, value = target
     out = output_folder(args, suffix=f"{kind}{value:g}")
     check_output_dir(out, args)
