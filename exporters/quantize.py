@@ -511,7 +511,7 @@ def add_quantize_args(p: Any) -> None:
 
 
 def config_from_args(args: Any) -> QuantizeConfig | None:
-    """The :class:`QuantizeConfig` of the command line (None without ``--quantize``), validated."""
+    """The validated :class:`QuantizeConfig` of ``--quantize*`` or a recipe's ``export.quantize*`` (None without)."""
     if not getattr(args, "quantize", None):
         return None
     config = QuantizeConfig(mode=args.quantize, exclude=tuple(args.quantize_exclude or ()),

@@ -329,16 +329,21 @@ def test_a_method_state_from_another_version_is_refused():
         s.load_state_dict(state)
 
 
+def _relu_mlp(n_in: int, width: int, depth: int, n_out: int) -> nn.Sequential:
+    """Paper 003's geometry: ``depth`` hidden Linear+ReLU layers of ``width``, then the classifier."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(n_in if i == 0 else width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, n_out))
+
+
 def test_active_parameters_count_incoming_and_outgoing_weights_of_dead_neurons():
     """Paper 003 Table I's geometry scaled down (input -> 8 hidden layers -> 10): %A subtracts every weight
     connected to a dead neuron, in and out. With the same share dead in each hidden layer, a weight between
     two hidden layers is active with probability live²; the input and output layers' weights with
     probability live (see the next test for what this gives on the paper's full geometry)."""
     width, depth, n_in, n_out, dead_per_layer = 32, 8, 96, 10, 24
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(n_in if i == 0 else width, width), nn.ReLU()]
-    net = nn.Sequential(*layers, nn.Linear(width, n_out))
+    net = _relu_mlp(n_in, width, depth, n_out)
     x = torch.rand(4, n_in)
     s = SynapticStripping(net, StrippingConfig(), example_inputs=x[:2], val_loader=[(x, None)])
     g = torch.Generator().manual_seed(0)
@@ -386,10 +391,7 @@ def test_active_fraction_on_the_paper_table1_geometry_is_the_figure_the_texts_ci
 
     # what demp computes on the paper's CIFAR-10 geometry: 6052 dead, 757 in each of the first four layers
     n_in, width, depth, n_out, n_dead = 3072, 1024, 8, 10, 6052
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers += [nn.Linear(n_in if i == 0 else width, width), nn.ReLU()]
-    net = nn.Sequential(*layers, nn.Linear(width, n_out))
+    net = _relu_mlp(n_in, width, depth, n_out)
     x = torch.rand(2, n_in)
     s = SynapticStripping(net, StrippingConfig(), example_inputs=x, val_loader=[(x, None)])
     dead = [n_dead // depth + (i < n_dead % depth) for i in range(depth)]

@@ -14,10 +14,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -94,6 +92,7 @@ def _recipe(args: argparse.Namespace, target: tuple[str, float]) -> Any:
     from ..training.config import read_recipe_file
     from ..training.finetune import finetune_recipe
     from .compress import DEFAULT_DATA, _model_kwargs
+    from .train import quantize_overrides
 
     base = read_recipe_file(args.finetune_recipe) if args.finetune_recipe else None
     sets = [f"export.onnx={'false' if args.no_export else 'true'}", f"export.threads={args.threads}",
@@ -102,9 +101,7 @@ def _recipe(args: argparse.Namespace, target: tuple[str, float]) -> Any:
     if args.bench is False:
         sets.append("export.latency=false")
     if args.quantize:  # the fine-tuned model is quantized as `demp train --quantize` does it
-        sets += [f"export.quantize={args.quantize}",
-                 f"export.quantize_max_disagreement={args.quantize_max_disagreement}",
-                 f"export.quantize_exclude={json.dumps(list(args.quantize_exclude or ()))}"]
+        sets += quantize_overrides(args)
     return finetune_recipe(target=target, arch=args.arch, checkpoint=args.checkpoint, model_file=args.model_file,
                            model_kwargs=_model_kwargs(args.model_arg), num_classes=args.num_classes,
                            data=args.data or DEFAULT_DATA, normalize=args.normalize, epochs=args.finetune_epochs,
@@ -116,16 +113,10 @@ def run_compress_to_target(args: argparse.Namespace) -> int:
     from ..training.config import load_recipe
     from ..training.finish import RECIPE_FILE
     from .compress import check_output_dir, check_quantize_args, compress_losslessly, output_folder, ship
-    from .train import check_resume_folder, launch
+    from .train import check_resume_args, launch
 
     if args.resume:
-        out = Path(args.resume)
-        if args.out and Path(args.out).resolve() != out.resolve():
-            raise UsageError(f"--out {args.out} and --resume {args.resume} differ; a resumed fine-tune writes into "
-                             "its own folder")
-        if args.overwrite:
-            raise UsageError("--overwrite and --resume contradict each other; drop one")
-        check_resume_folder(out)
+        out = check_resume_args(args)
         if not (out / RECIPE_FILE).is_file():
             raise UsageError(f"--resume {out}: no {RECIPE_FILE} there, so it is not an interrupted fine-tune of "
                              "demp compress --target-*")

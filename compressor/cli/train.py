@@ -137,14 +137,22 @@ def _shorthands(args: argparse.Namespace) -> list[str]:
     extra = list(args.overrides or [])
     for key, value in (("train.epochs", getattr(args, "epochs", None)), ("train.seed", getattr(args, "seed", None)),
                        ("train.device", getattr(args, "device", None)),
-                       ("data.normalize", getattr(args, "normalize", None)),
-                       ("export.quantize", getattr(args, "quantize", None)),
-                       ("export.quantize_max_disagreement", getattr(args, "quantize_max_disagreement", None))):
+                       ("data.normalize", getattr(args, "normalize", None))):
         if value is not None:
             extra.append(f"{key}={value}")
+    return extra + quantize_overrides(args)
+
+
+def quantize_overrides(args: argparse.Namespace) -> list[str]:
+    """The recipe overrides (``export.quantize*``) of the ``--quantize*`` options given: ``demp train``'s
+    shorthands and ``demp compress --target-* --quantize``."""
+    sets = [f"{key}={value}" for key, value in (("export.quantize", getattr(args, "quantize", None)),
+                                                ("export.quantize_max_disagreement",
+                                                 getattr(args, "quantize_max_disagreement", None)))
+            if value is not None]
     if getattr(args, "quantize_exclude", None):
-        extra.append(f"export.quantize_exclude={json.dumps(list(args.quantize_exclude))}")  # JSON is YAML
-    return extra
+        sets.append(f"export.quantize_exclude={json.dumps(list(args.quantize_exclude))}")  # JSON is YAML
+    return sets
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -152,14 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..training.finish import RECIPE_FILE
 
     if args.resume:
-        out = Path(args.resume)
-        if args.out and Path(args.out).resolve() != out.resolve():
-            raise UsageError(f"--out {args.out} and --resume {args.resume} differ; a resumed run writes into its own "
-                             "directory")
+        out = check_resume_args(args)
         recipe_path = Path(args.recipe) if args.recipe else out / RECIPE_FILE
-        if args.overwrite:
-            raise UsageError("--overwrite and --resume contradict each other; drop one")
-        check_resume_folder(out)
         if not recipe_path.is_file() and not args.recipe:
             raise UsageError(f"--resume {out}: no {RECIPE_FILE} there, so it is not a run written by demp train; pass "
                              "the --out folder of the interrupted run")
@@ -174,12 +176,20 @@ def run_train(args: argparse.Namespace) -> int:
                   export=not args.no_export, inputs=(args.recipe,) if args.recipe else ())
 
 
-def check_resume_folder(out: Path) -> None:
-    """``--resume DIR`` names an existing folder (before any recipe is read from it)."""
+def check_resume_args(args: argparse.Namespace) -> Path:
+    """The folder ``--resume DIR`` names, checked before any recipe is read from it: ``--out`` (if given) is the
+    same folder, no ``--overwrite``, and the folder exists (``demp train`` and ``demp compress --target-*``)."""
+    out = Path(args.resume)
+    if args.out and Path(args.out).resolve() != out.resolve():
+        raise UsageError(f"--out {args.out} and --resume {args.resume} differ; a resumed run writes into its own "
+                         "folder")
+    if args.overwrite:
+        raise UsageError("--overwrite and --resume contradict each other; drop one")
     if not out.exists():
         raise UsageError(f"--resume {out}: the folder does not exist; pass the --out folder of the interrupted run")
     if not out.is_dir():
         raise UsageError(f"--resume {out}: not a folder; pass the --out folder of the interrupted run")
+    return out
 
 
 def launch(recipe: Any, out: Path, *, resume: bool, overwrite: bool, progress: bool, export: bool,
@@ -255,13 +265,14 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     import torch
 
     from exporters.pipeline import BenchOptions, ExportOptions, finalize
+    from exporters.quantize import config_from_args
     from exporters.report import training_report
 
     from ..models import build_model
     from ..training.evaluation import sample_inputs
 
     e, data = result.recipe.export, result.data
-    quantize = _quantize_config(e)
+    quantize = config_from_args(e)  # export.quantize* carry the names of the --quantize* options
     heldout_y = None
     if quantize is None:
         samples = sample_inputs(data.test if data.test is not None else data.train, 256)
@@ -281,18 +292,6 @@ def export_compact(result: Any, *, overwrite: bool = True) -> dict[str, Any]:
     return finalize(result.compact_dir, dense=dense, pruned=pruned, calib_x=calib_x, heldout_x=heldout_x,
                     report=training_report(result), export=export, bench=bench, quantize=quantize,
                     heldout_y=heldout_y, overwrite=overwrite)
-
-
-def _quantize_config(e: Any) -> Any:
-    """The :class:`~exporters.quantize.QuantizeConfig` of a recipe's ``export`` section (None: no int8)."""
-    if not e.quantize:
-        return None
-    from exporters.quantize import QuantizeConfig
-
-    config = QuantizeConfig(mode=e.quantize, exclude=tuple(e.quantize_exclude),
-                            max_disagreement=e.quantize_max_disagreement)
-    config.validate()
-    return config
 
 
 def _quantization_samples(train: Any, calib_samples: int, *, seed: int) -> tuple[Any, Any, Any]:
